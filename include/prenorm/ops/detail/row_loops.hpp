@@ -1,0 +1,108 @@
+#pragma once
+// The loops shared by the three normalization operators: argument checks,
+// then one call per row (rows in parallel, each row on one thread), or one
+// call per column chunk for the parameter gradients.
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <type_traits>
+
+#include "../../core/parallel.hpp"
+#include "rows.hpp"
+
+namespace prenorm::detail {
+
+template <class A, class B>
+inline constexpr bool same_scalar = std::is_same_v<typename A::Scalar, typename B::Scalar>;
+
+// y = f(x) row by row: row_fn(x_row, y_row, r). x, y: [rows x cols].
+// y may be x itself (the in-place form): each row is read before it is written.
+template <class XD, class YD, class RowFn>
+void forward_rows(const char* op, const Eigen::MatrixBase<XD>& x, const Eigen::MatrixBase<YD>& y,
+                  RowFn row_fn) {
+  static_assert(same_scalar<XD, YD>, "prenorm: x and y must have the same scalar type");
+  static_assert(widths_agree<XD::ColsAtCompileTime, YD::ColsAtCompileTime>,
+                "prenorm: x and y have different fixed widths");
+  check_shape(op, "y", y.rows(), y.cols(), x.rows(), x.cols(), "the shape of x");
+  if (x.rows() == 0) return;
+  const auto y_rows = mutable_rows(op, "y", y);
+  with_const_rows(x, [&](const auto& x_rows) {
+    for_each_row(x_rows.rows, x_rows.cols,
+                 [&](Index r) { row_fn(x_rows.row(r), y_rows.row(r), r); });
+  });
+}
+
+// h += branch; y = f(h), row by row in one pass over memory: row_fn(h_row, y_row, r)
+// runs while the freshly added row is still in L1. h, branch, y: [rows x cols].
+template <class HD, class BD, class YD, class RowFn>
+void add_forward_rows(const char* op, const Eigen::MatrixBase<HD>& h,
+                      const Eigen::MatrixBase<BD>& branch, const Eigen::MatrixBase<YD>& y,
+                      RowFn row_fn) {
+  static_assert(same_scalar<HD, BD> && same_scalar<HD, YD>,
+                "prenorm: h, branch and y must have the same scalar type");
+  static_assert(widths_agree<HD::ColsAtCompileTime, BD::ColsAtCompileTime> &&
+                    widths_agree<HD::ColsAtCompileTime, YD::ColsAtCompileTime>,
+                "prenorm: h, branch and y have different fixed widths");
+  using Scalar = typename HD::Scalar;
+  check_shape(op, "branch", branch.rows(), branch.cols(), h.rows(), h.cols(), "the shape of h");
+  check_shape(op, "y", y.rows(), y.cols(), h.rows(), h.cols(), "the shape of h");
+  if (h.rows() == 0) return;
+  const auto h_rows = mutable_rows(op, "h", h);
+  const auto y_rows = mutable_rows(op, "y", y);
+  const Index d = h.cols();
+  with_const_rows(branch, [&](const auto& b_rows) {
+    for_each_row(h_rows.rows, d, [&](Index r) {
+      RowArrayMap<Scalar>(h_rows.row(r), d) += ConstRowArrayMap<Scalar>(b_rows.row(r), d);
+      row_fn(h_rows.row(r), y_rows.row(r), r);
+    });
+  });
+}
+
+// dx = f(dy, x) row by row: row_fn(dy_row, x_row, dx_row, r). dy, x, dx: [rows x cols].
+template <class DYD, class XD, class DXD, class RowFn>
+void backward_rows(const char* op, const Eigen::MatrixBase<DYD>& dy, const Eigen::MatrixBase<XD>& x,
+                   const Eigen::MatrixBase<DXD>& dx, RowFn row_fn) {
+  static_assert(same_scalar<DYD, XD> && same_scalar<DYD, DXD>,
+                "prenorm: dy, x and dx must have the same scalar type");
+  static_assert(widths_agree<DYD::ColsAtCompileTime, XD::ColsAtCompileTime> &&
+                    widths_agree<DXD::ColsAtCompileTime, XD::ColsAtCompileTime>,
+                "prenorm: dy, x and dx have different fixed widths");
+  check_shape(op, "dy", dy.rows(), dy.cols(), x.rows(), x.cols(), "the shape of x");
+  check_shape(op, "dx", dx.rows(), dx.cols(), x.rows(), x.cols(), "the shape of x");
+  if (x.rows() == 0) return;
+  const auto dx_rows = mutable_rows(op, "dx", dx);
+  with_const_rows(dy, [&](const auto& dy_rows) {
+    with_const_rows(x, [&](const auto& x_rows) {
+      for_each_row(x_rows.rows, x_rows.cols, [&](Index r) {
+        row_fn(dy_rows.row(r), x_rows.row(r), dx_rows.row(r), r);
+      });
+    });
+  });
+}
+
+// Parameter gradients summed over rows: chunk_fn(dy_rows, x_rows, begin, end)
+// adds the rows' contributions to columns [begin, end), row after row. Each
+// column is summed in row order by one thread, so the result does not depend
+// on the thread count.
+template <class DYD, class XD, class ChunkFn>
+void column_chunks(const Eigen::MatrixBase<DYD>& dy, const Eigen::MatrixBase<XD>& x,
+                   ChunkFn chunk_fn) {
+  constexpr Index kChunk = 256;
+  if (x.rows() == 0) return;
+  with_const_rows(dy, [&](const auto& dy_rows) {
+    with_const_rows(x, [&](const auto& x_rows) {
+      const Index chunks = (x_rows.cols + kChunk - 1) / kChunk;
+      for_each_row(chunks, x_rows.rows * kChunk, [&](Index c) {
+        chunk_fn(dy_rows, x_rows, c * kChunk, std::min(x_rows.cols, (c + 1) * kChunk));
+      });
+    });
+  });
+}
+
+template <class Saved>
+void check_saved(const char* op, const char* name, const Saved& v, Index rows) {
+  check_vector(op, name, v, rows, "one per row of x");
+}
+
+}  // namespace prenorm::detail
