@@ -1,0 +1,108 @@
+#pragma once
+// Elementwise activations of the MLP: the two GELUs.
+//   GeluTanh: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))   GPT-2 "gelu_new"
+//   GeluErf:  0.5 x (1 + erf(x / sqrt(2)))                       exact GELU, ViT "gelu"
+
+#include <Eigen/Core>
+
+#include <cmath>
+#include <string_view>
+
+#include "../core/error.hpp"
+#include "../core/parallel.hpp"
+#include "../core/types.hpp"
+
+namespace prenorm {
+
+enum class Activation {
+  GeluTanh,  // the tanh approximation (GPT-2, Hugging Face "gelu_new")
+  GeluErf,   // the exact GELU (ViT, Hugging Face "gelu")
+};
+
+// snake_case names, as used in benchmark names and JSON keys.
+constexpr std::string_view activation_name(Activation activation) {
+  switch (activation) {
+    case Activation::GeluTanh: return "gelu_tanh";
+    case Activation::GeluErf: return "gelu_erf";
+  }
+  return "unknown";
+}
+
+namespace detail {
+
+template <class Scalar>
+using ArrayMap = Eigen::Map<Eigen::Array<Scalar, Eigen::Dynamic, 1>>;
+
+// In place over one contiguous run v [n]. Eigen vectorizes tanh (float), so
+// the whole row is one array expression.
+template <class Scalar>
+void gelu_tanh_inplace(ArrayMap<Scalar> v) {
+  const Scalar k0 = Scalar(0.7978845608028654);  // sqrt(2/pi)
+  const Scalar k1 = Scalar(0.044715);
+  v = Scalar(0.5) * v * (Scalar(1) + (k0 * (v + k1 * v.cube())).tanh());
+}
+
+// In place over v [n]. Eigen 3.4 has no erf outside unsupported/, so std::erf
+// per element.
+template <class Scalar>
+void gelu_erf_inplace(ArrayMap<Scalar> v) {
+  const Scalar k = Scalar(0.7071067811865476);  // 1/sqrt(2)
+  for (Index i = 0; i < v.size(); ++i) v[i] = Scalar(0.5) * v[i] * (Scalar(1) + std::erf(v[i] * k));
+}
+
+template <class Scalar>
+void activation_inplace(Activation activation, ArrayMap<Scalar> v) {
+  if (activation == Activation::GeluTanh) gelu_tanh_inplace(v);
+  else gelu_erf_inplace(v);
+}
+
+// y = f(x) row by row; x, y [rows x n] (y may be x). Rows in parallel.
+template <class XD, class YD, class RowFn>
+void elementwise_rows(const char* op, const Eigen::MatrixBase<XD>& x,
+                      const Eigen::MatrixBase<YD>& y_const, RowFn row_fn) {
+  using Scalar = typename XD::Scalar;
+  static_assert(std::is_same_v<Scalar, typename YD::Scalar>,
+                "prenorm: x and y must have the same scalar type");
+  auto& y = const_cast<Eigen::MatrixBase<YD>&>(y_const).derived();
+  if (y.rows() != x.rows() || y.cols() != x.cols())
+    fail(op, "y is ", y.rows(), " x ", y.cols(), ", expected ", x.rows(), " x ", x.cols(),
+         " (the shape of x)");
+  if (y.cols() > 1 && y.colStride() != 1)
+    fail(op, "y must be row-major with contiguous rows (got a column stride of ", y.colStride(), ")");
+  const Index n = x.cols();
+  if (n == 0) return;
+  bool in_place = false;  // y is x itself: skip the copy
+  if constexpr ((int(Eigen::internal::traits<XD>::Flags) & Eigen::DirectAccessBit) != 0)
+    in_place = x.derived().data() == y.data() && x.rowStride() == y.rowStride();
+  for_each_row(x.rows(), n, [&](Index r) {
+    ArrayMap<Scalar> row(&y.coeffRef(r, 0), n);
+    if (!in_place) row = x.row(r).transpose().array();
+    row_fn(row);
+  });
+}
+
+}  // namespace detail
+
+// y = GELU_tanh(x), elementwise. x, y: [rows x n]; y may be x.
+template <class XD, class YD>
+void gelu_tanh_forward(const Eigen::MatrixBase<XD>& x, const Eigen::MatrixBase<YD>& y) {
+  detail::elementwise_rows("gelu_tanh_forward", x, y,
+                           [](auto row) { detail::gelu_tanh_inplace(row); });
+}
+
+// y = GELU_erf(x), elementwise. x, y: [rows x n]; y may be x.
+template <class XD, class YD>
+void gelu_erf_forward(const Eigen::MatrixBase<XD>& x, const Eigen::MatrixBase<YD>& y) {
+  detail::elementwise_rows("gelu_erf_forward", x, y,
+                           [](auto row) { detail::gelu_erf_inplace(row); });
+}
+
+// y = activation(x), elementwise. x, y: [rows x n]; y may be x.
+template <class XD, class YD>
+void activation_forward(Activation activation, const Eigen::MatrixBase<XD>& x,
+                        const Eigen::MatrixBase<YD>& y) {
+  if (activation == Activation::GeluTanh) gelu_tanh_forward(x, y);
+  else gelu_erf_forward(x, y);
+}
+
+}  // namespace prenorm
