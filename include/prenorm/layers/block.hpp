@@ -1,0 +1,251 @@
+#pragma once
+// The Pre-Norm transformer block, templated on the architecture:
+//   h <- h + Attn(Norm1(h));   h <- h + Mlp(Norm2(h))
+// where Norm is, per Arch:
+//   PreLN        LayerNorm with gamma, beta             main branch width d
+//   PreRMSNorm   RMSNorm without affine                 main branch width d
+//   PreCRMSNorm  CRMSNorm (d and eps of the width d)    main branch width d-1
+//   NoNorm       identity (a lower bound, benchmarks)   main branch width d
+// The attention and MLP inner widths do not depend on the architecture.
+//
+// A model runs its blocks with every residual add fused into the norm that
+// follows it (one pass over the main branch instead of two):
+//   y = Norm1(h)                                          first block only
+//   per block:  forward_fused(h, y, branch):
+//                 branch = Attn(y); h += branch, y = Norm2(h); branch = Mlp(y)
+//               then h += branch, y = Norm1'(h) of the next block (add_norm1),
+//               or h += branch, y = NormF(h) the final norm of the model.
+
+#include <Eigen/Core>
+
+#include <random>
+#include <string>
+
+#include "../core/arch.hpp"
+#include "../core/error.hpp"
+#include "../core/types.hpp"
+#include "../ops/activation.hpp"
+#include "../ops/crms_norm.hpp"
+#include "../ops/layer_norm.hpp"
+#include "../ops/rms_norm.hpp"
+#include "attention.hpp"
+#include "mlp.hpp"
+
+namespace prenorm {
+
+// y = Norm_A(h) on the main branch. h, y: [rows x main]; gamma, beta: (d) for
+// PreLN, ignored otherwise. NoNorm copies h into y (nothing if y is h).
+template <Arch A, class HD, class YD, class S>
+void pre_norm_forward(const Eigen::MatrixBase<HD>& h, const Vector<S>& gamma,
+                      const Vector<S>& beta, const Eigen::MatrixBase<YD>& y, S epsilon) {
+  if constexpr (A == Arch::PreLN) {
+    layer_norm_forward(h, gamma, beta, y, epsilon);
+  } else if constexpr (A == Arch::PreRMSNorm) {
+    rms_norm_forward(h, y, epsilon);
+  } else if constexpr (A == Arch::PreCRMSNorm) {
+    crms_norm_forward(h, y, epsilon);
+  } else {
+    if (h.derived().data() != y.derived().data())
+      const_cast<Eigen::MatrixBase<YD>&>(y) = h;
+  }
+}
+
+// h += branch; y = Norm_A(h), fused into one pass. h, branch, y: [rows x main].
+// NoNorm only adds (y untouched: the caller reads h).
+template <Arch A, class HD, class BD, class YD, class S>
+void pre_norm_add_forward(const Eigen::MatrixBase<HD>& h, const Eigen::MatrixBase<BD>& branch,
+                          const Vector<S>& gamma, const Vector<S>& beta,
+                          const Eigen::MatrixBase<YD>& y, S epsilon) {
+  if constexpr (A == Arch::PreLN) {
+    layer_norm_add_forward(h, branch, gamma, beta, y, epsilon);
+  } else if constexpr (A == Arch::PreRMSNorm) {
+    rms_norm_add_forward(h, branch, y, epsilon);
+  } else if constexpr (A == Arch::PreCRMSNorm) {
+    crms_norm_add_forward(h, branch, y, epsilon);
+  } else {
+    auto& hw = const_cast<Eigen::MatrixBase<HD>&>(h);
+    detail::for_each_row(h.rows(), h.cols(), [&](Index r) { hw.row(r) += branch.row(r); });
+  }
+}
+
+// Scratch of one block forward, reused between calls and shared by the blocks of a model.
+template <class S>
+struct BlockWorkspace {
+  AttentionWorkspace<S> attn;
+  RowMatrix<S> hidden;  // [tokens x mlp inner]
+};
+
+template <Arch A, class S, int Width = Dynamic>
+class PreNormBlock {
+ public:
+  static_assert(Width == Dynamic || Width >= 2, "prenorm::PreNormBlock: the width must be >= 2");
+  static constexpr Arch arch = A;
+  static constexpr int kWidth = Width;                    // d, or Dynamic
+  static constexpr int kMainWidth = main_width(A, Width);  // d or d-1, or Dynamic
+  using Scalar = S;
+  using Main = RowMatrix<S, kMainWidth>;        // [tokens x main]
+  using MainRef = RowsRef<S, kMainWidth>;       // a Main, or a block of rows of one
+
+  Index width = 0;         // d, the uncompressed model width (CRMSNorm divides by it)
+  Vector<S> norm1_gamma;   // (d), PreLN only (empty otherwise)
+  Vector<S> norm1_beta;    // (d), PreLN only
+  Vector<S> norm2_gamma;   // (d), PreLN only
+  Vector<S> norm2_beta;    // (d), PreLN only
+  MultiHeadAttention<S> attn;  // qkv (3*heads*head_dim, main), out (main, heads*head_dim)
+  Mlp<S> mlp;                  // fc (mlp_width, main), proj (main, mlp_width)
+  S epsilon = S(1e-5);
+  BlockWorkspace<S> workspace;  // used by the overloads without a workspace argument
+
+  PreNormBlock() = default;
+  // Zero linear weights and biases; PreLN gammas 1, betas 0.
+  PreNormBlock(Index width_, Index heads, Index head_dim, Index mlp_width, bool causal,
+               Activation activation, S epsilon_)
+      : width(width_),
+        attn(main_width_of(A, width_), heads, head_dim, causal),
+        mlp(main_width_of(A, width_), mlp_width, activation),
+        epsilon(epsilon_) {
+    if (Width != Dynamic && width_ != Width)
+      detail::fail("PreNormBlock", "width ", width_, " differs from the compile-time width ", Width);
+    if (has_norm_affine(A)) {
+      norm1_gamma.setOnes(width_);
+      norm1_beta.setZero(width_);
+      norm2_gamma.setOnes(width_);
+      norm2_beta.setZero(width_);
+    }
+  }
+
+  Index main() const { return main_width_of(A, width); }  // d, or d-1 for PreCRMSNorm
+
+  // h [batch*T x main] <- h + Attn(Norm1(h)), then h <- h + Mlp(Norm2(h)).
+  // Sequence b is rows [b*T, (b+1)*T). Unfused at the block's ends: for a
+  // single block; models use the fused pieces below.
+  void forward(MainRef h, Index batch, BlockWorkspace<S>& ws, Main& x, Main& branch) const {
+    x.resize(h.rows(), h.cols());
+    branch.resize(h.rows(), h.cols());
+    norm1(h, x);
+    forward_fused(h, x, branch, batch, ws);
+    h += branch;
+  }
+  void forward(MainRef h, Index batch) {
+    forward(h, batch, workspace, scratch_x_, scratch_branch_);
+  }
+
+  // y = Norm1(h). h, y: [tokens x main]. NoNorm: nothing (the block reads h).
+  void norm1(const MainRef& h, MainRef y) const {
+    if constexpr (A != Arch::NoNorm) pre_norm_forward<A>(h, norm1_gamma, norm1_beta, y, epsilon);
+  }
+  // h += branch; y = Norm1(h), in one pass: the previous block's MLP add fused
+  // with this block's first norm. h, branch, y: [tokens x main].
+  void add_norm1(MainRef h, const MainRef& branch, MainRef y) const {
+    pre_norm_add_forward<A>(h, branch, norm1_gamma, norm1_beta, y, epsilon);
+  }
+
+  // The block between its norms. On entry y = Norm1(h) (NoNorm: y unused, h
+  // is read). On exit h holds h + Attn(y), y = Norm2(h), and branch = Mlp(y):
+  // the MLP's residual add is left pending, for the next norm to fuse.
+  // h, y, branch: [batch*T x main].
+  void forward_fused(MainRef h, MainRef y, MainRef branch, Index batch, BlockWorkspace<S>& ws) const {
+    attn.forward(input(h, y), batch, branch, ws.attn);
+    finish_fused(h, y, branch, ws);
+  }
+
+  // forward_fused for incremental decoding: the T new tokens per sequence sit
+  // at positions [past, past+T); keys, values [batch*capacity x heads*head_dim]
+  // are this layer's cache (see MultiHeadAttention::forward_cached).
+  void forward_fused_cached(MainRef h, MainRef y, MainRef branch, Index batch, Index past,
+                            RowMatrix<S>& keys, RowMatrix<S>& values, BlockWorkspace<S>& ws) const {
+    attn.forward_cached(input(h, y), batch, past, keys, values, branch, ws.attn);
+    finish_fused(h, y, branch, ws);
+  }
+
+  // Throws unless every tensor has its shape for this architecture and width.
+  // name: the block's name in messages ("blocks[3]"), a string or a callable
+  // returning one; op: the caller.
+  template <class Name>
+  void validate(const char* op, const Name& name, Index heads, Index head_dim,
+                Index mlp_width) const {
+    const auto fail = [&](auto&&... parts) { detail::fail(op, detail::tensor_name(name), parts...); };
+    if (width < 2) fail(".width is ", width, ", expected >= 2");
+    if (Width != Dynamic && width != Width)
+      fail(".width is ", width, ", expected the compile-time width ", Width);
+    if (!(epsilon > S(0))) fail(".epsilon is ", epsilon, ", expected > 0");
+    const Index affine = has_norm_affine(A) ? width : 0;
+    const char* why = has_norm_affine(A) ? "" : " (no norm affine in this architecture)";
+    const auto check = [&](const char* what, const Vector<S>& v) {
+      if (v.size() != affine) fail(what, " has ", v.size(), " elements, expected ", affine, why);
+    };
+    check(".norm1_gamma", norm1_gamma);
+    check(".norm1_beta", norm1_beta);
+    check(".norm2_gamma", norm2_gamma);
+    check(".norm2_beta", norm2_beta);
+    if (attn.heads != heads || attn.head_dim != head_dim)
+      fail(".attn has ", attn.heads, " heads of ", attn.head_dim, ", expected ", heads,
+           " heads of ", head_dim);
+    attn.validate(op, detail::sub_name(name, ".attn"), main());
+    mlp.validate(op, detail::sub_name(name, ".mlp"), main(), mlp_width);
+  }
+
+ private:
+  Main scratch_x_, scratch_branch_;  // for forward(h, batch)
+
+  // What the sub-layers read: the normalized y, or h itself without norms.
+  static const MainRef& input(const MainRef& h, const MainRef& y) {
+    if constexpr (A == Arch::NoNorm) return h;
+    else return y;
+  }
+
+  void finish_fused(MainRef& h, MainRef& y, MainRef& branch, BlockWorkspace<S>& ws) const {
+    pre_norm_add_forward<A>(h, branch, norm2_gamma, norm2_beta, y, epsilon);
+    mlp.forward(input(h, y), branch, ws.hidden);
+  }
+};
+
+namespace detail {
+
+// Sets every element of t (a matrix or vector) to offset + scale * N(0, 1).
+template <class Tensor, class Rng>
+void random_fill(Tensor& t, Rng& rng, double scale, double offset) {
+  std::normal_distribution<double> normal(0.0, 1.0);
+  using S = typename Tensor::Scalar;
+  for (Index i = 0; i < t.size(); ++i) t.data()[i] = S(offset + scale * normal(rng));
+}
+
+// GPT-2-style block init: input weights N(0, stddev), residual output weights
+// N(0, proj_std), biases and betas N(0, affine), gammas 1 + N(0, affine).
+template <class Block, class Rng>
+void init_block_random(Block& b, Rng& rng, double stddev, double proj_std, double affine) {
+  random_fill(b.norm1_gamma, rng, affine, 1);
+  random_fill(b.norm1_beta, rng, affine, 0);
+  random_fill(b.attn.qkv.weight, rng, stddev, 0);
+  random_fill(b.attn.qkv.bias, rng, affine, 0);
+  random_fill(b.attn.out.weight, rng, proj_std, 0);
+  random_fill(b.attn.out.bias, rng, affine, 0);
+  random_fill(b.norm2_gamma, rng, affine, 1);
+  random_fill(b.norm2_beta, rng, affine, 0);
+  random_fill(b.mlp.fc.weight, rng, stddev, 0);
+  random_fill(b.mlp.fc.bias, rng, affine, 0);
+  random_fill(b.mlp.proj.weight, rng, proj_std, 0);
+  random_fill(b.mlp.proj.bias, rng, affine, 0);
+}
+
+}  // namespace detail
+
+// Calls f(prefix + name, tensor) for every tensor of a block (RowMatrix<S>& or
+// Vector<S>&, empty ones included), in a fixed order.
+template <class Block, class F>
+void visit_block_parameters(const std::string& prefix, Block& b, F& f) {
+  f(prefix + "norm1_gamma", b.norm1_gamma);
+  f(prefix + "norm1_beta", b.norm1_beta);
+  f(prefix + "attn.qkv.weight", b.attn.qkv.weight);
+  f(prefix + "attn.qkv.bias", b.attn.qkv.bias);
+  f(prefix + "attn.out.weight", b.attn.out.weight);
+  f(prefix + "attn.out.bias", b.attn.out.bias);
+  f(prefix + "norm2_gamma", b.norm2_gamma);
+  f(prefix + "norm2_beta", b.norm2_beta);
+  f(prefix + "mlp.fc.weight", b.mlp.fc.weight);
+  f(prefix + "mlp.fc.bias", b.mlp.fc.bias);
+  f(prefix + "mlp.proj.weight", b.mlp.proj.weight);
+  f(prefix + "mlp.proj.bias", b.mlp.proj.bias);
+}
+
+}  // namespace prenorm

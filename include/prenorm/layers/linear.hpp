@@ -1,0 +1,99 @@
+#pragma once
+// Linear layer y = x W^T + b, with W stored (out, in) as in PyTorch.
+//
+// Activations are row-major [tokens x features], so the product is one GEMM
+// x [tokens x in] * W^T [in x out]; Eigen packs both operands, so the strides
+// of odd widths (767) cost nothing extra.
+
+#include <Eigen/Core>
+
+#include <string>
+#include <type_traits>
+
+#include "../core/error.hpp"
+#include "../core/parallel.hpp"
+#include "../core/types.hpp"
+
+namespace prenorm {
+namespace detail {
+
+// A tensor name for an error message: a string, or a callable that builds one,
+// so that checks which pass build (and allocate) nothing.
+template <class Name>
+std::string tensor_name(const Name& name) {
+  if constexpr (std::is_invocable_v<const Name&>) return std::string(name());
+  else return std::string(name);
+}
+
+// The name `name` + `suffix`, built only when called.
+template <class Name>
+auto sub_name(const Name& name, const char* suffix) {
+  return [&name, suffix] { return tensor_name(name) + suffix; };
+}
+
+}  // namespace detail
+
+template <class S>
+class Linear {
+ public:
+  using Scalar = S;
+
+  RowMatrix<S> weight;  // (out, in)
+  Vector<S> bias;       // (out), or empty for no bias
+
+  Linear() = default;
+  // Zero weights (out, in) and, with_bias, a zero bias (out).
+  Linear(Index in, Index out, bool with_bias = true)
+      : weight(RowMatrix<S>::Zero(out, in)), bias(with_bias ? Vector<S>::Zero(out) : Vector<S>()) {}
+
+  Index in_features() const { return weight.cols(); }
+  Index out_features() const { return weight.rows(); }
+  bool has_bias() const { return bias.size() != 0; }
+
+  // y [tokens x out] = x [tokens x in] * weight^T + bias. y must not alias x.
+  template <class XD, class YD>
+  void forward(const Eigen::MatrixBase<XD>& x, const Eigen::MatrixBase<YD>& y_const) const {
+    auto& y = const_cast<Eigen::MatrixBase<YD>&>(y_const).derived();
+    check_forward(x.rows(), x.cols(), y.rows(), y.cols());
+    if (x.rows() == 0) return;
+    y.noalias() = x * weight.transpose();
+    add_bias(y);
+  }
+
+  // y [tokens x out] += bias (no-op without a bias).
+  template <class YD>
+  void add_bias(const Eigen::MatrixBase<YD>& y_const) const {
+    if (!has_bias()) return;
+    auto& y = const_cast<Eigen::MatrixBase<YD>&>(y_const).derived();
+    // Row by row: each row is a contiguous, vectorized add.
+    detail::for_each_row(y.rows(), y.cols(), [&](Index r) { y.row(r) += bias.transpose(); });
+  }
+
+  // Throws unless weight is (out, in) and bias is (out) or empty. name: the
+  // layer's name in the message ("blocks[3].attn.qkv"), a string or a callable
+  // returning one; op: the caller.
+  template <class Name>
+  void validate(const char* op, const Name& name, Index in, Index out) const {
+    if (weight.rows() != out || weight.cols() != in)
+      detail::fail(op, detail::tensor_name(name), ".weight is (", weight.rows(), " x ",
+                   weight.cols(), "), expected (", out, " x ", in, ")");
+    if (bias.size() != out && bias.size() != 0)
+      detail::fail(op, detail::tensor_name(name), ".bias has ", bias.size(), " elements, expected ",
+                   out, " (or none)");
+  }
+
+ private:
+  void check_forward(Index x_rows, Index x_cols, Index y_rows, Index y_cols) const {
+    if (bias.size() != 0 && bias.size() != weight.rows())
+      detail::fail("Linear::forward", "bias has ", bias.size(), " elements, expected ",
+                   weight.rows(), " (the rows of weight)");
+    if (x_cols != weight.cols())
+      detail::fail("Linear::forward", "x has ", x_cols, " columns, expected ", weight.cols(),
+                   " (the input features of weight (", weight.rows(), " x ", weight.cols(), "))");
+    if (y_rows != x_rows || y_cols != weight.rows())
+      detail::fail("Linear::forward", "y is ", y_rows, " x ", y_cols, ", expected ", x_rows, " x ",
+                   weight.rows(), " (tokens x output features)");
+  }
+};
+
+}  // namespace prenorm
