@@ -1,0 +1,302 @@
+#pragma once
+// prenorm::convert<To>(model): the exact conversion between Pre-LN, Pre-RMSNorm and
+// Pre-CRMSNorm GPT and ViT models (DESIGN.md §1). The steps for each tensor
+// come from the compile-time Plan<From, To>; `if constexpr` selects the code.
+// Arithmetic is in double whatever the model's scalar, rounded once at the
+// end; the model's epsilon is kept.
+
+#include <cmath>
+#include <string>
+
+#include "../core/arch.hpp"
+#include "../core/error.hpp"
+#include "../models/gpt.hpp"
+#include "../models/vit.hpp"
+#include "plan.hpp"
+#include "transforms.hpp"
+
+namespace prenorm {
+
+// What a tied head (GPT-2: head = token embedding) becomes in a Pre-RMSNorm or
+// Pre-CRMSNorm model.
+enum class TiedPolicy {
+  Untie,  // a separate folded head E diag(gamma_f) with bias E beta_f: fastest, +vocab x d memory
+  Keep,   // E stored once; recentering, compression and gamma_f, beta_f applied per token
+};
+
+struct ConvertOptions {
+  TiedPolicy tied = TiedPolicy::Untie;
+  // A Pre-RMSNorm source must have zero-mean writers (it is a converted model)
+  // to become Pre-LN or Pre-CRMSNorm. With recenter, writers that are not are
+  // recentered instead of refused (this changes what the model computes).
+  bool recenter = false;
+  // A writer counts as zero-mean when |mean| <= tolerance * rms of its entries.
+  double zero_mean_tolerance = 1e-4;
+};
+
+namespace conversion::detail {
+
+template <class S>
+Matrix to_double(const RowMatrix<S>& m) {
+  return m.template cast<double>();
+}
+template <class S>
+Vec to_double(const Vector<S>& v) {
+  return v.template cast<double>();
+}
+
+// Checks that a writer of a Pre-RMSNorm source is zero-mean along the main
+// branch (or recenters it when asked). `mean` and `scale` measure the tensor.
+inline bool writer_needs_recentering(const char* op, const std::string& name, double mean,
+                                     double scale, const ConvertOptions& options) {
+  if (!(mean <= options.zero_mean_tolerance * scale) && !(mean == 0.0)) {
+    if (options.recenter) return true;
+    prenorm::detail::fail(op, name, " is not zero-mean over the main branch (|mean| ", mean,
+                          " > ", options.zero_mean_tolerance, " x rms ", scale,
+                          "): the source is not a converted Pre-RMSNorm model; pass "
+                          "ConvertOptions::recenter to recenter it (this changes the model)");
+  }
+  return false;
+}
+
+inline double rms_of(const Matrix& m) {
+  return m.size() == 0 ? 0.0 : std::sqrt(m.squaredNorm() / double(m.size()));
+}
+
+// A table (rows are main-branch vectors) along the plan. table (n, main_from) -> (n, main_to).
+template <Arch From, Arch To>
+void convert_table(Matrix& table, conversion::Role role, const std::string& name,
+                   const ConvertOptions& options, const char* op) {
+  constexpr auto plan = [](conversion::Role r) { return conversion::Plan<From, To>::steps(r); };
+  const conversion::Steps s = plan(role);
+  bool recenter = s.recenter;
+  if constexpr (From == Arch::PreRMSNorm)
+    if (s.compress_output || To == Arch::PreLN)
+      recenter = writer_needs_recentering(op, name, conversion::max_abs_row_mean(table),
+                                          rms_of(table), options);
+  if (recenter) conversion::recenter_rows(table);
+  if (s.compress_output) conversion::compress_table(table);
+  if (s.decompress_output) conversion::decompress_table(table);
+}
+
+// A writer linear along the plan. weight (main_from, in) -> (main_to, in).
+template <Arch From, Arch To>
+void convert_writer(Matrix& weight, Vec& bias, conversion::Role role, const std::string& name,
+                    const ConvertOptions& options, const char* op) {
+  const conversion::Steps s = conversion::Plan<From, To>::steps(role);
+  bool recenter = s.recenter;
+  if constexpr (From == Arch::PreRMSNorm)
+    if (s.compress_output || To == Arch::PreLN)
+      recenter = writer_needs_recentering(op, name, conversion::max_abs_output_mean(weight, bias),
+                                          rms_of(weight), options);
+  if (recenter) conversion::recenter_output(weight, bias);
+  if (s.compress_output) conversion::compress_output(weight, bias);
+  if (s.decompress_output) conversion::decompress_output(weight, bias);
+}
+
+// A reader linear along the plan, gamma and beta (d) of the norm it reads
+// (empty when the source norm has no affine). weight (out, main_from) -> (out, main_to).
+template <Arch From, Arch To>
+void convert_reader(Matrix& weight, Vec& bias, conversion::Role role, const Vec& gamma,
+                    const Vec& beta) {
+  const conversion::Steps s = conversion::Plan<From, To>::steps(role);
+  if (s.fold_affine) conversion::fold_affine(weight, bias, gamma, beta);
+  if (s.compress_input) conversion::compress_input(weight);
+  if (s.decompress_input) conversion::decompress_input(weight);
+}
+
+template <class S>
+void assign(RowMatrix<S>& dst, const Matrix& src) {
+  dst = src.cast<S>();
+}
+template <class S>
+void assign(Vector<S>& dst, const Vec& src) {
+  dst = src.cast<S>();
+}
+
+// One block: norms, attention, MLP.
+template <Arch From, Arch To, class S>
+void convert_block(const PreNormBlock<From, S>& src, PreNormBlock<To, S>& dst,
+                   const std::string& name, const ConvertOptions& options, const char* op) {
+  using conversion::Role;
+  Vec gamma1, beta1, gamma2, beta2;  // empty unless the source is Pre-LN
+  if constexpr (From == Arch::PreLN) {
+    gamma1 = to_double(src.norm1_gamma), beta1 = to_double(src.norm1_beta);
+    gamma2 = to_double(src.norm2_gamma), beta2 = to_double(src.norm2_beta);
+  }
+  const auto reader = [&](const Linear<S>& in, Linear<S>& out, Role role, const Vec& gamma,
+                          const Vec& beta) {
+    Matrix w = to_double(in.weight);
+    Vec b = to_double(in.bias);
+    convert_reader<From, To>(w, b, role, gamma, beta);
+    assign(out.weight, w);
+    assign(out.bias, b);
+  };
+  const auto writer = [&](const Linear<S>& in, Linear<S>& out, Role role, const char* what) {
+    Matrix w = to_double(in.weight);
+    Vec b = to_double(in.bias);
+    convert_writer<From, To>(w, b, role, name + what, options, op);
+    assign(out.weight, w);
+    assign(out.bias, b);
+  };
+  reader(src.attn.qkv, dst.attn.qkv, Role::QkvIn, gamma1, beta1);
+  writer(src.attn.out, dst.attn.out, Role::AttnOut, ".attn.out.weight");
+  reader(src.mlp.fc, dst.mlp.fc, Role::MlpIn, gamma2, beta2);
+  writer(src.mlp.proj, dst.mlp.proj, Role::MlpOut, ".mlp.proj.weight");
+  // Norms: the target's constructor already made them (none, or gamma 1, beta 0
+  // for a Pre-LN target: LayerNorm equals RMSNorm on the zero-mean branch).
+  static_assert(conversion::Plan<From, To>::steps(Role::NormAffine).drop_affine ||
+                    conversion::Plan<From, To>::steps(Role::NormAffine).unit_affine ||
+                    !has_norm_affine(From),
+                "prenorm::convert: a source norm affine would be lost");
+  dst.epsilon = src.epsilon;
+}
+
+}  // namespace conversion::detail
+
+// Converts a GPT model between architectures (DESIGN.md §1). Supported:
+// PreLN -> PreRMSNorm / PreCRMSNorm, PreRMSNorm -> PreCRMSNorm / PreLN,
+// PreCRMSNorm -> PreRMSNorm / PreLN.
+template <Arch To, Arch From, class S>
+Gpt<To, S> convert(const Gpt<From, S>& src, const ConvertOptions& options = {}) {
+  using conversion::Matrix;
+  using conversion::Role;
+  using conversion::Vec;
+  using namespace conversion::detail;
+  using Plan = conversion::Plan<From, To>;  // static_asserts the direction
+  constexpr const char* op = "convert(Gpt)";
+  src.validate(op);
+  const Index d = src.config.width;
+  if constexpr (To == Arch::PreCRMSNorm || From == Arch::PreCRMSNorm)
+    if (d < 2) prenorm::detail::fail(op, "width ", d, " is < 2: CRMSNorm needs d >= 2");
+
+  // The source's head, as a reader of the normalized main branch:
+  // weight (vocab, main_from) and bias, with the final norm affine to fold.
+  // A tied source stores E (vocab, d); its transform at the boundaries is
+  // either kept (TiedPolicy::Keep) or materialized into a separate head.
+  const bool src_keeps_tie = src.tied_affine();   // E original, tied gamma/beta
+  const bool tied = src.config.tied;
+  const bool keep = tied && (To == Arch::PreLN || options.tied == TiedPolicy::Keep);
+
+  GptConfig config = src.config;
+  config.tied = keep;
+  Vec final_gamma, final_beta;  // the affine applied before the head, (d) or empty
+  if constexpr (From == Arch::PreLN) {
+    final_gamma = to_double(src.final_gamma);
+    final_beta = to_double(src.final_beta);
+  } else if (src_keeps_tie) {
+    final_gamma = to_double(src.tied_gamma);
+    final_beta = to_double(src.tied_beta);
+  }
+  // Untying folds beta_f into a head bias.
+  if (tied && !keep && final_beta.size() > 0) config.head_bias = true;
+  if (!tied && Plan::steps(Role::Head).fold_affine && final_beta.size() > 0) config.head_bias = true;
+
+  Gpt<To, S> dst(config);
+  const Matrix E = to_double(src.token_embedding.table);  // (vocab, main_from), or (vocab, d)
+
+  // Token embedding.
+  if (keep) {
+    // The original table stays; the target applies the boundary transforms per token.
+    // Pre-LN -> Pre-(C)RMSNorm keeps E as it is; (C)RMSNorm -> PreLN too (LN
+    // ignores the row mean that the lookup no longer removes).
+    assign(dst.token_embedding.table, E);
+  } else if (src_keeps_tie) {
+    // The lookup's recentering (and compression) becomes part of the table.
+    Matrix table = E;
+    conversion::recenter_rows(table);
+    if constexpr (To == Arch::PreCRMSNorm) conversion::compress_table(table);
+    assign(dst.token_embedding.table, table);
+  } else {
+    Matrix table = E;
+    convert_table<From, To>(table, Role::TokenEmbedding, "token_embedding.table", options, op);
+    assign(dst.token_embedding.table, table);
+  }
+  {
+    Matrix table = to_double(src.position_embedding.table);
+    convert_table<From, To>(table, Role::PositionEmbedding, "position_embedding.table", options, op);
+    assign(dst.position_embedding.table, table);
+  }
+
+  for (std::size_t i = 0; i < src.blocks.size(); ++i)
+    convert_block<From, To>(src.blocks[i], dst.blocks[i], "blocks[" + std::to_string(i) + "]",
+                            options, op);
+
+  // Head and final norm.
+  Vec head_bias = to_double(src.head_bias);
+  if (keep) {
+    if constexpr (To == Arch::PreLN) {
+      if (src_keeps_tie) {  // the tied affine becomes the final LayerNorm's
+        assign(dst.final_gamma, final_gamma);
+        assign(dst.final_beta, final_beta);
+      }
+    } else {
+      assign(dst.tied_gamma, final_gamma.size() ? final_gamma : Vec::Ones(d));
+      assign(dst.tied_beta, final_beta.size() ? final_beta : Vec::Zero(d));
+    }
+  } else {
+    Matrix w;
+    if (tied) {
+      // Untie: the head reads the decompressed main branch of width d.
+      w = E;
+      if (final_gamma.size() == 0) final_gamma = Vec::Ones(d);
+      if (final_beta.size() == 0) final_beta = Vec::Zero(d);
+      conversion::fold_affine(w, head_bias, final_gamma, final_beta);
+      if constexpr (To == Arch::PreCRMSNorm) conversion::compress_input(w);
+    } else {
+      w = to_double(src.head.weight);
+      convert_reader<From, To>(w, head_bias, Role::Head, final_gamma, final_beta);
+    }
+    assign(dst.head.weight, w);
+  }
+  if (config.head_bias) assign(dst.head_bias, head_bias.size() ? head_bias : Vec::Zero(config.vocab));
+  dst.validate(op);
+  return dst;
+}
+
+// Converts a ViT model between architectures; the same directions as for GPT.
+template <Arch To, Arch From, class S>
+Vit<To, S> convert(const Vit<From, S>& src, const ConvertOptions& options = {}) {
+  using conversion::Matrix;
+  using conversion::Role;
+  using conversion::Vec;
+  using namespace conversion::detail;
+  [[maybe_unused]] conversion::Plan<From, To> plan;  // static_asserts the direction
+  constexpr const char* op = "convert(Vit)";
+  src.validate(op);
+  Vit<To, S> dst(src.config);
+
+  {
+    Matrix w = to_double(src.patch.weight);
+    Vec b = to_double(src.patch.bias);
+    convert_writer<From, To>(w, b, Role::PatchLinear, "patch.weight", options, op);
+    assign(dst.patch.weight, w);
+    assign(dst.patch.bias, b);
+  }
+  {
+    Matrix cls = to_double(src.cls_token).transpose();  // a 1-row table
+    convert_table<From, To>(cls, Role::ClsToken, "cls_token", options, op);
+    assign(dst.cls_token, Vec(cls.transpose()));
+  }
+  {
+    Matrix pos = to_double(src.position_embedding);
+    convert_table<From, To>(pos, Role::PositionEmbedding, "position_embedding", options, op);
+    assign(dst.position_embedding, pos);
+  }
+  for (std::size_t i = 0; i < src.blocks.size(); ++i)
+    convert_block<From, To>(src.blocks[i], dst.blocks[i], "blocks[" + std::to_string(i) + "]",
+                            options, op);
+  {
+    Matrix w = to_double(src.head.weight);
+    Vec b = to_double(src.head.bias);
+    Vec gamma, beta;
+    if constexpr (From == Arch::PreLN) gamma = to_double(src.final_gamma), beta = to_double(src.final_beta);
+    convert_reader<From, To>(w, b, Role::Head, gamma, beta);
+    assign(dst.head.weight, w);
+    assign(dst.head.bias, b);
+  }
+  dst.validate(op);
+  return dst;
+}
+
+}  // namespace prenorm
