@@ -374,6 +374,31 @@ TYPED_TEST(LayersTest, AttentionCachedEqualsFull) {
                "positions [9, 13) do not fit the cache capacity 12");
 }
 
+// Large enough for the (sequence, head) tasks to run on several threads.
+TYPED_TEST(LayersTest, AttentionOnThreadsMatchesReference) {
+  using S = TypeParam;
+  std::mt19937_64 rng(9);
+  for (bool causal : {false, true}) {
+    prenorm::MultiHeadAttention<S> attn(24, 4, 16, causal);
+    fill(attn.qkv.weight, rng, 0.3);
+    fill(attn.qkv.bias, rng, 0.3);
+    fill(attn.out.weight, rng, 0.3);
+    fill(attn.out.bias, rng, 0.3);
+    const Index batch = 2, T = 130;
+    RowMatrix<S> x(batch * T, 24), y1(batch * T, 24), y3(batch * T, 24);
+    fill(x, rng);
+    const int threads = prenorm::num_threads();
+    prenorm::set_num_threads(1);
+    attn.forward(x, batch, y1);
+    prenorm::set_num_threads(3);
+    attn.forward(x, batch, y3);
+    prenorm::set_num_threads(threads);
+    const Mat ref = ref_attention(attn, to_ref(x), batch);
+    EXPECT_CLOSE(y1, ref, 8 * tol<S>()) << " causal " << causal;
+    EXPECT_CLOSE(y3, ref, 8 * tol<S>()) << " causal " << causal;
+  }
+}
+
 TEST(Attention, Errors) {
   prenorm::MultiHeadAttention<float> attn(8, 2, 4, true);
   RowMatrix<float> x(6, 8), y(6, 8), bad(6, 7);

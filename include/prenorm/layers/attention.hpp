@@ -65,7 +65,7 @@ class MultiHeadAttention {
     qkv.forward(x, ws.qkv);
     ws.context.resize(tokens, I);
     const S* q = ws.qkv.data();
-    attend(q, 3 * I, q + I, q + 2 * I, 3 * I, T, batch, T, 0, ws);
+    attend(q, 3 * I, q + I, q + 2 * I, 3 * I, T, batch, T, 0, T, ws);
     out.forward(ws.context, y);
   }
   void forward(const ConstRowsRef<S>& x, Index batch, RowsRef<S> y) {
@@ -96,7 +96,7 @@ class MultiHeadAttention {
       values.middleRows(b * capacity + past, T) = ws.qkv.block(b * T, 2 * I, T, I);
     }
     ws.context.resize(tokens, I);
-    attend(ws.qkv.data(), 3 * I, keys.data(), values.data(), I, capacity, batch, T, past, ws);
+    attend(ws.qkv.data(), 3 * I, keys.data(), values.data(), I, capacity, batch, T, past, capacity, ws);
     out.forward(ws.context, y);
   }
 
@@ -129,8 +129,10 @@ class MultiHeadAttention {
   // ws.context [batch*T x heads*head_dim] = attention of the queries (row b*T+t
   // of q, stride q_stride) over keys/values k, v (row b*kv_rows+p, stride kv_stride)
   // at positions [0, past+T). Head h is columns [h*head_dim, (h+1)*head_dim).
+  // max_keys (>= past+T) sizes the scores buffer: the cache capacity when
+  // decoding, so that it does not grow with every step.
   void attend(const S* q, Index q_stride, const S* k, const S* v, Index kv_stride, Index kv_rows,
-              Index batch, Index T, Index past, AttentionWorkspace<S>& ws) const {
+              Index batch, Index T, Index past, Index max_keys, AttentionWorkspace<S>& ws) const {
     using ConstBlock = Eigen::Map<const RowMatrix<S>, 0, Eigen::OuterStride<>>;
     using Block = Eigen::Map<RowMatrix<S>, 0, Eigen::OuterStride<>>;
     const Index hd = head_dim, keys = past + T, tasks = batch * heads;
@@ -142,8 +144,8 @@ class MultiHeadAttention {
     // One scores block per thread; the flop count decides whether threads pay off.
     const double flops = 4.0 * double(tasks) * double(T) * double(keys) * double(hd);
     const bool parallel = tasks > 1 && flops >= 2e6 && num_threads() > 1;
-    const Index slots = parallel ? num_threads() : 1;
-    const Index slot_size = chunk * keys;
+    const Index slots = num_threads();  // sized for any thread count: no regrowth
+    const Index slot_size = chunk * std::max(keys, max_keys);
     if (ws.scores.size() < slots * slot_size) ws.scores.resize(slots * slot_size);
     S* scores = ws.scores.data();
 
