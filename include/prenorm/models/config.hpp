@@ -1,0 +1,119 @@
+#pragma once
+// Model configurations and the presets of the paper (its Tables: ViT Ti..G,
+// GPT-3 Small..XL), plus GPT-2 small.
+
+#include <string>
+
+#include "../core/error.hpp"
+#include "../core/types.hpp"
+#include "../ops/activation.hpp"
+
+namespace prenorm {
+
+// A GPT-style decoder: learned positions, causal attention.
+struct GptConfig {
+  Index vocab = 0;
+  Index context = 0;    // the longest sequence (positions)
+  Index width = 0;      // d, uncompressed
+  Index heads = 0;
+  Index layers = 0;
+  Index mlp_width = 0;  // inner width of the MLP
+  double epsilon = 1e-5;
+  Activation activation = Activation::GeluTanh;
+  bool tied = true;        // the head is the token embedding
+  bool head_bias = false;  // a (vocab) bias on the logits
+  Index head_dim = 0;      // 0: width / heads. GPT-3 XL has 24 heads of 128 at width 2048.
+
+  constexpr Index head_size() const { return head_dim != 0 ? head_dim : (heads ? width / heads : 0); }
+  constexpr Index attention_width() const { return heads * head_size(); }  // heads*head_dim
+
+  // Throws prenorm::Error naming the first bad field.
+  void validate(const char* op = "GptConfig") const {
+    if (vocab <= 0) detail::fail(op, "vocab is ", vocab, ", expected > 0");
+    if (context <= 0) detail::fail(op, "context is ", context, ", expected > 0");
+    if (width < 2) detail::fail(op, "width is ", width, ", expected >= 2");
+    if (heads <= 0) detail::fail(op, "heads is ", heads, ", expected > 0");
+    if (head_dim < 0) detail::fail(op, "head_dim is ", head_dim, ", expected >= 0");
+    if (head_dim == 0 && width % heads != 0)
+      detail::fail(op, "width ", width, " is not divisible by heads ", heads,
+                   " (set head_dim to decouple them)");
+    if (layers < 0) detail::fail(op, "layers is ", layers, ", expected >= 0");
+    if (mlp_width <= 0) detail::fail(op, "mlp_width is ", mlp_width, ", expected > 0");
+    if (!(epsilon > 0)) detail::fail(op, "epsilon is ", epsilon, ", expected > 0");
+  }
+};
+
+// A ViT encoder: square images cut into p x p patches, a cls token, learned
+// positions, bidirectional attention, a classifier on the cls token.
+struct VitConfig {
+  Index image_size = 0;  // height = width of the input images
+  Index patch_size = 0;
+  Index channels = 3;
+  Index classes = 0;
+  Index width = 0;       // d, uncompressed
+  Index heads = 0;
+  Index layers = 0;
+  Index mlp_width = 0;
+  double epsilon = 1e-12;  // Hugging Face ViT's layer_norm_eps
+  Activation activation = Activation::GeluErf;
+  Index head_dim = 0;      // 0: width / heads
+
+  constexpr Index head_size() const { return head_dim != 0 ? head_dim : (heads ? width / heads : 0); }
+  constexpr Index attention_width() const { return heads * head_size(); }
+  constexpr Index grid() const { return patch_size ? image_size / patch_size : 0; }  // patches per side
+  constexpr Index patches() const { return grid() * grid(); }
+  constexpr Index tokens() const { return 1 + patches(); }  // cls + patches
+  constexpr Index patch_features() const { return channels * patch_size * patch_size; }  // C*p*p
+
+  void validate(const char* op = "VitConfig") const {
+    if (image_size <= 0) detail::fail(op, "image_size is ", image_size, ", expected > 0");
+    if (patch_size <= 0) detail::fail(op, "patch_size is ", patch_size, ", expected > 0");
+    if (image_size % patch_size != 0)
+      detail::fail(op, "image_size ", image_size, " is not divisible by patch_size ", patch_size);
+    if (channels <= 0) detail::fail(op, "channels is ", channels, ", expected > 0");
+    if (classes <= 0) detail::fail(op, "classes is ", classes, ", expected > 0");
+    if (width < 2) detail::fail(op, "width is ", width, ", expected >= 2");
+    if (heads <= 0) detail::fail(op, "heads is ", heads, ", expected > 0");
+    if (head_dim < 0) detail::fail(op, "head_dim is ", head_dim, ", expected >= 0");
+    if (head_dim == 0 && width % heads != 0)
+      detail::fail(op, "width ", width, " is not divisible by heads ", heads,
+                   " (set head_dim to decouple them)");
+    if (layers < 0) detail::fail(op, "layers is ", layers, ", expected >= 0");
+    if (mlp_width <= 0) detail::fail(op, "mlp_width is ", mlp_width, ", expected > 0");
+    if (!(epsilon > 0)) detail::fail(op, "epsilon is ", epsilon, ", expected > 0");
+  }
+};
+
+namespace presets {
+
+// ViT, 224 x 224 images, 1000 classes (the paper's ViT table).
+inline constexpr VitConfig vit_ti16{.image_size = 224, .patch_size = 16, .channels = 3, .classes = 1000,
+                                    .width = 192, .heads = 3, .layers = 12, .mlp_width = 768};
+inline constexpr VitConfig vit_s16{.image_size = 224, .patch_size = 16, .channels = 3, .classes = 1000,
+                                   .width = 384, .heads = 6, .layers = 12, .mlp_width = 1536};
+inline constexpr VitConfig vit_b16{.image_size = 224, .patch_size = 16, .channels = 3, .classes = 1000,
+                                   .width = 768, .heads = 12, .layers = 12, .mlp_width = 3072};
+inline constexpr VitConfig vit_l16{.image_size = 224, .patch_size = 16, .channels = 3, .classes = 1000,
+                                   .width = 1024, .heads = 16, .layers = 24, .mlp_width = 4096};
+inline constexpr VitConfig vit_h14{.image_size = 224, .patch_size = 14, .channels = 3, .classes = 1000,
+                                   .width = 1280, .heads = 16, .layers = 32, .mlp_width = 5120};
+inline constexpr VitConfig vit_g14{.image_size = 224, .patch_size = 14, .channels = 3, .classes = 1000,
+                                   .width = 1664, .heads = 16, .layers = 48, .mlp_width = 8192};
+
+// GPT-3 (Brown et al. 2020, Table 2.1), vocab 50257, context 2048.
+inline constexpr GptConfig gpt3_small{.vocab = 50257, .context = 2048, .width = 768, .heads = 12,
+                                      .layers = 12, .mlp_width = 3072};
+inline constexpr GptConfig gpt3_medium{.vocab = 50257, .context = 2048, .width = 1024, .heads = 16,
+                                       .layers = 24, .mlp_width = 4096};
+inline constexpr GptConfig gpt3_large{.vocab = 50257, .context = 2048, .width = 1536, .heads = 16,
+                                      .layers = 24, .mlp_width = 6144};
+// 24 heads of 128: the attention is 3072 wide while d = 2048.
+inline constexpr GptConfig gpt3_xl{.vocab = 50257, .context = 2048, .width = 2048, .heads = 24,
+                                   .layers = 24, .mlp_width = 8192, .head_dim = 128};
+
+// GPT-2 small (124M): Hugging Face "gpt2".
+inline constexpr GptConfig gpt2_small{.vocab = 50257, .context = 1024, .width = 768, .heads = 12,
+                                      .layers = 12, .mlp_width = 3072};
+
+}  // namespace presets
+}  // namespace prenorm
