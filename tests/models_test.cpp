@@ -38,7 +38,11 @@ inline void eigen_assert_failed(const char* expr, const char* file, int line) {
     if (!(x)) ::alloc_count::eigen_assert_failed(#x, __FILE__, __LINE__); \
   } while (false)
 
-// Counts operator new calls while alloc_count::counting is set.
+// Counts operator new calls while alloc_count::counting is set. (GCC cannot
+// see that these operator new / delete pairs both use malloc / free.)
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
 void* operator new(std::size_t n) {
   if (alloc_count::counting) ++alloc_count::news;
   if (void* p = std::malloc(n ? n : 1)) return p;
