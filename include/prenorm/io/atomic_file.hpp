@@ -1,0 +1,235 @@
+#pragma once
+// Writing a file all at once: readers see either the old file or the whole
+// new one, never a half-written file (DESIGN.md §4).
+//
+// The contents go to a fresh temporary file in the destination's directory
+// (rename is atomic only within one file system), which is flushed to disk
+// (fsync) and then renamed over the destination. If anything throws, the
+// temporary file is removed and the destination is untouched.
+//
+// A tool that reads some files and writes another passes its inputs, and the
+// write is refused when the destination is one of them (the same file under
+// another name or through a link included), so a tool never replaces its
+// own input.
+//
+// POSIX only (open, fsync, rename).
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <array>
+#include <atomic>
+#include <cerrno>
+#include <cstddef>
+#include <filesystem>
+#include <functional>
+#include <ostream>
+#include <random>
+#include <span>
+#include <streambuf>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include "error.hpp"
+
+namespace prenorm::io {
+
+namespace detail {
+
+// An output stream buffer over a POSIX file descriptor. A failed write is
+// reported through the stream's badbit; `error()` keeps its errno.
+class FdStreamBuf : public std::streambuf {
+ public:
+  explicit FdStreamBuf(int fd) : fd_(fd) { setp(buffer_.data(), buffer_.data() + buffer_.size()); }
+  FdStreamBuf(const FdStreamBuf&) = delete;
+  FdStreamBuf& operator=(const FdStreamBuf&) = delete;
+
+  int error() const { return error_; }
+
+ protected:
+  int_type overflow(int_type ch) override {
+    if (!flush_buffer()) return traits_type::eof();
+    if (!traits_type::eq_int_type(ch, traits_type::eof())) {
+      *pptr() = traits_type::to_char_type(ch);
+      pbump(1);
+    }
+    return traits_type::not_eof(ch);
+  }
+
+  std::streamsize xsputn(const char* data, std::streamsize count) override {
+    // Large blocks (tensor data) bypass the buffer.
+    if (count >= static_cast<std::streamsize>(buffer_.size())) {
+      if (!flush_buffer() || !write_all(data, static_cast<std::size_t>(count))) return 0;
+      return count;
+    }
+    return std::streambuf::xsputn(data, count);
+  }
+
+  int sync() override { return flush_buffer() ? 0 : -1; }
+
+ private:
+  bool flush_buffer() {
+    const auto pending = static_cast<std::size_t>(pptr() - pbase());
+    if (pending == 0) return error_ == 0;
+    const bool ok = write_all(pbase(), pending);
+    setp(buffer_.data(), buffer_.data() + buffer_.size());
+    return ok;
+  }
+
+  bool write_all(const char* data, std::size_t count) {
+    if (error_ != 0) return false;
+    while (count > 0) {
+      const ::ssize_t written = ::write(fd_, data, count);
+      if (written < 0) {
+        if (errno == EINTR) continue;
+        error_ = errno;
+        return false;
+      }
+      data += written;
+      count -= static_cast<std::size_t>(written);
+    }
+    return true;
+  }
+
+  int fd_;
+  int error_ = 0;
+  std::array<char, 1 << 16> buffer_{};
+};
+
+// "." + name + ".tmp-" + 16 hex digits, unique with overwhelming probability;
+// O_EXCL below makes a collision a retry, never a clobber.
+inline std::string temporary_name_for(const std::filesystem::path& destination) {
+  static std::atomic<std::uint64_t> counter{0};
+  thread_local std::mt19937_64 generator{std::random_device{}() ^
+                                         (static_cast<std::uint64_t>(::getpid()) << 32)};
+  const std::uint64_t token = generator() ^ counter.fetch_add(1);
+  static constexpr char kHex[] = "0123456789abcdef";
+  // Appended piece by piece: "." + string + "..." trips a false -Wrestrict in GCC 12.
+  std::string name(1, '.');
+  name += destination.filename().string();
+  name += ".tmp-";
+  for (int shift = 60; shift >= 0; shift -= 4) name += kHex[(token >> shift) & 0xf];
+  return name;
+}
+
+}  // namespace detail
+
+// Throws FileError when `destination` names the same file as one of `inputs`
+// (std::filesystem::equivalent: hard links and symlinks count). Inputs that
+// do not exist are ignored.
+inline void check_not_an_input(const std::filesystem::path& destination,
+                               const std::vector<std::filesystem::path>& inputs) {
+  for (const std::filesystem::path& input : inputs) {
+    std::error_code error;
+    if (std::filesystem::equivalent(destination, input, error) && !error)
+      detail::fail_with<FileError>("write_file_atomically", "refusing to write '",
+                                   destination.string(), "': it is the input file '",
+                                   input.string(), "'");
+  }
+}
+
+// Creates or replaces `destination` with what `write_contents` writes to the
+// stream it is given. See the top of this file for the guarantees.
+inline void write_file_atomically(const std::filesystem::path& destination,
+                                  const std::function<void(std::ostream&)>& write_contents,
+                                  const std::vector<std::filesystem::path>& inputs = {}) {
+  constexpr const char* kOp = "write_file_atomically";
+  if (destination.empty() || !destination.has_filename())
+    detail::fail_with<FileError>(kOp, "destination '", destination.string(),
+                                 "' does not name a file");
+  check_not_an_input(destination, inputs);
+
+  const std::filesystem::path directory =
+      destination.has_parent_path() ? destination.parent_path() : std::filesystem::path(".");
+
+  // The temporary file and its removal unless committed.
+  struct Temporary {
+    std::filesystem::path path;
+    int fd = -1;
+    bool committed = false;
+    ~Temporary() {
+      if (fd >= 0) ::close(fd);
+      if (!committed && !path.empty()) ::unlink(path.c_str());
+    }
+  } temporary;
+
+  for (int attempt = 0; temporary.fd < 0; ++attempt) {
+    std::filesystem::path candidate = directory / detail::temporary_name_for(destination);
+    // 0666 minus the umask, like any newly created file.
+    const int fd = ::open(candidate.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd >= 0) {
+      temporary.path = std::move(candidate);
+      temporary.fd = fd;
+    } else if (errno != EEXIST || attempt >= 100) {
+      const int error = errno;
+      detail::fail_with<FileError>(kOp, "cannot create a temporary file in '", directory.string(),
+                                   "' to write '", destination.string(),
+                                   "': ", detail::errno_text(error));
+    }
+  }
+
+  // Replacing a file keeps its permissions.
+  struct ::stat existing {};
+  if (::stat(destination.c_str(), &existing) == 0 && S_ISREG(existing.st_mode))
+    ::fchmod(temporary.fd, existing.st_mode & 07777);
+
+  {
+    detail::FdStreamBuf buffer(temporary.fd);
+    std::ostream stream(&buffer);
+    write_contents(stream);
+    stream.flush();
+    if (!stream || buffer.error() != 0) {
+      const int error = buffer.error();
+      detail::fail_with<FileError>(
+          kOp, "cannot write '", temporary.path.string(),
+          "': ", error != 0 ? detail::errno_text(error) : std::string("stream error"));
+    }
+  }
+
+  if (::fsync(temporary.fd) != 0) {
+    const int error = errno;
+    detail::fail_with<FileError>(kOp, "cannot flush '", temporary.path.string(),
+                                 "' to disk: ", detail::errno_text(error));
+  }
+  const int fd = temporary.fd;
+  temporary.fd = -1;
+  if (::close(fd) != 0) {
+    const int error = errno;
+    detail::fail_with<FileError>(kOp, "cannot close '", temporary.path.string(),
+                                 "': ", detail::errno_text(error));
+  }
+  // An input could have been renamed onto the destination meanwhile; check
+  // again just before the point of no return.
+  check_not_an_input(destination, inputs);
+  if (::rename(temporary.path.c_str(), destination.c_str()) != 0) {
+    const int error = errno;
+    detail::fail_with<FileError>(kOp, "cannot rename '", temporary.path.string(), "' to '",
+                                 destination.string(), "': ", detail::errno_text(error));
+  }
+  temporary.committed = true;
+
+  // Make the rename itself durable. Failure here leaves a complete file, so
+  // it is not reported.
+  const int directory_fd = ::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (directory_fd >= 0) {
+    ::fsync(directory_fd);
+    ::close(directory_fd);
+  }
+}
+
+// The same for contents already in memory.
+inline void write_file_atomically(const std::filesystem::path& destination,
+                                  std::span<const std::byte> contents,
+                                  const std::vector<std::filesystem::path>& inputs = {}) {
+  write_file_atomically(
+      destination,
+      [contents](std::ostream& out) {
+        out.write(reinterpret_cast<const char*>(contents.data()),
+                  static_cast<std::streamsize>(contents.size()));
+      },
+      inputs);
+}
+
+}  // namespace prenorm::io
