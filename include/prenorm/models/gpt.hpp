@@ -179,8 +179,10 @@ class Gpt {
   }
 
   // Logits [batch*seq x vocab] of every position; row b*seq + t is sequence b,
-  // position t. Workspace is reused: no allocation after the first call for a
-  // given shape (beyond what Eigen's GEMM allocates for large products).
+  // position t. The reference stays valid until the next call on this model.
+  // Workspace is reused: no allocation after the first call for a given shape
+  // (beyond the packing buffers Eigen's GEMM takes from the heap for products
+  // too large for its stack limit).
   const RowMatrix<S>& forward(const TokenBatch& tokens) { return forward_impl(tokens, nullptr); }
   const RowMatrix<S>& forward(const TokenBatch& tokens, const BlockHook& hook) {
     return forward_impl(tokens, &hook);

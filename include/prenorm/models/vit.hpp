@@ -133,7 +133,8 @@ class Vit {
     head.validate(op, "head", m, config.classes);
   }
 
-  // Logits [batch x classes] of images [batch x C x H x W].
+  // Logits [batch x classes] of images [batch x C x H x W], valid until the
+  // next call. No allocation after the first call for a given batch size.
   const RowMatrix<S>& forward(const ImageBatch<S>& images) { return forward_images(images, nullptr); }
   const RowMatrix<S>& forward(const ImageBatch<S>& images, const BlockHook& hook) {
     return forward_images(images, &hook);
