@@ -171,7 +171,10 @@ class MultiHeadAttention {
     };
 #ifdef _OPENMP
     if (parallel) {
-#pragma omp parallel for schedule(static)
+      // Dynamic: a thread that the OS delays does not hold back the others.
+      // Each task is computed whole by one thread, so results do not depend
+      // on the schedule.
+#pragma omp parallel for schedule(dynamic, 1)
       for (Index i = 0; i < tasks; ++i) task(i, omp_get_thread_num());
       return;
     }
