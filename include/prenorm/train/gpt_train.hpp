@@ -1,0 +1,212 @@
+#pragma once
+// Training forward and backward of a GPT: next-token cross-entropy.
+//
+//   h_0 = E[tok] + P[pos];  blocks (residual adds fused into the next norm);
+//   logits = head(NormF(h_L)) (+ head_bias);  loss = mean CE(logits, targets)
+//
+// GptTrainEngine holds every activation the backward reuses and every
+// scratch buffer: after the first step for a given shape it allocates
+// nothing. The gradients go into a Gpt<A, S> of the same configuration, used
+// as a container (visit_parameters zips it with the model).
+//
+// Tied heads: PreLN and NoNorm models with config.tied read E twice (lookup
+// and head); its gradient is the sum. A Pre-(C)RMSNorm model in the
+// keep-tied layout (tied_affine()) is for inference: train the Pre-LN model
+// through the converter with TiedPolicy::Untie instead (ReparamTrainer).
+
+#include <Eigen/Core>
+
+#include <span>
+#include <vector>
+
+#include "../core/arch.hpp"
+#include "../core/error.hpp"
+#include "../core/types.hpp"
+#include "../models/gpt.hpp"
+#include "block_backward.hpp"
+#include "layers_backward.hpp"
+#include "loss.hpp"
+
+namespace prenorm {
+
+// Inputs and next-token targets: targets[b*seq + t] is the token that should
+// follow position t of sequence b (usually ids[b*seq + t + 1]); negative
+// targets are not counted.
+struct GptBatch {
+  TokenBatch inputs;
+  std::span<const int> targets;  // [batch * seq]
+};
+
+template <Arch A, class S>
+class GptTrainEngine {
+ public:
+  using Model = Gpt<A, S>;
+  using Batch = GptBatch;
+
+  NormClock norm_clock;  // time in the normalization kernels, when enabled
+
+  // Runs the forward and the backward of the mean cross-entropy; writes the
+  // gradient of every parameter into grads (a model of the same config).
+  // Returns the loss.
+  double forward_backward(const Model& model, const GptBatch& batch, Model& grads) {
+    constexpr const char* op = "GptTrainEngine::forward_backward";
+    check_grads(op, model, grads);
+    forward(op, model, batch);
+    const Index N = batch.inputs.batch * batch.inputs.seq, m = model.main(), L = layers(model);
+    Vector<S>* dbias = grads.head_bias.size() ? &grads.head_bias : nullptr;
+    const double loss =
+        softmax_cross_entropy_forward_backward<S>(logits_, batch.targets, ce_, model.head_bias, dbias);
+    if (N == 0) {
+      zero_all(grads);
+      return loss;
+    }
+    const RowMatrix<S>& x_f = final_input();
+    const bool tied = model.config.tied;
+    // Head: dW = dlogits^T x_f, dx_f = dlogits W.
+    RowMatrix<S>& dweight = tied ? grads.token_embedding.table : grads.head.weight;
+    const RowMatrix<S>& weight = tied ? model.token_embedding.table : model.head.weight;
+    dweight.noalias() = logits_.transpose() * x_f;
+    dxf_.resize(N, m);
+    dxf_.noalias() = logits_ * weight;
+    // Final norm.
+    dh_.resize(N, m);
+    norm_clock.time([&] {
+      norm_backward_train<A, S>(dxf_, h_[L], model.final_gamma, final_saved_, dh_, grads.final_gamma,
+                                grads.final_beta, GradWrite::Overwrite);
+    });
+    for (Index l = L - 1; l >= 0; --l)
+      block_backward<A, S>(model.blocks[l], h_[l], batch.inputs.batch, acts_[l], grads.blocks[l], dh_,
+                           bws_, norm_clock);
+    // Embeddings.
+    grads.position_embedding.table.setZero();
+    embedding_backward<S>(dh_, positions_, grads.position_embedding.table);
+    RowMatrix<S>& dE = grads.token_embedding.table;
+    if (!tied) {
+      if (&grads != last_grads_) dE.setZero();  // a new container: clear it once
+      else for (int row : token_rows_) dE.row(row).setZero();  // the rows of the last step
+    }
+    embedding_backward<S>(dh_, batch.inputs.ids, dE);
+    remember_rows(batch.inputs.ids, model.config.vocab);
+    last_grads_ = &grads;
+    return loss;
+  }
+
+  // The mean loss, without gradients; logits() holds the logits afterwards.
+  double forward_loss(const Model& model, const GptBatch& batch) {
+    forward("GptTrainEngine::forward_loss", model, batch);
+    return softmax_cross_entropy_forward<S>(logits_, batch.targets, model.head_bias);
+  }
+
+  // Logits [batch*seq x vocab] of the last forward_loss (without the head
+  // bias); after forward_backward they hold dL/dlogits.
+  const RowMatrix<S>& logits() const { return logits_; }
+
+  // The distinct token ids of the last forward_backward: for an untied model,
+  // the only rows of grads.token_embedding that may be non-zero.
+  std::span<const int> token_rows() const { return token_rows_; }
+
+ private:
+  std::vector<RowMatrix<S>> h_;  // [layers+1] of [N x main]: block inputs, h_[L] the last output
+  std::vector<BlockActivations<A, S>> acts_;  // [layers]
+  RowMatrix<S> x_f_;                          // [N x main]: NormF(h_L)
+  NormSaved<A, S> final_saved_;
+  RowMatrix<S> logits_;                       // [N x vocab]
+  CrossEntropyWorkspace<S> ce_;
+  RowMatrix<S> dxf_, dh_;                     // [N x main]
+  BlockBackwardWorkspace<S> bws_;
+  std::vector<int> positions_;                // [N]: position of each row
+  std::vector<int> token_rows_;               // distinct ids of the last backward
+  std::vector<unsigned char> seen_;           // [vocab]
+  const Model* last_grads_ = nullptr;
+
+  static Index layers(const Model& model) { return Index(model.blocks.size()); }
+  const RowMatrix<S>& final_input() const {
+    return A == Arch::NoNorm ? h_.back() : x_f_;
+  }
+
+  static void check_grads(const char* op, const Model& model, const Model& grads) {
+    if (&model == &grads) detail::fail(op, "grads must be a separate model");
+    const GptConfig &a = model.config, &b = grads.config;
+    if (a.vocab != b.vocab || a.context != b.context || a.width != b.width || a.heads != b.heads ||
+        a.layers != b.layers || a.mlp_width != b.mlp_width || a.tied != b.tied ||
+        a.head_bias != b.head_bias || a.head_size() != b.head_size())
+      detail::fail(op, "grads has another configuration than the model");
+    grads.validate(op);
+  }
+
+  static void zero_all(Model& grads) {
+    grads.visit_parameters([](const std::string&, auto& t) { t.setZero(); });
+  }
+
+  void remember_rows(std::span<const int> ids, Index vocab) {
+    seen_.assign(std::size_t(vocab), 0);  // no allocation once sized
+    token_rows_.reserve(ids.size());      // at most one row per id
+    token_rows_.clear();
+    for (int id : ids)
+      if (!seen_[std::size_t(id)]) {
+        seen_[std::size_t(id)] = 1;
+        token_rows_.push_back(id);
+      }
+  }
+
+  void forward(const char* op, const Model& model, const GptBatch& batch) {
+    const TokenBatch& t = batch.inputs;
+    model.validate(op);
+    if (model.tied_affine())
+      detail::fail(op, "a Pre-(C)RMSNorm model in the keep-tied layout is for inference; train the "
+                       "Pre-LN model with ReparamTrainer (TiedPolicy::Untie)");
+    if (t.batch < 0 || t.seq < 0 || Index(t.ids.size()) != t.batch * t.seq)
+      detail::fail(op, "the token batch has ", t.ids.size(), " ids, expected batch ", t.batch,
+                   " x seq ", t.seq);
+    if (t.seq > model.config.context)
+      detail::fail(op, "sequence length ", t.seq, " exceeds the context ", model.config.context);
+    if (batch.targets.size() != t.ids.size())
+      detail::fail(op, "targets has ", batch.targets.size(), " entries, expected ", t.ids.size(),
+                   " (one per input token)");
+    model.token_embedding.check_ids(t.ids, op);
+    const Index B = t.batch, T = t.seq, N = B * T, m = model.main(), L = layers(model);
+    h_.resize(std::size_t(L + 1));
+    acts_.resize(std::size_t(L));
+    for (auto& h : h_) h.resize(N, m);
+    x_f_.resize(A == Arch::NoNorm ? 0 : N, m);
+    logits_.resize(N, model.config.vocab);
+    positions_.resize(std::size_t(N));
+    for (Index r = 0; r < N; ++r) positions_[std::size_t(r)] = int(r % T);
+    if (N == 0) return;
+
+    const auto& E = model.token_embedding.table;
+    const auto& P = model.position_embedding.table;
+    RowMatrix<S>& h0 = h_[0];
+    detail::for_each_row(N, m, [&](Index r) { h0.row(r) = E.row(t.ids[r]) + P.row(r % T); });
+
+    const S eps = S(model.config.epsilon);
+    if (L == 0) {
+      norm_clock.time([&] {
+        norm_forward_train<A, S>(h0, model.final_gamma, model.final_beta, x_f_, eps, final_saved_);
+      });
+    } else {
+      acts_[0].resize(N, m);
+      block_norm1_forward_train<A, S>(model.blocks[0], h0, acts_[0], norm_clock);
+    }
+    for (Index l = 0; l < L; ++l) {
+      block_forward_train<A, S>(model.blocks[l], h_[l], B, acts_[l], h_[l + 1], norm_clock);
+      if (l + 1 < L) {  // h_{l+1} = Mlp(x2) + h_mid, fused with the next block's norm1
+        const auto& next = model.blocks[l + 1];
+        acts_[l + 1].resize(N, m);
+        norm_clock.time([&] {
+          norm_add_forward_train<A, S>(h_[l + 1], acts_[l].h_mid, next.norm1_gamma, next.norm1_beta,
+                                       acts_[l + 1].x1, next.epsilon, acts_[l + 1].norm1);
+        });
+      } else {  // the last add, fused with the final norm
+        norm_clock.time([&] {
+          norm_add_forward_train<A, S>(h_[L], acts_[l].h_mid, model.final_gamma, model.final_beta,
+                                       x_f_, eps, final_saved_);
+        });
+      }
+    }
+    const RowMatrix<S>& weight = model.config.tied ? E : model.head.weight;
+    logits_.noalias() = final_input() * weight.transpose();
+  }
+};
+
+}  // namespace prenorm
