@@ -79,7 +79,7 @@ ZeroMeanReport zero_mean_report(const Vit<A, S>& model) {
   using namespace conversion::detail;
   ZeroMeanReport report;
   measure_writer<A>(report, "patch", to_double(model.patch.weight), to_double(model.patch.bias));
-  measure_table<A>(report, "cls_token", Matrix(to_double(model.cls_token).transpose()));
+  measure_table<A>(report, "cls_token", conversion::Matrix(to_double(model.cls_token).transpose()));
   measure_table<A>(report, "position_embedding", to_double(model.position_embedding));
   measure_blocks(report, model.blocks);
   return report;
