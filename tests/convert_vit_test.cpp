@@ -1,0 +1,571 @@
+// Tests of the converter (include/prenorm/convert/) on ViT models (GPT models,
+// the plan, the transforms and adjoints: convert_test.cpp).
+//
+// Source models are random Pre-LN ViTs shaped like trained ones: widths odd
+// and prime (2, 5, 7, 64, 97, 192), 0-4 layers, gamma N(1, 0.5) with some
+// negative entries, beta and biases != 0, a cls token, positions and a patch
+// linear (weight and bias) with a large shared mean (+5) and a few outlier
+// dimensions (x 20); 8 x 8 images, 4 x 4 patches, 3 channels, 5 classes.
+//
+// Checked, relative errors |actual - expected| / |expected| in the Frobenius
+// norm (double 1e-12, float 1e-5), every failure printing the error found:
+//  - logits of Pre-LN -> Pre-RMSNorm / Pre-CRMSNorm equal the Pre-LN logits;
+//  - the converted Pre-RMSNorm main branch is zero-mean after every block
+//    (|mean| <= 1e-12 rms per row) and the Pre-CRMSNorm one is its first d-1
+//    coordinates; zero_mean_report is ~0;
+//  - round trips, and random Pre-CRMSNorm ViTs to Pre-LN and Pre-RMSNorm;
+//  - non-zero-mean Pre-RMSNorm sources and bad shapes are refused by name;
+//  - 20 seeds of random configurations and conversion chains.
+// The maximum errors are printed (lines starting with "[ max error ]").
+
+#include <gtest/gtest.h>
+
+#include <prenorm/convert.hpp>
+#include <prenorm/models.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <random>
+#include <span>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+namespace {
+
+using prenorm::Arch;
+using prenorm::ConvertOptions;
+using prenorm::ImageBatch;
+using prenorm::Index;
+using prenorm::RowMatrix;
+using prenorm::Vector;
+using prenorm::Vit;
+using prenorm::VitConfig;
+using MatD = RowMatrix<double>;
+using VecD = Vector<double>;
+
+// The models here are tiny, so OpenMP fork-joins (Eigen parallelises a GEMM
+// above ~50k multiply-adds) cost more than the work they split, and on a loaded
+// machine each one waits for a core: 60 s instead of 1.5 s was measured on two
+// shared cores. Results do not depend on the thread count (layers_test checks
+// it), and the converter itself is serial, so these tests run on one thread.
+[[maybe_unused]] const bool kSingleThreaded = (prenorm::set_num_threads(1), true);
+
+template <class S>
+constexpr double tol() {
+  return std::is_same_v<S, float> ? 1e-5 : 1e-12;
+}
+template <class S>
+const char* dtype() {
+  return std::is_same_v<S, float> ? "float" : "double";
+}
+
+template <class DA, class DB>
+double rel_err(const Eigen::MatrixBase<DA>& actual, const Eigen::MatrixBase<DB>& expected) {
+  if (actual.rows() != expected.rows() || actual.cols() != expected.cols()) return INFINITY;
+  const MatD a = actual.template cast<double>(), e = expected.template cast<double>();
+  const double err = (a - e).norm() / e.norm();
+  return std::isnan(err) ? INFINITY : err;
+}
+
+template <class DA, class DB>
+::testing::AssertionResult close_rel(const Eigen::MatrixBase<DA>& actual,
+                                     const Eigen::MatrixBase<DB>& expected, double tolerance,
+                                     double* worst = nullptr) {
+  const double err = rel_err(actual, expected);
+  if (worst) *worst = std::max(*worst, err);
+  if (err <= tolerance) return ::testing::AssertionSuccess();
+  ::testing::AssertionResult r = ::testing::AssertionFailure();
+  r << "relative error " << err << " > tolerance " << tolerance << " (" << actual.rows() << " x "
+    << actual.cols() << " vs " << expected.rows() << " x " << expected.cols() << ")";
+  if (actual.rows() == expected.rows() && actual.cols() == expected.cols())
+    r << ", max |diff| "
+      << (actual.template cast<double>() - expected.template cast<double>()).cwiseAbs().maxCoeff();
+  return r;
+}
+
+template <class F>
+void expect_error(F&& f, const std::vector<std::string>& needles) {
+  try {
+    f();
+    ADD_FAILURE() << "expected prenorm::Error containing \"" << needles.front() << "\"";
+  } catch (const prenorm::Error& e) {
+    for (const std::string& needle : needles)
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos)
+          << "message: " << e.what() << "\nexpected to contain: " << needle;
+  }
+}
+
+void report(const std::string& what, double err) {
+  std::printf("[ max error ] %-72s %.3g\n", what.c_str(), err);
+}
+
+struct Rng {
+  std::mt19937_64 gen;
+  explicit Rng(std::uint64_t seed) : gen(seed) {}
+  double normal() { return std::normal_distribution<double>(0.0, 1.0)(gen); }
+  Index uniform(Index lo, Index hi) { return std::uniform_int_distribution<Index>(lo, hi)(gen); }
+  bool coin() { return uniform(0, 1) == 1; }
+  template <class T>
+  void fill(T& t, double stddev, double mean = 0.0) {
+    for (Index i = 0; i < t.size(); ++i) t.data()[i] = typename T::Scalar(mean + stddev * normal());
+  }
+};
+
+void fill_gamma(VecD& g, Rng& rng) {
+  rng.fill(g, 0.5, 1.0);
+  g(0) = -std::abs(g(0)) - 0.3;
+  if (g.size() > 3) g(g.size() / 2) = -1.5;
+}
+
+// A few outlier main-branch dimensions x 20, then a shared shift. The main
+// branch is the columns of a table, the rows of a writer linear.
+Index outlier(Rng& rng, Index d) { return rng.uniform(0, d - 1); }
+
+template <class Block>
+void fill_pre_ln_block(Block& b, Rng& rng) {
+  const double d = double(b.width);
+  fill_gamma(b.norm1_gamma, rng);
+  rng.fill(b.norm1_beta, 0.5);
+  rng.fill(b.attn.qkv.weight, 1.0 / std::sqrt(d));
+  rng.fill(b.attn.qkv.bias, 0.2);
+  rng.fill(b.attn.out.weight, 0.5 / std::sqrt(double(b.attn.out.weight.cols())), 0.2);
+  rng.fill(b.attn.out.bias, 0.5, 2.0);
+  fill_gamma(b.norm2_gamma, rng);
+  rng.fill(b.norm2_beta, 0.5);
+  rng.fill(b.mlp.fc.weight, 1.0 / std::sqrt(d));
+  rng.fill(b.mlp.fc.bias, 0.2);
+  rng.fill(b.mlp.proj.weight, 0.5 / std::sqrt(double(b.mlp.proj.weight.cols())), -0.1);
+  rng.fill(b.mlp.proj.bias, 0.5, -1.0);
+}
+
+struct VitCase {
+  const char* name;
+  Index width, heads, head_dim, layers;
+  double epsilon;
+};
+
+VitConfig vit_config(const VitCase& c) {
+  VitConfig config;
+  config.image_size = 8;
+  config.patch_size = 4;
+  config.channels = 3;
+  config.classes = 5;
+  config.width = c.width;
+  config.heads = c.heads;
+  config.head_dim = c.head_dim;
+  config.layers = c.layers;
+  config.mlp_width = 2 * c.width + 1;
+  config.epsilon = c.epsilon;
+  return config;
+}
+
+Vit<Arch::PreLN, double> make_pre_ln_vit(const VitConfig& config, std::uint64_t seed) {
+  Vit<Arch::PreLN, double> m(config);
+  Rng rng(seed);
+  const Index d = config.width;
+  // Patch linear: outlier output rows, a shared mean on weight and bias.
+  rng.fill(m.patch.weight, 1.0 / std::sqrt(double(config.patch_features())), 0.3);
+  rng.fill(m.patch.bias, 1.0, 5.0);
+  for (Index k = 0, n = std::max<Index>(1, d / 32); k < n; ++k) {
+    const Index o = outlier(rng, d);
+    m.patch.weight.row(o) *= 20.0;
+    m.patch.bias(o) *= 20.0;
+  }
+  rng.fill(m.cls_token, 1.0, 5.0);
+  m.cls_token(outlier(rng, d)) *= 20.0;
+  rng.fill(m.position_embedding, 0.5);
+  m.position_embedding.col(outlier(rng, d)) *= 20.0;
+  m.position_embedding.array() += 5.0;
+  for (auto& b : m.blocks) fill_pre_ln_block(b, rng);
+  fill_gamma(m.final_gamma, rng);
+  rng.fill(m.final_beta, 0.5);
+  rng.fill(m.head.weight, 1.0 / std::sqrt(double(d)));
+  rng.fill(m.head.bias, 0.5, 0.3);
+  m.validate();
+  return m;
+}
+
+template <class To, Arch A>
+Vit<A, To> cast_model(const Vit<A, double>& src) {
+  std::vector<MatD> mats;
+  std::vector<VecD> vecs;
+  src.visit_parameters([&](const std::string&, const auto& t) {
+    if constexpr (std::decay_t<decltype(t)>::ColsAtCompileTime == 1) vecs.push_back(t);
+    else mats.push_back(t);
+  });
+  Vit<A, To> dst(src.config);
+  std::size_t mi = 0, vi = 0;
+  dst.visit_parameters([&](const std::string&, auto& t) {
+    if constexpr (std::decay_t<decltype(t)>::ColsAtCompileTime == 1) t = vecs[vi++].template cast<To>();
+    else t = mats[mi++].template cast<To>();
+  });
+  dst.validate();
+  return dst;
+}
+
+template <class S>
+struct Images {
+  std::vector<S> pixels;
+  Index batch = 0;
+  ImageBatch<S> view() const { return ImageBatch<S>{pixels, batch, 3, 8, 8}; }
+};
+
+template <class S>
+Images<S> random_images(Index batch, std::uint64_t seed) {
+  Rng rng(seed);
+  Images<S> im{std::vector<S>(batch * 3 * 8 * 8), batch};
+  for (S& p : im.pixels) p = S(rng.normal());
+  return im;
+}
+
+template <class Model, class S>
+MatD logits(Model& m, const Images<S>& im) {
+  return m.forward(im.view()).template cast<double>();
+}
+
+template <class Model, class S>
+std::vector<MatD> branches(Model& m, const Images<S>& im, MatD* out_logits) {
+  std::vector<MatD> hs;
+  *out_logits = m.forward(im.view(), [&](Index, const RowMatrix<S>& h) {
+                  hs.push_back(h.template cast<double>());
+                }).template cast<double>();
+  return hs;
+}
+
+double max_relative_row_mean(const MatD& h) {
+  double worst = 0;
+  for (Index r = 0; r < h.rows(); ++r) {
+    const double rms = std::sqrt(h.row(r).squaredNorm() / double(h.cols()));
+    worst = std::max(worst, std::abs(h.row(r).mean()) / rms);
+  }
+  return worst;
+}
+
+template <Arch To, Arch From, class S>
+Vit<To, S> convert_checked(const Vit<From, S>& src, const Images<S>& im, const MatD& expected,
+                           double& worst, const std::string& what) {
+  Vit<To, S> dst = prenorm::convert<To>(src);
+  EXPECT_TRUE(close_rel(logits(dst, im), expected, tol<S>(), &worst))
+      << what << " -> " << prenorm::arch_name(To);
+  return dst;
+}
+
+// ===========================================================================
+
+class ConvertVit : public ::testing::TestWithParam<VitCase> {};
+
+const VitCase kVitCases[] = {
+    {"d5_h5_L1", 5, 5, 0, 1, 1e-12},
+    {"d5_h1_L2", 5, 1, 0, 2, 1e-5},
+    {"d7_h1x4_L3", 7, 1, 4, 3, 1e-2},  // head_dim decoupled
+    {"d64_h4_L4", 64, 4, 0, 4, 1e-12},
+    {"d97_h1_L2", 97, 1, 0, 2, 1e-6},
+    {"d192_h3_L1", 192, 3, 0, 1, 1e-12},
+    {"d2_h1_L1", 2, 1, 0, 1, 1e-5},  // CRMSNorm main width 1
+    {"d11_h1_L0", 11, 1, 0, 0, 1e-5},  // no blocks
+};
+
+template <class S>
+void check_pre_ln_conversions(const VitCase& c) {
+  const VitConfig config = vit_config(c);
+  auto src = cast_model<S>(make_pre_ln_vit(config, 100 + c.width * 10 + c.layers));
+  const auto images = random_images<S>(3, 1);
+  MatD ref;
+  const auto h_src = branches(src, images, &ref);
+  const std::string what = std::string(c.name) + " " + dtype<S>();
+  ASSERT_GT(ref.norm(), 0.5);
+  ASSERT_GT(max_relative_row_mean(h_src.front()), 0.1) << "the source branch should not be zero-mean";
+
+  auto rms = prenorm::convert<Arch::PreRMSNorm>(src);
+  auto crms = prenorm::convert<Arch::PreCRMSNorm>(src);
+  EXPECT_EQ(crms.patch.weight.rows(), c.width - 1);
+  EXPECT_EQ(crms.cls_token.size(), c.width - 1);
+  EXPECT_EQ(crms.position_embedding.cols(), c.width - 1);
+  EXPECT_EQ(crms.head.weight.cols(), c.width - 1);
+  EXPECT_EQ(rms.final_gamma.size(), 0);
+
+  double err_rms = 0, err_crms = 0, err_mean = 0, err_branch = 0, err_report = 0;
+  MatD l_rms, l_crms;
+  const auto h_rms = branches(rms, images, &l_rms);
+  const auto h_crms = branches(crms, images, &l_crms);
+  EXPECT_TRUE(close_rel(l_rms, ref, tol<S>(), &err_rms)) << what << " -> pre_rmsnorm";
+  EXPECT_TRUE(close_rel(l_crms, ref, tol<S>(), &err_crms)) << what << " -> pre_crmsnorm";
+  ASSERT_EQ(h_rms.size(), std::size_t(c.layers + 1));
+  ASSERT_EQ(h_crms.size(), h_rms.size());
+  for (std::size_t i = 0; i < h_rms.size(); ++i) {
+    const double mean = max_relative_row_mean(h_rms[i]);
+    err_mean = std::max(err_mean, mean);
+    EXPECT_LE(mean, (std::is_same_v<S, float> ? 1e-5 : 1e-12))
+        << what << ": |mean| / rms of the Pre-RMSNorm main branch after block " << int(i) - 1;
+    EXPECT_TRUE(close_rel(h_crms[i], h_rms[i].leftCols(c.width - 1), tol<S>(), &err_branch))
+        << what << ": the Pre-CRMSNorm branch after block " << int(i) - 1;
+  }
+  if constexpr (std::is_same_v<S, double>) {
+    for (const prenorm::ZeroMeanReport& r :
+         {prenorm::zero_mean_report(rms), prenorm::zero_mean_report(crms)}) {
+      err_report = std::max(err_report, r.relative);
+      EXPECT_LE(r.relative, 1e-12) << what << ": " << r.tensor << " |mean| " << r.max_abs_mean;
+    }
+  }
+  // forward_patches gives the same logits as forward(images).
+  RowMatrix<S> patches;
+  crms.patchify(images.view(), patches);
+  EXPECT_TRUE(close_rel(crms.forward_patches(patches), ref, tol<S>()));
+
+  report(what + " ln->rms logits", err_rms);
+  report(what + " ln->crms logits", err_crms);
+  report(what + " rms branch |mean|/rms", err_mean);
+  report(what + " crms branch vs rms branch", err_branch);
+  if constexpr (std::is_same_v<S, double>) report(what + " zero_mean_report relative", err_report);
+}
+
+TEST_P(ConvertVit, PreLnToRmsAndCrmsDouble) { check_pre_ln_conversions<double>(GetParam()); }
+TEST_P(ConvertVit, PreLnToRmsAndCrmsFloat) { check_pre_ln_conversions<float>(GetParam()); }
+
+template <class S>
+void check_round_trips(const VitCase& c) {
+  const VitConfig config = vit_config(c);
+  const auto src = cast_model<S>(make_pre_ln_vit(config, 300 + c.width));
+  auto src_m = src;
+  const auto images = random_images<S>(2, 2);
+  const MatD ref = logits(src_m, images);
+  const std::string what = std::string(c.name) + " " + dtype<S>();
+  double worst = 0;
+  {
+    auto a = convert_checked<Arch::PreCRMSNorm>(src, images, ref, worst, what + " ln");
+    auto b = convert_checked<Arch::PreLN>(a, images, ref, worst, what + " ln->crms");
+    EXPECT_EQ(b.final_gamma, Vector<S>::Ones(c.width));
+    EXPECT_EQ(b.final_beta, Vector<S>::Zero(c.width));
+  }
+  {
+    auto a = convert_checked<Arch::PreRMSNorm>(src, images, ref, worst, what + " ln");
+    convert_checked<Arch::PreLN>(a, images, ref, worst, what + " ln->rms");
+  }
+  {
+    auto a = convert_checked<Arch::PreRMSNorm>(src, images, ref, worst, what + " ln");
+    auto b = convert_checked<Arch::PreCRMSNorm>(a, images, ref, worst, what + " ln->rms");
+    auto d = convert_checked<Arch::PreRMSNorm>(b, images, ref, worst, what + " ln->rms->crms");
+    auto e = convert_checked<Arch::PreLN>(d, images, ref, worst, what + " ln->rms->crms->rms");
+    convert_checked<Arch::PreCRMSNorm>(e, images, ref, worst, what + " ...->ln");
+  }
+  report(what + " round trips", worst);
+}
+
+TEST_P(ConvertVit, RoundTripsKeepLogitsDouble) { check_round_trips<double>(GetParam()); }
+TEST_P(ConvertVit, RoundTripsKeepLogitsFloat) { check_round_trips<float>(GetParam()); }
+
+template <class S>
+void check_from_random_crms(const VitCase& c) {
+  Vit<Arch::PreCRMSNorm, double> crms_d(vit_config(c));
+  crms_d.init_random(400 + c.width, 0.5, /*random_affine=*/true);
+  auto crms = cast_model<S>(crms_d);
+  const auto images = random_images<S>(2, 3);
+  const MatD ref = logits(crms, images);
+  const std::string what = std::string(c.name) + " " + dtype<S>();
+  double worst = 0;
+  auto ln = convert_checked<Arch::PreLN>(crms, images, ref, worst, what + " crms");
+  auto rms = convert_checked<Arch::PreRMSNorm>(crms, images, ref, worst, what + " crms");
+  convert_checked<Arch::PreLN>(rms, images, ref, worst, what + " crms->rms");
+  convert_checked<Arch::PreCRMSNorm>(ln, images, ref, worst, what + " crms->ln");
+  convert_checked<Arch::PreCRMSNorm>(rms, images, ref, worst, what + " crms->rms");
+  if constexpr (std::is_same_v<S, double>) {
+    const auto r = prenorm::zero_mean_report(rms);
+    EXPECT_LE(r.relative, 1e-12) << what << ": " << r.tensor;
+  }
+  report(what + " random crms -> ln / rms and on", worst);
+}
+
+TEST_P(ConvertVit, RandomCrmsToLnAndRmsDouble) { check_from_random_crms<double>(GetParam()); }
+TEST_P(ConvertVit, RandomCrmsToLnAndRmsFloat) { check_from_random_crms<float>(GetParam()); }
+
+INSTANTIATE_TEST_SUITE_P(Cases, ConvertVit, ::testing::ValuesIn(kVitCases),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+// ===========================================================================
+// Errors
+// ===========================================================================
+
+// A Pre-RMSNorm ViT whose writers are all exactly zero-mean.
+Vit<Arch::PreRMSNorm, double> zero_mean_rms_vit() {
+  Vit<Arch::PreRMSNorm, double> m(vit_config({"", 7, 1, 0, 2, 1e-6}));
+  m.init_random(21, 0.5, true);
+  m.patch.weight.rowwise() -= m.patch.weight.colwise().mean();
+  m.patch.bias.array() -= m.patch.bias.mean();
+  m.cls_token.array() -= m.cls_token.mean();
+  m.position_embedding.colwise() -= m.position_embedding.rowwise().mean();
+  for (auto& b : m.blocks)
+    for (auto* lin : {&b.attn.out, &b.mlp.proj}) {
+      lin->weight.rowwise() -= lin->weight.colwise().mean();
+      lin->bias.array() -= lin->bias.mean();
+    }
+  EXPECT_LE(prenorm::zero_mean_report(m).relative, 1e-14);
+  return m;
+}
+
+TEST(ConvertVitErrors, NonZeroMeanRmsSourceIsRefusedByNameAndRecentered) {
+  const auto images = random_images<double>(2, 4);
+  {
+    auto m = zero_mean_rms_vit();
+    EXPECT_NO_THROW((void)prenorm::convert<Arch::PreLN>(m));
+    m.patch.bias.array() += 5.0;
+    const auto r = prenorm::zero_mean_report(m);
+    EXPECT_EQ(r.tensor, "patch");
+    const std::vector<std::string> needles = {"prenorm::convert(Vit)", "patch.weight",
+                                              "not zero-mean", "recenter"};
+    expect_error([&] { (void)prenorm::convert<Arch::PreLN>(m); }, needles);
+    expect_error([&] { (void)prenorm::convert<Arch::PreCRMSNorm>(m); }, needles);
+    auto ln = prenorm::convert<Arch::PreLN>(m, {.recenter = true});
+    auto crms = prenorm::convert<Arch::PreCRMSNorm>(m, {.recenter = true});
+    EXPECT_TRUE(close_rel(logits(crms, images), logits(ln, images), 1e-12));
+    EXPECT_LE(prenorm::zero_mean_report(crms).relative, 1e-12);
+  }
+  {
+    auto m = zero_mean_rms_vit();
+    m.cls_token.array() += 5.0;
+    expect_error([&] { (void)prenorm::convert<Arch::PreLN>(m); }, {"cls_token", "not zero-mean"});
+  }
+  {
+    auto m = zero_mean_rms_vit();
+    m.position_embedding.row(3).array() += 1.0;
+    expect_error([&] { (void)prenorm::convert<Arch::PreCRMSNorm>(m); },
+                 {"position_embedding", "not zero-mean"});
+  }
+  {
+    auto m = zero_mean_rms_vit();
+    m.blocks[1].attn.out.weight.col(0).array() += 1.0;
+    expect_error([&] { (void)prenorm::convert<Arch::PreCRMSNorm>(m); },
+                 {"blocks[1].attn.out.weight", "not zero-mean"});
+  }
+  {  // A fresh init_random Pre-RMSNorm ViT is not a converted one.
+    Vit<Arch::PreRMSNorm, double> fresh(vit_config({"", 5, 1, 0, 1, 1e-6}));
+    fresh.init_random(9);
+    expect_error([&] { (void)prenorm::convert<Arch::PreLN>(fresh); }, {"not zero-mean"});
+    EXPECT_NO_THROW((void)prenorm::convert<Arch::PreCRMSNorm>(fresh, {.recenter = true}));
+  }
+}
+
+TEST(ConvertVitErrors, WrongTensorShapesAreNamed) {
+  const auto good = make_pre_ln_vit(vit_config({"", 7, 1, 0, 2, 1e-6}), 5);
+  {
+    auto m = good;
+    m.blocks[0].attn.qkv.weight.resize(21, 8);
+    expect_error([&] { (void)prenorm::convert<Arch::PreRMSNorm>(m); },
+                 {"prenorm::convert(Vit)", "blocks[0].attn.qkv.weight", "(21 x 8)", "(21 x 7)"});
+  }
+  {
+    auto m = good;
+    m.patch.weight.resize(7, 47);
+    expect_error([&] { (void)prenorm::convert<Arch::PreCRMSNorm>(m); }, {"patch.weight"});
+  }
+  {
+    auto m = good;
+    m.cls_token.resize(6);
+    expect_error([&] { (void)prenorm::convert<Arch::PreCRMSNorm>(m); }, {"cls_token"});
+  }
+  {
+    auto m = good;
+    m.position_embedding.resize(4, 7);
+    expect_error([&] { (void)prenorm::convert<Arch::PreCRMSNorm>(m); },
+                 {"position_embedding", "expected (5 x 7)"});
+  }
+  {
+    auto m = good;
+    m.blocks[1].mlp.fc.weight.resize(15, 6);
+    expect_error([&] { (void)prenorm::convert<Arch::PreRMSNorm>(m); }, {"blocks[1].mlp.fc.weight"});
+  }
+  {
+    auto m = good;
+    m.head.bias.resize(4);
+    expect_error([&] { (void)prenorm::convert<Arch::PreRMSNorm>(m); }, {"head.bias"});
+  }
+  {  // A Pre-CRMSNorm ViT whose head still reads the full width.
+    auto m = prenorm::convert<Arch::PreCRMSNorm>(good);
+    m.head.weight.resize(5, 7);
+    expect_error([&] { (void)prenorm::convert<Arch::PreRMSNorm>(m); }, {"head.weight", "(5 x 6)"});
+  }
+  {  // Width 1: refused when built, and by the converter when the config is changed.
+    VitConfig c = vit_config({"", 1, 1, 0, 1, 1e-6});
+    expect_error([&] { Vit<Arch::PreLN, double> m(c); }, {"prenorm::Vit", "width is 1", ">= 2"});
+    auto m = good;
+    m.config.width = 1;
+    expect_error([&] { (void)prenorm::convert<Arch::PreCRMSNorm>(m); },
+                 {"prenorm::convert(Vit)", "width is 1"});
+  }
+}
+
+// ===========================================================================
+// Property test: 20 seeds of random configurations and conversion chains
+// ===========================================================================
+
+class ConvertVitProperty : public ::testing::TestWithParam<int> {};
+
+template <class S>
+double random_chain(Vit<Arch::PreLN, S>& src, const Images<S>& images, Rng& rng, std::string& path) {
+  const MatD ref = logits(src, images);
+  double worst = 0;
+  const auto step_from = [&](auto& model, auto&& self, int left) -> void {
+    using M = std::decay_t<decltype(model)>;
+    constexpr Arch From = M::arch;
+    if (left == 0) return;
+    const bool pick = rng.coin();
+    const auto go = [&]<Arch To>() {
+      path += std::string(" -> ") + std::string(prenorm::arch_name(To));
+      auto next = prenorm::convert<To>(model);
+      EXPECT_TRUE(close_rel(logits(next, images), ref, tol<S>(), &worst)) << path;
+      if constexpr (To != Arch::PreLN && std::is_same_v<S, double>) {
+        EXPECT_LE(prenorm::zero_mean_report(next).relative, 1e-12) << path;
+      }
+      self(next, self, left - 1);
+    };
+    if constexpr (From == Arch::PreLN) {
+      if (pick) go.template operator()<Arch::PreRMSNorm>();
+      else go.template operator()<Arch::PreCRMSNorm>();
+    } else if constexpr (From == Arch::PreRMSNorm) {
+      if (pick) go.template operator()<Arch::PreLN>();
+      else go.template operator()<Arch::PreCRMSNorm>();
+    } else {
+      if (pick) go.template operator()<Arch::PreLN>();
+      else go.template operator()<Arch::PreRMSNorm>();
+    }
+  };
+  step_from(src, step_from, 3);
+  return worst;
+}
+
+TEST_P(ConvertVitProperty, RandomConfigsAndChainsKeepLogits) {
+  const int seed = GetParam();
+  Rng rng(std::uint64_t(seed) * 104729 + 3);
+  constexpr Index widths[] = {2, 3, 5, 7, 11, 13, 16, 31, 64, 97};
+  VitCase c{"", widths[rng.uniform(0, 9)], 1, 0, rng.uniform(0, 4), rng.coin() ? 1e-12 : 1e-2};
+  switch (rng.uniform(0, 2)) {
+    case 0: c.heads = 1; break;
+    case 1: c.heads = c.width; break;
+    default: c.heads = rng.uniform(1, 3), c.head_dim = rng.uniform(1, 6); break;
+  }
+  const VitConfig config = vit_config(c);
+  auto src_d = make_pre_ln_vit(config, 70000 + seed);
+  auto src_f = cast_model<float>(src_d);
+  const Index batch = rng.uniform(1, 3);
+  const auto im_d = random_images<double>(batch, 80000 + seed);
+  const auto im_f = random_images<float>(batch, 80000 + seed);
+  std::string path_d = "pre_ln", path_f = "pre_ln";
+  Rng rng_d(seed), rng_f(seed);
+  const double err_d = random_chain(src_d, im_d, rng_d, path_d);
+  const double err_f = random_chain(src_f, im_f, rng_f, path_f);
+  char desc[200];
+  std::snprintf(desc, sizeof desc, "vit seed %2d: d %3ld heads %ld hd %ld L %ld eps %g batch %ld",
+                seed, long(c.width), long(c.heads), long(config.head_size()), long(c.layers),
+                c.epsilon, long(batch));
+  report(std::string(desc) + " double", err_d);
+  report(std::string(desc) + " float", err_f);
+  std::printf("              path: %s\n", path_d.c_str());
+  RecordProperty("max_error_double", std::to_string(err_d));
+  RecordProperty("max_error_float", std::to_string(err_f));
+}
+
+INSTANTIATE_TEST_SUITE_P(Seeds, ConvertVitProperty, ::testing::Range(0, 20));
+
+}  // namespace
