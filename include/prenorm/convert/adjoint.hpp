@@ -14,18 +14,22 @@ namespace prenorm::conversion {
 
 // Adjoint of fold_affine: W' = W diag(gamma), b' = b + W beta.
 // In: grad_weight = dL/dW' (out, d), grad_bias = dL/db' (out) or empty; the
-// unfolded weight W (out, d), gamma, beta (d). Out: grad_weight becomes dL/dW;
-// grad_bias stays dL/db; dL/dgamma and dL/dbeta are added to grad_gamma, grad_beta.
-//   dL/dW     = dL/dW' diag(gamma) + dL/db' beta'
+// unfolded weight W (out, d); gamma, beta (d), or empty where fold_affine had
+// none. Out: grad_weight becomes dL/dW; grad_bias stays dL/db; dL/dgamma and
+// dL/dbeta are added to grad_gamma, grad_beta (d) where gamma, beta exist.
+//   dL/dW     = dL/dW' diag(gamma) + dL/db' beta^T
 //   dL/dgamma = sum over rows of (W .* dL/dW')
-//   dL/dbeta  = W' dL/db'
+//   dL/dbeta  = W^T dL/db'
 inline void fold_affine_adjoint(Matrix& grad_weight, const Vec& grad_bias, const Matrix& weight,
                                 const Vec& gamma, const Vec& beta, Vec& grad_gamma,
                                 Vec& grad_beta) {
-  grad_gamma.noalias() += (weight.array() * grad_weight.array()).colwise().sum().matrix().transpose();
-  if (grad_bias.size() > 0) grad_beta.noalias() += weight.transpose() * grad_bias;
-  grad_weight = grad_weight * gamma.asDiagonal();
-  if (grad_bias.size() > 0) grad_weight.noalias() += grad_bias * beta.transpose();
+  if (gamma.size() > 0)
+    grad_gamma.noalias() +=
+        (weight.array() * grad_weight.array()).colwise().sum().matrix().transpose();
+  const bool beta_folded = beta.size() > 0 && grad_bias.size() > 0;
+  if (beta_folded) grad_beta.noalias() += weight.transpose() * grad_bias;
+  if (gamma.size() > 0) grad_weight = grad_weight * gamma.asDiagonal();
+  if (beta_folded) grad_weight.noalias() += grad_bias * beta.transpose();
 }
 
 // Adjoint of recenter_rows: centering is symmetric, so center the gradient's rows.
