@@ -1,0 +1,266 @@
+#pragma once
+// Trainers.
+//
+//   Trainer<Model, Optimizer>            trains a model directly: forward,
+//                                        backward, optimizer step.
+//   ReparamTrainer<To, Model, Optimizer> keeps the raw Pre-LN parameters theta and
+//                                        trains them through the converter
+//                                        (DESIGN.md §1): each step
+//     1. phi = convert<To>(theta) into preallocated storage   (convert_into)
+//     2. forward and backward in the Pre-RMSNorm / Pre-CRMSNorm model phi
+//     3. grad_theta = J^T grad_phi                             (convert_adjoint)
+//     4. the optimizer steps theta.
+//   Because f_LN(x, theta) = f_To(x, convert(theta)) for every theta, the
+//   gradient with respect to theta is the Pre-LN gradient, and any optimizer
+//   follows the Pre-LN trajectory up to rounding. A tied GPT is untied in phi
+//   (TiedPolicy::Untie); the adjoint sums both gradients into the one table.
+//
+// Model is Gpt<A, S> or Vit<A, S>. Both trainers own their models, gradients
+// and activations, and allocate nothing after the first step for a given
+// batch shape. With `timing` on, StepTimings splits each step.
+
+#include <chrono>
+#include <utility>
+#include <vector>
+
+#include "../convert/convert.hpp"
+#include "../convert/model_adjoint.hpp"
+#include "../core/arch.hpp"
+#include "../models/gpt.hpp"
+#include "../models/vit.hpp"
+#include "gpt_train.hpp"
+#include "optim.hpp"
+#include "vit_train.hpp"
+
+namespace prenorm {
+
+// The training engine of a model type, and the same model in another architecture.
+template <class Model>
+struct TrainTraits;
+template <Arch A, class S>
+struct TrainTraits<Gpt<A, S>> {
+  using Engine = GptTrainEngine<A, S>;
+  template <Arch To>
+  using WithArch = Gpt<To, S>;
+  static constexpr Arch arch = A;
+};
+template <Arch A, class S>
+struct TrainTraits<Vit<A, S>> {
+  using Engine = VitTrainEngine<A, S>;
+  template <Arch To>
+  using WithArch = Vit<To, S>;
+  static constexpr Arch arch = A;
+};
+
+// Seconds per part, summed over the steps since the last reset().
+struct StepTimings {
+  long steps = 0;
+  double total = 0;             // whole steps
+  double forward_backward = 0;  // forward, loss and backward (normalization included)
+  double norm = 0;              // in the normalization kernels (forward and backward)
+  double convert = 0;           // phi = convert(theta)          (ReparamTrainer only)
+  double adjoint = 0;           // grad_theta = J^T grad_phi     (ReparamTrainer only)
+  double optimizer = 0;         // the optimizer step (clipping included)
+
+  void reset() { *this = StepTimings{}; }
+  double share(double part) const { return total > 0 ? part / total : 0; }
+};
+
+namespace detail {
+
+class Stopwatch {
+ public:
+  explicit Stopwatch(bool on) : on_(on) {
+    if (on_) last_ = std::chrono::steady_clock::now();
+  }
+  // Seconds since the last lap (0 when off).
+  double lap() {
+    if (!on_) return 0;
+    const auto now = std::chrono::steady_clock::now();
+    const double s = std::chrono::duration<double>(now - last_).count();
+    last_ = now;
+    return s;
+  }
+
+ private:
+  bool on_;
+  std::chrono::steady_clock::time_point last_;
+};
+
+}  // namespace detail
+
+template <class Model, class Optimizer>
+class Trainer {
+ public:
+  using Engine = typename TrainTraits<Model>::Engine;
+  using Batch = typename Engine::Batch;
+  using Scalar = typename Model::Scalar;
+
+  bool timing = false;  // fill `timings` (adds two clock reads per norm call)
+  StepTimings timings;
+
+  // Zero gradients of the model's shapes; the optimizer binds on the first step.
+  Trainer(Model model, Optimizer optimizer)
+      : model_(std::move(model)), grads_(model_.config), optimizer_(std::move(optimizer)) {}
+  Trainer(const Trainer&) = delete;  // the optimizer holds addresses of model and grads
+  Trainer& operator=(const Trainer&) = delete;
+
+  // One step: forward, backward, optimizer. Returns the loss before the update.
+  double step(const Batch& batch) {
+    detail::Stopwatch watch(timing);
+    engine_.norm_clock.enabled = timing;
+    engine_.norm_clock.seconds = 0;
+    const double loss = engine_.forward_backward(model_, batch, grads_);
+    const double fb = watch.lap();
+    optimizer_.step(model_, grads_);
+    const double opt = watch.lap();
+    if (timing) {
+      ++timings.steps;
+      timings.forward_backward += fb;
+      timings.norm += engine_.norm_clock.seconds;
+      timings.optimizer += opt;
+      timings.total += fb + opt;
+    }
+    return loss;
+  }
+
+  // Forward and backward only: the loss, with the gradients in grads().
+  double compute_gradients(const Batch& batch) { return engine_.forward_backward(model_, batch, grads_); }
+
+  // The loss without gradients or update.
+  double evaluate(const Batch& batch) { return engine_.forward_loss(model_, batch); }
+
+  Model& model() { return model_; }
+  const Model& model() const { return model_; }
+  Model& grads() { return grads_; }
+  Optimizer& optimizer() { return optimizer_; }
+  Engine& engine() { return engine_; }
+
+ private:
+  Model model_;
+  Model grads_;
+  Optimizer optimizer_;
+  Engine engine_;
+};
+
+template <Arch To, class Model, class Optimizer>
+class ReparamTrainer {
+ public:
+  static_assert(TrainTraits<Model>::arch == Arch::PreLN,
+                "prenorm::ReparamTrainer: theta is a Pre-LN model");
+  static_assert(To == Arch::PreRMSNorm || To == Arch::PreCRMSNorm,
+                "prenorm::ReparamTrainer: the target is Pre-RMSNorm or Pre-CRMSNorm");
+  using Target = typename TrainTraits<Model>::template WithArch<To>;
+  using Engine = typename TrainTraits<Target>::Engine;
+  using Batch = typename Engine::Batch;
+  using Scalar = typename Model::Scalar;
+  static constexpr Arch target = To;
+
+  bool timing = false;
+  StepTimings timings;
+
+  // theta: the Pre-LN parameters to train. phi gets its layout from
+  // convert<To>(theta, {TiedPolicy::Untie}).
+  ReparamTrainer(Model theta, Optimizer optimizer)
+      : theta_(std::move(theta)),
+        grad_theta_(theta_.config),
+        phi_(convert<To>(theta_, ConvertOptions{.tied = TiedPolicy::Untie})),
+        grad_phi_(phi_.config),
+        optimizer_(std::move(optimizer)) {}
+  ReparamTrainer(const ReparamTrainer&) = delete;
+  ReparamTrainer& operator=(const ReparamTrainer&) = delete;
+
+  // One step through the converter. Returns the loss before the update.
+  double step(const Batch& batch) {
+    detail::Stopwatch watch(timing);
+    engine_.norm_clock.enabled = timing;
+    engine_.norm_clock.seconds = 0;
+    refresh_phi();
+    const double conv = watch.lap();
+    const double loss = engine_.forward_backward(phi_, batch, grad_phi_);
+    const double fb = watch.lap();
+    pull_back();
+    const double adj = watch.lap();
+    optimizer_.step(theta_, grad_theta_);
+    phi_stale_ = true;
+    const double opt = watch.lap();
+    if (timing) {
+      ++timings.steps;
+      timings.convert += conv;
+      timings.forward_backward += fb;
+      timings.norm += engine_.norm_clock.seconds;
+      timings.adjoint += adj;
+      timings.optimizer += opt;
+      timings.total += conv + fb + adj + opt;
+    }
+    return loss;
+  }
+
+  // Forward, backward and adjoint only: the loss, with grad_theta() filled.
+  double compute_gradients(const Batch& batch) {
+    refresh_phi();
+    const double loss = engine_.forward_backward(phi_, batch, grad_phi_);
+    pull_back();
+    return loss;
+  }
+
+  // The loss of the current theta (computed by phi) without gradients.
+  double evaluate(const Batch& batch) {
+    refresh_phi();
+    return engine_.forward_loss(phi_, batch);
+  }
+
+  const Model& theta() const { return theta_; }
+  // Mutable theta: changing it marks phi stale.
+  Model& theta_mutable() {
+    phi_stale_ = true;
+    return theta_;
+  }
+  // phi = convert(theta), up to date: the trained model in the target architecture.
+  const Target& phi() {
+    refresh_phi();
+    return phi_;
+  }
+  const Model& grad_theta() const { return grad_theta_; }
+  const Target& grad_phi() const { return grad_phi_; }
+  Optimizer& optimizer() { return optimizer_; }
+  Engine& engine() { return engine_; }
+
+ private:
+  Model theta_;
+  Model grad_theta_;
+  Target phi_;
+  Target grad_phi_;
+  Optimizer optimizer_;
+  Engine engine_;
+  ConvertWorkspace<Scalar> ws_;
+  bool phi_stale_ = true;
+  std::vector<int> last_rows_;  // rows of grad_theta's token table written last step (untied GPT)
+  bool rows_valid_ = false;
+
+  void refresh_phi() {
+    if (!phi_stale_) return;
+    convert_into(theta_, phi_, ws_);
+    phi_stale_ = false;
+  }
+
+  void pull_back() {
+    AdjointOptions options;
+    if constexpr (requires { engine_.token_rows(); }) {
+      options.sparse_token_rows = true;
+      options.token_rows = engine_.token_rows();
+      if (!theta_.config.tied) {
+        // Untied: only the batch's rows are written; clear the last step's.
+        auto& table = grad_theta_.token_embedding.table;
+        if (!rows_valid_) table.setZero();
+        else for (int r : last_rows_) table.row(r).setZero();
+        last_rows_.reserve(std::size_t(theta_.config.vocab));  // once: at most one entry per row
+        last_rows_.assign(options.token_rows.begin(), options.token_rows.end());
+        rows_valid_ = true;
+      }
+    }
+    convert_adjoint(theta_, grad_phi_, grad_theta_, ws_, options);
+  }
+};
+
+}  // namespace prenorm

@@ -1,0 +1,576 @@
+// Tests of training through the converter (include/prenorm/convert/model_adjoint.hpp,
+// include/prenorm/train/trainer.hpp):
+// - convert_into (preallocated, in the model's scalar) equals convert<To>(theta, {Untie});
+// - the model-level adjoint: <convert(theta + delta) - convert(theta - delta), g> / 2
+//   = <delta, adjoint(g)> for random g and delta, over the whole model and tensor by
+//   tensor (gamma and beta alone check the product rule of the folding);
+// - in double, from one initialization and one batch sequence, Pre-LN training and
+//   reparameterized Pre-RMSNorm / Pre-CRMSNorm training give the same losses step
+//   by step and the same theta after 20 steps (relative difference <= 1e-10), with
+//   SGD + momentum and with AdamW + weight decay, tied and untied GPT; ViT too;
+// - in float, the losses agree to 1e-4 relative over the 20 steps;
+// - updating phi directly with AdamW does NOT stay equivalent;
+// - a training step allocates nothing after the first one for a given shape.
+
+// Eigen reports heap allocations while set_is_malloc_allowed(false) through
+// eigen_assert; this one counts them instead of aborting.
+#define EIGEN_RUNTIME_NO_MALLOC
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+namespace alloc_count {
+inline std::atomic<long> eigen_mallocs{0};
+inline std::atomic<long> news{0};
+inline std::atomic<bool> counting{false};
+inline void eigen_assert_failed(const char* expr, const char* file, int line) {
+  if (std::strstr(expr, "heap allocation is forbidden")) {
+    ++eigen_mallocs;
+    return;
+  }
+  std::fprintf(stderr, "%s:%d: Eigen assertion failed: %s\n", file, line, expr);
+  std::abort();
+}
+}  // namespace alloc_count
+#define eigen_assert(x) \
+  do {                  \
+    if (!(x)) ::alloc_count::eigen_assert_failed(#x, __FILE__, __LINE__); \
+  } while (false)
+
+void* operator new(std::size_t n) {
+  if (alloc_count::counting) ++alloc_count::news;
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void* operator new[](std::size_t n) { return ::operator new(n); }
+void* operator new(std::size_t n, std::align_val_t a) {
+  if (alloc_count::counting) ++alloc_count::news;
+  const std::size_t align = static_cast<std::size_t>(a);
+  if (void* p = std::aligned_alloc(align, (n + align - 1) / align * align)) return p;
+  throw std::bad_alloc();
+}
+void* operator new[](std::size_t n, std::align_val_t a) { return ::operator new(n, a); }
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+
+#include <gtest/gtest.h>
+
+#include <prenorm/convert.hpp>
+#include <prenorm/models.hpp>
+#include <prenorm/train.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+
+using prenorm::Arch;
+using prenorm::Index;
+using prenorm::RowMatrix;
+using prenorm::TiedPolicy;
+using prenorm::Vector;
+
+template <class S>
+using GptLN = prenorm::Gpt<Arch::PreLN, S>;
+template <class S>
+using VitLN = prenorm::Vit<Arch::PreLN, S>;
+
+constexpr prenorm::ConvertOptions kUntie{.tied = TiedPolicy::Untie};
+
+prenorm::GptConfig tiny_gpt(bool tied) {
+  return prenorm::GptConfig{.vocab = 11, .context = 8, .width = 8, .heads = 2, .layers = 2,
+                            .mlp_width = 16, .tied = tied};
+}
+
+prenorm::VitConfig tiny_vit() {
+  return prenorm::VitConfig{.image_size = 4, .patch_size = 2, .channels = 2, .classes = 3,
+                            .width = 6, .heads = 2, .layers = 2, .mlp_width = 8};
+}
+
+// Every tensor of a model, flattened, in visit order.
+template <class Model>
+std::vector<std::vector<double>> tensors(const Model& model) {
+  std::vector<std::vector<double>> out;
+  model.visit_parameters([&](const std::string&, const auto& t) {
+    std::vector<double> v(std::size_t(t.size()));
+    for (Index i = 0; i < t.size(); ++i) v[std::size_t(i)] = double(t.data()[i]);
+    out.push_back(std::move(v));
+  });
+  return out;
+}
+
+// Normwise relative difference max |a - b| / max |b| over all tensors. (Per
+// tensor it can be larger where a gradient is zero in exact arithmetic, e.g.
+// the attention key bias, to which softmax is invariant: there AdamW scales
+// the rounding noise of either computation up to steps of about lr * noise / eps.)
+template <class Model>
+double max_relative_difference(const Model& a, const Model& b) {
+  const auto ta = tensors(a), tb = tensors(b);
+  double diff = 0, norm = 0;
+  for (std::size_t k = 0; k < ta.size(); ++k)
+    for (std::size_t i = 0; i < ta[k].size(); ++i) {
+      diff = std::max(diff, std::abs(ta[k][i] - tb[k][i]));
+      norm = std::max(norm, std::abs(tb[k][i]));
+    }
+  return norm > 0 ? diff / norm : diff;
+}
+
+// Sum over tensors of <a, b>.
+template <class Model>
+double inner(const Model& a, const Model& b) {
+  const auto ta = tensors(a), tb = tensors(b);
+  double sum = 0;
+  for (std::size_t k = 0; k < ta.size(); ++k)
+    for (std::size_t i = 0; i < ta[k].size(); ++i) sum += ta[k][i] * tb[k][i];
+  return sum;
+}
+
+template <class Model>
+void randomize(Model& m, std::uint64_t seed, double scale = 1.0) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> n(0.0, scale);
+  m.visit_parameters([&](const std::string&, auto& t) {
+    for (Index i = 0; i < t.size(); ++i) t.data()[i] = typename std::decay_t<decltype(t)>::Scalar(n(rng));
+  });
+}
+
+// a + s * b, tensor by tensor.
+template <class Model>
+Model axpy(const Model& a, double s, const Model& b) {
+  Model out = a;
+  std::vector<const double*> bp;
+  const_cast<Model&>(b).visit_parameters([&](const std::string&, auto& t) { bp.push_back(t.data()); });
+  std::size_t k = 0;
+  out.visit_parameters([&](const std::string&, auto& t) {
+    for (Index i = 0; i < t.size(); ++i) t.data()[i] += s * bp[k][i];
+    ++k;
+  });
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+// convert_into
+// ---------------------------------------------------------------------------
+
+template <Arch To, class S>
+void check_convert_into_gpt(bool tied, double tolerance) {
+  GptLN<S> theta(tiny_gpt(tied));
+  theta.init_random(1, 0.3, true);
+  const auto reference = prenorm::convert<To>(theta, kUntie);
+  auto phi = reference;
+  randomize(phi, 2);  // garbage to overwrite
+  prenorm::convert_into(theta, phi);
+  EXPECT_LE(max_relative_difference(phi, reference), tolerance)
+      << prenorm::arch_name(To) << (tied ? " tied" : " untied");
+}
+
+TEST(ConvertInto, EqualsConvert) {
+  for (bool tied : {true, false}) {
+    check_convert_into_gpt<Arch::PreRMSNorm, double>(tied, 1e-14);
+    check_convert_into_gpt<Arch::PreCRMSNorm, double>(tied, 1e-14);
+    check_convert_into_gpt<Arch::PreRMSNorm, float>(tied, 1e-6);
+    check_convert_into_gpt<Arch::PreCRMSNorm, float>(tied, 1e-6);
+  }
+  VitLN<double> vit(tiny_vit());
+  vit.init_random(3, 0.3, true);
+  const auto ref = prenorm::convert<Arch::PreCRMSNorm>(vit);
+  auto phi = ref;
+  randomize(phi, 4);
+  prenorm::convert_into(vit, phi);
+  EXPECT_LE(max_relative_difference(phi, ref), 1e-14);
+}
+
+TEST(ConvertInto, RefusesAnotherLayout) {
+  GptLN<double> theta(tiny_gpt(true));
+  auto keep = prenorm::convert<Arch::PreRMSNorm>(theta, {.tied = TiedPolicy::Keep});
+  EXPECT_THROW(prenorm::convert_into(theta, keep), prenorm::Error);
+  prenorm::Gpt<Arch::PreRMSNorm, double> other(tiny_gpt(false));  // no head bias
+  EXPECT_THROW(prenorm::convert_into(theta, other), prenorm::Error);
+}
+
+// ---------------------------------------------------------------------------
+// The model-level adjoint
+// ---------------------------------------------------------------------------
+
+// <convert(theta + delta) - convert(theta - delta), g> / 2 and <delta, adjoint(g)>.
+template <class Model, class Target>
+std::pair<double, double> adjoint_sides(const Model& theta, const Model& delta, const Target& g) {
+  constexpr Arch To = Target::arch;
+  const Target plus = prenorm::convert<To>(axpy(theta, 1.0, delta), kUntie);
+  const Target minus = prenorm::convert<To>(axpy(theta, -1.0, delta), kUntie);
+  const double lhs = (inner(plus, g) - inner(minus, g)) / 2;
+  Model grad(theta.config);
+  prenorm::convert_adjoint(theta, g, grad);
+  return {lhs, inner(delta, grad)};
+}
+
+template <Arch To, class Model>
+void check_adjoint(const Model& theta, const std::string& what) {
+  auto g = prenorm::convert<To>(theta, kUntie);
+  randomize(g, 11);
+  // Whole model.
+  Model delta = theta;
+  randomize(delta, 12, 1e-3);
+  const auto [lhs, rhs] = adjoint_sides(theta, delta, g);
+  EXPECT_NEAR(lhs, rhs, 1e-10 * std::abs(rhs)) << what << ": whole model";
+  // Tensor by tensor: delta on one tensor only (gamma and beta alone test the
+  // product rule of the folding: the reader weights stay fixed).
+  std::vector<std::string> names;
+  theta.visit_parameters([&](const std::string& name, const auto&) { names.push_back(name); });
+  for (std::size_t k = 0; k < names.size(); ++k) {
+    Model d = theta;
+    std::size_t j = 0;
+    std::mt19937_64 rng(100 + k);
+    std::normal_distribution<double> n(0.0, 1e-3);
+    d.visit_parameters([&](const std::string&, auto& t) {
+      for (Index i = 0; i < t.size(); ++i) t.data()[i] = j == k ? n(rng) : 0.0;
+      ++j;
+    });
+    const auto [l, r] = adjoint_sides(theta, d, g);
+    EXPECT_NEAR(l, r, 1e-10 * std::max(std::abs(r), 1e-12)) << what << ": " << names[k];
+  }
+}
+
+TEST(ConvertAdjoint, MatchesCentralDifferences) {
+  for (bool tied : {true, false}) {
+    prenorm::GptConfig c = tiny_gpt(tied);
+    for (bool head_bias : {false, true}) {
+      c.head_bias = head_bias;
+      GptLN<double> theta(c);
+      theta.init_random(5, 0.3, true);
+      const std::string what = std::string(tied ? "tied" : "untied") + (head_bias ? " head_bias" : "");
+      check_adjoint<Arch::PreRMSNorm>(theta, "pre_rmsnorm " + what);
+      check_adjoint<Arch::PreCRMSNorm>(theta, "pre_crmsnorm " + what);
+    }
+  }
+  VitLN<double> vit(tiny_vit());
+  vit.init_random(6, 0.3, true);
+  check_adjoint<Arch::PreRMSNorm>(vit, "vit pre_rmsnorm");
+  check_adjoint<Arch::PreCRMSNorm>(vit, "vit pre_crmsnorm");
+}
+
+// The adjoint agrees with the per-tensor adjoints of adjoint.hpp, composed by hand.
+TEST(ConvertAdjoint, ComposesThePerTensorAdjoints) {
+  GptLN<double> theta(tiny_gpt(false));
+  theta.init_random(7, 0.3, true);
+  auto g = prenorm::convert<Arch::PreCRMSNorm>(theta, kUntie);
+  randomize(g, 8);
+  GptLN<double> grad(theta.config);
+  prenorm::convert_adjoint(theta, g, grad);
+  namespace cv = prenorm::conversion;
+  const auto& b = theta.blocks[1];
+  // qkv: compress_input^T, then fold_affine^T.
+  cv::Matrix gw = g.blocks[1].attn.qkv.weight;
+  cv::compress_input_adjoint(gw);
+  cv::Vec gg = cv::Vec::Zero(8), gb = cv::Vec::Zero(8);
+  cv::fold_affine_adjoint(gw, g.blocks[1].attn.qkv.bias, b.attn.qkv.weight, b.norm1_gamma,
+                          b.norm1_beta, gg, gb);
+  EXPECT_LT((gw - grad.blocks[1].attn.qkv.weight).cwiseAbs().maxCoeff(), 1e-14);
+  EXPECT_LT((gg - grad.blocks[1].norm1_gamma).cwiseAbs().maxCoeff(), 1e-14);
+  EXPECT_LT((gb - grad.blocks[1].norm1_beta).cwiseAbs().maxCoeff(), 1e-14);
+  // mlp.proj: compress_output^T, then recenter_output^T.
+  cv::Matrix pw = g.blocks[1].mlp.proj.weight;
+  cv::Vec pb = g.blocks[1].mlp.proj.bias;
+  cv::compress_output_adjoint(pw, pb);
+  cv::recenter_output_adjoint(pw, pb);
+  EXPECT_LT((pw - grad.blocks[1].mlp.proj.weight).cwiseAbs().maxCoeff(), 1e-14);
+  EXPECT_LT((pb - grad.blocks[1].mlp.proj.bias).cwiseAbs().maxCoeff(), 1e-14);
+  // Position table: compress_table^T, then recenter_rows^T.
+  cv::Matrix pt = g.position_embedding.table;
+  cv::compress_table_adjoint(pt);
+  cv::recenter_rows_adjoint(pt);
+  EXPECT_LT((pt - grad.position_embedding.table).cwiseAbs().maxCoeff(), 1e-14);
+}
+
+// With the token-table gradient zero outside some rows, the sparse adjoint
+// gives the dense result.
+TEST(ConvertAdjoint, SparseTokenRows) {
+  for (bool tied : {true, false}) {
+    GptLN<double> theta(tiny_gpt(tied));
+    theta.init_random(9, 0.3, true);
+    auto g = prenorm::convert<Arch::PreCRMSNorm>(theta, kUntie);
+    randomize(g, 10);
+    const std::vector<int> rows{3, 7, 0};
+    for (Index r = 0; r < g.token_embedding.table.rows(); ++r)
+      if (std::find(rows.begin(), rows.end(), int(r)) == rows.end()) g.token_embedding.table.row(r).setZero();
+    GptLN<double> dense(theta.config), sparse(theta.config);
+    prenorm::convert_adjoint(theta, g, dense);
+    prenorm::convert_adjoint(theta, g, sparse, {.sparse_token_rows = true, .token_rows = rows});
+    EXPECT_EQ(max_relative_difference(sparse, dense), 0.0) << (tied ? "tied" : "untied");
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Exactly equivalent training
+// ---------------------------------------------------------------------------
+
+// A fixed sequence of batches: random streams that mostly follow the rule
+// next = (3 * token + 1) mod vocab (so that there is something to learn);
+// the targets are the next tokens.
+struct Batches {
+  std::vector<std::vector<int>> ids, targets;
+  Index batch = 2, seq = 6;
+
+  Batches(int steps, Index vocab, std::uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    std::uniform_int_distribution<int> tok(0, int(vocab) - 1);
+    for (int s = 0; s < steps; ++s) {
+      std::vector<int> in, tg;
+      for (Index b = 0; b < batch; ++b) {
+        int t = tok(rng);
+        for (Index p = 0; p < seq; ++p) {
+          const int next = rng() % 4 == 0 ? tok(rng) : (3 * t + 1) % int(vocab);
+          in.push_back(t);
+          tg.push_back(next);
+          t = next;
+        }
+      }
+      ids.push_back(in);
+      targets.push_back(tg);
+    }
+  }
+  prenorm::GptBatch operator[](std::size_t s) const {
+    return {prenorm::TokenBatch(ids[s], batch, seq), targets[s]};
+  }
+};
+
+constexpr int kSteps = 20;
+
+prenorm::SgdOptions sgd_options() { return {.lr = 0.1, .momentum = 0.9, .weight_decay = 0.01}; }
+prenorm::AdamWOptions adamw_options() {
+  return {.lr = 0.01, .beta1 = 0.9, .beta2 = 0.99, .eps = 1e-8, .weight_decay = 0.1};
+}
+
+template <class Optimizer>
+Optimizer make_optimizer() {
+  if constexpr (std::is_same_v<Optimizer, prenorm::Sgd<typename Optimizer::Scalar>>)
+    return Optimizer(sgd_options());
+  else return Optimizer(adamw_options());
+}
+
+struct Run {
+  std::vector<double> losses;
+};
+
+template <Arch To, class S, class Optimizer>
+void check_equivalent_training(bool tied, double loss_tolerance, double theta_tolerance) {
+  GptLN<S> init(tiny_gpt(tied));
+  init.init_random(21, 0.3, true);
+  const Batches batches(kSteps, init.config.vocab, 22);
+  prenorm::Trainer<GptLN<S>, Optimizer> ln(init, make_optimizer<Optimizer>());
+  prenorm::ReparamTrainer<To, GptLN<S>, Optimizer> re(init, make_optimizer<Optimizer>());
+  const std::string what = std::string(prenorm::arch_name(To)) + (tied ? " tied " : " untied ") +
+                           (std::is_same_v<S, float> ? "float " : "double ") +
+                           (std::is_same_v<Optimizer, prenorm::Sgd<S>> ? "sgd" : "adamw");
+  double worst = 0;
+  for (int s = 0; s < kSteps; ++s) {
+    const double a = ln.step(batches[std::size_t(s)]);
+    const double b = re.step(batches[std::size_t(s)]);
+    worst = std::max(worst, std::abs(a - b) / std::abs(a));
+    EXPECT_LE(std::abs(a - b), loss_tolerance * std::abs(a)) << what << ": step " << s;
+  }
+  // The loss went down: the optimizer did something.
+  prenorm::GptTrainEngine<Arch::PreLN, S> engine;
+  const double initial = engine.forward_loss(init, batches[0]);
+  EXPECT_LT(ln.evaluate(batches[0]), initial) << what;
+  if (theta_tolerance > 0) {
+    const double d = max_relative_difference(re.theta(), ln.model());
+    EXPECT_LE(d, theta_tolerance) << what << ": theta after " << kSteps << " steps";
+    std::printf("  %-32s max loss rel. diff %.2e, theta rel. diff %.2e\n", what.c_str(), worst, d);
+  } else {
+    std::printf("  %-32s max loss rel. diff %.2e\n", what.c_str(), worst);
+  }
+}
+
+TEST(EquivalentTraining, DoubleSgdMomentum) {
+  for (bool tied : {true, false}) {
+    check_equivalent_training<Arch::PreRMSNorm, double, prenorm::Sgd<double>>(tied, 1e-10, 1e-10);
+    check_equivalent_training<Arch::PreCRMSNorm, double, prenorm::Sgd<double>>(tied, 1e-10, 1e-10);
+  }
+}
+
+TEST(EquivalentTraining, DoubleAdamWWithWeightDecay) {
+  for (bool tied : {true, false}) {
+    check_equivalent_training<Arch::PreRMSNorm, double, prenorm::AdamW<double>>(tied, 1e-10, 1e-10);
+    check_equivalent_training<Arch::PreCRMSNorm, double, prenorm::AdamW<double>>(tied, 1e-10, 1e-10);
+  }
+}
+
+TEST(EquivalentTraining, FloatLossesAgree) {
+  for (bool tied : {true, false}) {
+    check_equivalent_training<Arch::PreRMSNorm, float, prenorm::Sgd<float>>(tied, 1e-4, 0);
+    check_equivalent_training<Arch::PreCRMSNorm, float, prenorm::Sgd<float>>(tied, 1e-4, 0);
+    check_equivalent_training<Arch::PreRMSNorm, float, prenorm::AdamW<float>>(tied, 1e-4, 0);
+    check_equivalent_training<Arch::PreCRMSNorm, float, prenorm::AdamW<float>>(tied, 1e-4, 0);
+  }
+}
+
+// The first step's gradient: the adjoint of the target's gradient is the Pre-LN gradient.
+TEST(EquivalentTraining, GradientsAreThePreLnGradients) {
+  for (bool tied : {true, false}) {
+    GptLN<double> init(tiny_gpt(tied));
+    init.init_random(23, 0.3, true);
+    const Batches batches(1, init.config.vocab, 24);
+    prenorm::Trainer<GptLN<double>, prenorm::Sgd<double>> ln(init, prenorm::Sgd<double>());
+    prenorm::ReparamTrainer<Arch::PreCRMSNorm, GptLN<double>, prenorm::Sgd<double>> re(
+        init, prenorm::Sgd<double>());
+    ln.compute_gradients(batches[0]);
+    re.compute_gradients(batches[0]);
+    EXPECT_LE(max_relative_difference(re.grad_theta(), ln.grads()), 1e-12) << (tied ? "tied" : "untied");
+  }
+}
+
+TEST(EquivalentTraining, Vit) {
+  VitLN<double> init(tiny_vit());
+  init.init_random(25, 0.3, true);
+  std::mt19937_64 rng(26);
+  std::normal_distribution<double> n(0, 1);
+  std::vector<std::vector<double>> pixels(kSteps, std::vector<double>(3 * 2 * 4 * 4));
+  std::vector<std::vector<int>> labels(kSteps, std::vector<int>(3));
+  for (int s = 0; s < kSteps; ++s) {
+    for (double& p : pixels[std::size_t(s)]) p = n(rng);
+    for (int& l : labels[std::size_t(s)]) l = int(rng() % 3);
+  }
+  using Opt = prenorm::AdamW<double>;
+  prenorm::Trainer<VitLN<double>, Opt> ln(init, Opt(adamw_options()));
+  prenorm::ReparamTrainer<Arch::PreRMSNorm, VitLN<double>, Opt> rms(init, Opt(adamw_options()));
+  prenorm::ReparamTrainer<Arch::PreCRMSNorm, VitLN<double>, Opt> crms(init, Opt(adamw_options()));
+  for (int s = 0; s < kSteps; ++s) {
+    const prenorm::VitBatch<double> batch{
+        prenorm::ImageBatch<double>{pixels[std::size_t(s)], 3, 2, 4, 4}, labels[std::size_t(s)]};
+    const double a = ln.step(batch), b = rms.step(batch), c = crms.step(batch);
+    EXPECT_NEAR(b, a, 1e-10 * a) << "step " << s;
+    EXPECT_NEAR(c, a, 1e-10 * a) << "step " << s;
+  }
+  EXPECT_LE(max_relative_difference(rms.theta(), ln.model()), 1e-10);
+  EXPECT_LE(max_relative_difference(crms.theta(), ln.model()), 1e-10);
+}
+
+// Why theta is kept: AdamW on phi directly (the converted model trained as a
+// Pre-RMSNorm model) leaves the Pre-LN trajectory. RMSNorm is not shift-
+// invariant, so phi's gradients leave the zero-mean subspace, and Adam's
+// per-coordinate scaling is not invariant under the conversion either.
+template <Arch To>
+void check_direct_training_diverges(bool tied) {
+  using Opt = prenorm::AdamW<double>;
+  GptLN<double> init(tiny_gpt(tied));
+  init.init_random(21, 0.3, true);
+  const Batches batches(kSteps, init.config.vocab, 22);
+  prenorm::Trainer<GptLN<double>, Opt> ln(init, Opt(adamw_options()));
+  prenorm::ReparamTrainer<To, GptLN<double>, Opt> re(init, Opt(adamw_options()));
+  prenorm::Trainer<prenorm::Gpt<To, double>, Opt> direct(prenorm::convert<To>(init, kUntie),
+                                                         Opt(adamw_options()));
+  double reparam_gap = 0, direct_gap = 0;
+  for (int s = 0; s < kSteps; ++s) {
+    const double a = ln.step(batches[std::size_t(s)]);
+    const double b = re.step(batches[std::size_t(s)]);
+    const double c = direct.step(batches[std::size_t(s)]);
+    reparam_gap = std::max(reparam_gap, std::abs(b - a) / a);
+    direct_gap = std::max(direct_gap, std::abs(c - a) / a);
+  }
+  // The trained functions: convert(theta_LN) against phi trained directly.
+  const auto phi_ln = prenorm::convert<To>(ln.model(), kUntie);
+  const double param_gap = max_relative_difference(direct.model(), phi_ln);
+  // The writers' zero-mean property is lost: the main branch is no longer centered.
+  const double mean_out = direct.model().blocks[0].attn.out.weight.colwise().mean().cwiseAbs().maxCoeff();
+  std::printf("  %-20s %s: loss gap reparam %.1e, direct %.1e; phi gap %.1e; |col mean| of attn.out %.1e\n",
+              std::string(prenorm::arch_name(To)).c_str(), tied ? "tied" : "untied", reparam_gap,
+              direct_gap, param_gap, mean_out);
+  EXPECT_LE(reparam_gap, 1e-10);
+  EXPECT_GE(direct_gap, 1e-4) << "direct AdamW on phi was expected to diverge measurably";
+  EXPECT_GE(param_gap, 1e-3);
+  if constexpr (To == Arch::PreRMSNorm) {
+    EXPECT_GE(mean_out, 1e-6);
+  }
+}
+
+TEST(EquivalentTraining, AdamWOnPhiDirectlyIsNotEquivalent) {
+  check_direct_training_diverges<Arch::PreRMSNorm>(true);
+  check_direct_training_diverges<Arch::PreRMSNorm>(false);
+  check_direct_training_diverges<Arch::PreCRMSNorm>(true);
+}
+
+// ---------------------------------------------------------------------------
+// No allocation after the first step
+// ---------------------------------------------------------------------------
+
+struct Allocations {
+  long eigen = 0, news = 0;
+};
+
+template <class F>
+Allocations count_allocations(F&& f) {
+  alloc_count::eigen_mallocs = 0;
+  alloc_count::news = 0;
+  Eigen::internal::set_is_malloc_allowed(false);
+  alloc_count::counting = true;
+  f();
+  alloc_count::counting = false;
+  Eigen::internal::set_is_malloc_allowed(true);
+  return {alloc_count::eigen_mallocs.load(), alloc_count::news.load()};
+}
+
+TEST(TrainStep, DoesNotAllocateAfterTheFirstStep) {
+  for (bool tied : {true, false}) {
+    GptLN<float> init(tiny_gpt(tied));
+    init.init_random(31, 0.3, true);
+    const Batches batches(3, init.config.vocab, 32);
+    prenorm::Trainer<GptLN<float>, prenorm::AdamW<float>> ln(init, prenorm::AdamW<float>());
+    prenorm::ReparamTrainer<Arch::PreCRMSNorm, GptLN<float>, prenorm::AdamW<float>> re(
+        init, prenorm::AdamW<float>());
+    re.timing = true;
+    ln.step(batches[0]);
+    re.step(batches[0]);
+    Allocations a = count_allocations([&] { ln.step(batches[1]); });
+    EXPECT_EQ(a.eigen + a.news, 0) << "Pre-LN step, " << (tied ? "tied" : "untied");
+    a = count_allocations([&] { re.step(batches[1]); });
+    EXPECT_EQ(a.eigen + a.news, 0) << "reparameterized step, " << (tied ? "tied" : "untied");
+    prenorm::Trainer<prenorm::Gpt<Arch::NoNorm, float>, prenorm::Sgd<float>> nn(
+        prenorm::Gpt<Arch::NoNorm, float>(tiny_gpt(tied)), prenorm::Sgd<float>());
+    nn.step(batches[0]);
+    a = count_allocations([&] { nn.step(batches[2]); });
+    EXPECT_EQ(a.eigen + a.news, 0) << "NoNorm step";
+  }
+  VitLN<float> vit(tiny_vit());
+  vit.init_random(33, 0.3, true);
+  std::vector<float> pixels(2 * 2 * 4 * 4, 0.5f);
+  const std::vector<int> labels{0, 2};
+  const prenorm::VitBatch<float> batch{prenorm::ImageBatch<float>{pixels, 2, 2, 4, 4}, labels};
+  prenorm::ReparamTrainer<Arch::PreRMSNorm, VitLN<float>, prenorm::AdamW<float>> vr(
+      vit, prenorm::AdamW<float>());
+  vr.step(batch);
+  const Allocations a = count_allocations([&] { vr.step(batch); });
+  EXPECT_EQ(a.eigen + a.news, 0) << "ViT reparameterized step";
+}
+
+// The timing counters add up.
+TEST(TrainStep, TimingsAddUp) {
+  GptLN<double> init(tiny_gpt(true));
+  init.init_random(41, 0.3, true);
+  const Batches batches(2, init.config.vocab, 42);
+  prenorm::ReparamTrainer<Arch::PreRMSNorm, GptLN<double>, prenorm::AdamW<double>> re(
+      init, prenorm::AdamW<double>());
+  re.timing = true;
+  re.step(batches[0]);
+  re.step(batches[1]);
+  const prenorm::StepTimings& t = re.timings;
+  EXPECT_EQ(t.steps, 2);
+  EXPECT_GT(t.convert, 0);
+  EXPECT_GT(t.adjoint, 0);
+  EXPECT_GT(t.norm, 0);
+  EXPECT_LE(t.norm, t.forward_backward);
+  EXPECT_NEAR(t.convert + t.forward_backward + t.adjoint + t.optimizer, t.total, 1e-12);
+}
+
+}  // namespace
