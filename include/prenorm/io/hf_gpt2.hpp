@@ -1,0 +1,319 @@
+#pragma once
+// The Hugging Face GPT-2 layout (GPT2LMHeadModel / GPT2Model safetensors and
+// config.json) <-> Gpt<Arch::PreLN, S>.
+//
+// Tensors, every name with or without the "transformer." prefix (one or the
+// other for the whole file), d = n_embd, I = n_inner (null: 4 d):
+//   wte.weight               (vocab_size, d)       token_embedding.table
+//   wpe.weight               (n_positions, d)      position_embedding.table
+//   h.{i}.ln_1.{weight,bias} (d)                   blocks[i].norm1_{gamma,beta}
+//   h.{i}.attn.c_attn.weight (d, 3 d)   Conv1D     blocks[i].attn.qkv.weight^T
+//   h.{i}.attn.c_attn.bias   (3 d)                 blocks[i].attn.qkv.bias
+//   h.{i}.attn.c_proj.weight (d, d)     Conv1D     blocks[i].attn.out.weight^T
+//   h.{i}.attn.c_proj.bias   (d)
+//   h.{i}.ln_2.{weight,bias} (d)                   blocks[i].norm2_{gamma,beta}
+//   h.{i}.mlp.c_fc.weight    (d, I)     Conv1D     blocks[i].mlp.fc.weight^T
+//   h.{i}.mlp.c_fc.bias      (I)
+//   h.{i}.mlp.c_proj.weight  (I, d)     Conv1D     blocks[i].mlp.proj.weight^T
+//   h.{i}.mlp.c_proj.bias    (d)
+//   ln_f.{weight,bias}       (d)                   final_{gamma,beta}
+//   lm_head.weight           (vocab_size, d)       optional, never prefixed
+// Conv1D computes x W + b with W stored (in, out): prenorm's (out, in) is its
+// transpose. c_attn's output columns are [q | k | v], each head h at
+// columns h*head_dim, which is prenorm's qkv row order.
+// The buffers h.{i}.attn.bias (the causal mask) and h.{i}.attn.masked_bias of
+// older checkpoints are ignored. Without lm_head.weight the head is tied to
+// wte; with it the head is separate (config.tied = false) unless it is
+// bitwise equal to wte (same dtype and bytes), which is a tied head saved twice.
+//
+// config.json: n_embd, n_head, n_layer, vocab_size, n_positions (required),
+// layer_norm_epsilon (default 1e-5), activation_function (default "gelu_new"),
+// n_inner (default null = 4 n_embd). Settings GPT-2 has but prenorm does not
+// (scale_attn_by_inverse_layer_idx, add_cross_attention, scale_attn_weights =
+// false) are refused when set.
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "../core/arch.hpp"
+#include "../core/types.hpp"
+#include "../models/config.hpp"
+#include "../models/gpt.hpp"
+#include "../ops/activation.hpp"
+#include "error.hpp"
+#include "layout_util.hpp"
+#include "safetensors.hpp"
+
+namespace prenorm::io {
+
+// --- config.json ---------------------------------------------------------------
+
+// The GptConfig of a GPT-2 config.json; `source` names it in messages.
+// config.tied comes from tie_word_embeddings (default true), but
+// load_hf_gpt2 decides it from the file.
+inline GptConfig gpt2_config_from_json(const nlohmann::json& json, const std::string& source) {
+  constexpr const char* op = "hf_gpt2";
+  using namespace detail;
+  if (!json.is_object())
+    fail_with<FormatError>(op, source, ": expected a JSON object, found ", json.type_name());
+  if (const nlohmann::json* type = find_key(json, "model_type"))
+    if (!type->is_string() || type->get<std::string>() != "gpt2")
+      fail_with<FormatError>(op, source, ": 'model_type' is ", type->dump(),
+                             ", expected \"gpt2\"");
+  GptConfig config;
+  config.width = json_integer(op, json, source, "n_embd", 2);
+  config.heads = json_integer(op, json, source, "n_head", 1);
+  config.layers = json_integer(op, json, source, "n_layer", 0);
+  config.vocab = json_integer(op, json, source, "vocab_size", 1);
+  config.context = json_integer(op, json, source, "n_positions", 1);
+  config.mlp_width = json_integer(op, json, source, "n_inner", 1, 4 * config.width);
+  config.epsilon = json_positive(op, json, source, "layer_norm_epsilon", 1e-5);
+  const std::string activation =
+      json_string(op, json, source, "activation_function", std::string("gelu_new"));
+  if (activation == "gelu_new" || activation == "gelu_pytorch_tanh")
+    config.activation = Activation::GeluTanh;
+  else if (activation == "gelu" || activation == "gelu_python")
+    config.activation = Activation::GeluErf;
+  else
+    fail_with<FormatError>(op, source, ": 'activation_function' is \"", activation,
+                           "\", which prenorm does not implement (supported: \"gelu_new\", "
+                           "\"gelu_pytorch_tanh\" (tanh approximation), \"gelu\", "
+                           "\"gelu_python\" (exact))");
+  json_require_bool(op, json, source, "scale_attn_weights", true,
+                    "prenorm always scales attention scores by 1/sqrt(head_dim)");
+  json_require_bool(op, json, source, "scale_attn_by_inverse_layer_idx", false,
+                    "prenorm does not scale attention by the layer index");
+  json_require_bool(op, json, source, "add_cross_attention", false,
+                    "prenorm's GPT is decoder-only");
+  if (const nlohmann::json* tie = find_key(json, "tie_word_embeddings"); tie && tie->is_boolean())
+    config.tied = tie->get<bool>();
+  config.head_bias = false;
+  if (config.width % config.heads != 0)
+    fail_with<FormatError>(op, source, ": 'n_embd' ", config.width,
+                           " is not divisible by 'n_head' ", config.heads);
+  validate_config(op, config, source);
+  return config;
+}
+
+// A config.json for `config` (what Hugging Face reads as a GPT2Config).
+inline nlohmann::json gpt2_config_to_json(const GptConfig& config) {
+  constexpr const char* op = "hf_gpt2";
+  config.validate(op);
+  if (config.head_size() * config.heads != config.width)
+    prenorm::detail::fail(op, "heads ", config.heads, " of ", config.head_size(),
+                          " do not make the width ", config.width,
+                          ": GPT-2 has head_dim = n_embd / n_head");
+  if (config.head_bias)
+    prenorm::detail::fail(op, "the model has a head bias, which GPT-2 does not");
+  nlohmann::ordered_json json;
+  json["model_type"] = "gpt2";
+  json["architectures"] = {"GPT2LMHeadModel"};
+  json["vocab_size"] = config.vocab;
+  json["n_positions"] = config.context;
+  json["n_ctx"] = config.context;
+  json["n_embd"] = config.width;
+  json["n_head"] = config.heads;
+  json["n_layer"] = config.layers;
+  if (config.mlp_width == 4 * config.width) json["n_inner"] = nullptr;
+  else json["n_inner"] = config.mlp_width;
+  json["layer_norm_epsilon"] = config.epsilon;
+  json["activation_function"] =
+      config.activation == Activation::GeluTanh ? "gelu_new" : "gelu";
+  json["tie_word_embeddings"] = config.tied;
+  return nlohmann::json(json);
+}
+
+// --- tensors ----------------------------------------------------------------
+
+namespace detail {
+
+// "" or "transformer.", from the names in the file. Throws if both appear.
+inline std::string gpt2_prefix(const SafetensorsFile& file) {
+  const bool bare = file.contains("wte.weight");
+  const bool prefixed = file.contains("transformer.wte.weight");
+  if (bare && prefixed)
+    fail_with<FormatError>("hf_gpt2", file.path().string(),
+                           ": has both 'wte.weight' and 'transformer.wte.weight'; use one "
+                           "naming for the whole file");
+  return prefixed ? "transformer." : "";
+}
+
+// Whether `name` (after the prefix) is h.<digits>.attn.bias or .attn.masked_bias.
+inline bool gpt2_ignored_buffer(std::string_view name, std::string_view prefix) {
+  if (name.substr(0, prefix.size()) != prefix) return false;
+  name.remove_prefix(prefix.size());
+  if (name.substr(0, 2) != "h.") return false;
+  name.remove_prefix(2);
+  std::size_t digits = 0;
+  while (digits < name.size() && name[digits] >= '0' && name[digits] <= '9') ++digits;
+  if (digits == 0) return false;
+  name.remove_prefix(digits);
+  return name == ".attn.bias" || name == ".attn.masked_bias";
+}
+
+// The tensors of the layout (without lm_head.weight).
+inline std::vector<ExpectedTensor> gpt2_expected(const GptConfig& c, const std::string& p) {
+  const std::int64_t d = c.width, a = c.attention_width(), I = c.mlp_width;
+  std::vector<ExpectedTensor> e;
+  e.push_back({p + "wte.weight", {c.vocab, d}, "(vocab_size, n_embd)"});
+  e.push_back({p + "wpe.weight", {c.context, d}, "(n_positions, n_embd)"});
+  for (Index i = 0; i < c.layers; ++i) {
+    const std::string h = p + "h." + std::to_string(i) + ".";
+    e.push_back({h + "ln_1.weight", {d}, "(n_embd)"});
+    e.push_back({h + "ln_1.bias", {d}, "(n_embd)"});
+    e.push_back({h + "attn.c_attn.weight", {d, 3 * a}, "(Conv1D (in, out) = (n_embd, 3*n_embd))"});
+    e.push_back({h + "attn.c_attn.bias", {3 * a}, "(3*n_embd)"});
+    e.push_back({h + "attn.c_proj.weight", {a, d}, "(Conv1D (in, out) = (n_embd, n_embd))"});
+    e.push_back({h + "attn.c_proj.bias", {d}, "(n_embd)"});
+    e.push_back({h + "ln_2.weight", {d}, "(n_embd)"});
+    e.push_back({h + "ln_2.bias", {d}, "(n_embd)"});
+    e.push_back({h + "mlp.c_fc.weight", {d, I}, "(Conv1D (in, out) = (n_embd, n_inner))"});
+    e.push_back({h + "mlp.c_fc.bias", {I}, "(n_inner)"});
+    e.push_back({h + "mlp.c_proj.weight", {I, d}, "(Conv1D (in, out) = (n_inner, n_embd))"});
+    e.push_back({h + "mlp.c_proj.bias", {d}, "(n_embd)"});
+  }
+  e.push_back({p + "ln_f.weight", {d}, "(n_embd)"});
+  e.push_back({p + "ln_f.bias", {d}, "(n_embd)"});
+  return e;
+}
+
+}  // namespace detail
+
+// Which float dtype a GPT-2 file's weights use (the buffers aside): theirs
+// when they share one, else the widest.
+inline Dtype hf_gpt2_dtype(const SafetensorsFile& file, const GptConfig& config) {
+  const std::string prefix = detail::gpt2_prefix(file);
+  std::vector<ExpectedTensor> expected = detail::gpt2_expected(config, prefix);
+  if (file.contains("lm_head.weight")) expected.push_back({"lm_head.weight", {}, ""});
+  return detail::common_dtype(file, detail::names_of(expected));
+}
+
+// Loads a GPT-2 checkpoint as a Pre-LN GPT. `config` comes from
+// gpt2_config_from_json; its tied and head_bias fields are ignored (the file
+// decides whether the head is tied; GPT-2 has no head bias). Throws
+// FormatError naming the file and the tensor on any mismatch.
+template <class S>
+Gpt<Arch::PreLN, S> load_hf_gpt2(const SafetensorsFile& file, GptConfig config) {
+  constexpr const char* op = "hf_gpt2";
+  const std::string path = file.path().string();
+  detail::validate_config(op, config, path);
+  const std::string p = detail::gpt2_prefix(file);
+  std::vector<ExpectedTensor> expected = detail::gpt2_expected(config, p);
+  const bool has_head = file.contains("lm_head.weight");
+  if (has_head) expected.push_back({"lm_head.weight", {config.vocab, config.width}, "(vocab_size, n_embd)"});
+  detail::check_tensors(op, file, expected,
+                        [&p](std::string_view name) { return detail::gpt2_ignored_buffer(name, p); },
+                        "config: n_layer " + std::to_string(config.layers) + ", n_embd " +
+                            std::to_string(config.width) + ", tensor prefix '" + p + "'");
+
+  // A head equal to wte byte for byte is a tied head saved twice.
+  bool tied = true;
+  if (has_head) {
+    const TensorInfo& wte = file.info(p + "wte.weight");
+    const TensorInfo& head = file.info("lm_head.weight");
+    const auto a = file.raw_bytes(p + "wte.weight"), b = file.raw_bytes("lm_head.weight");
+    tied = wte.dtype_name == head.dtype_name && a.size() == b.size() &&
+           (a.empty() || std::memcmp(a.data(), b.data(), a.size()) == 0);
+  }
+  config.tied = tied;
+  config.head_bias = false;
+
+  Gpt<Arch::PreLN, S> model(config);
+  model.token_embedding.table = file.matrix<S>(p + "wte.weight");
+  model.position_embedding.table = file.matrix<S>(p + "wpe.weight");
+  for (Index i = 0; i < config.layers; ++i) {
+    const std::string h = p + "h." + std::to_string(i) + ".";
+    auto& b = model.blocks[std::size_t(i)];
+    b.norm1_gamma = file.vector<S>(h + "ln_1.weight");
+    b.norm1_beta = file.vector<S>(h + "ln_1.bias");
+    b.attn.qkv.weight = file.matrix<S>(h + "attn.c_attn.weight").transpose();
+    b.attn.qkv.bias = file.vector<S>(h + "attn.c_attn.bias");
+    b.attn.out.weight = file.matrix<S>(h + "attn.c_proj.weight").transpose();
+    b.attn.out.bias = file.vector<S>(h + "attn.c_proj.bias");
+    b.norm2_gamma = file.vector<S>(h + "ln_2.weight");
+    b.norm2_beta = file.vector<S>(h + "ln_2.bias");
+    b.mlp.fc.weight = file.matrix<S>(h + "mlp.c_fc.weight").transpose();
+    b.mlp.fc.bias = file.vector<S>(h + "mlp.c_fc.bias");
+    b.mlp.proj.weight = file.matrix<S>(h + "mlp.c_proj.weight").transpose();
+    b.mlp.proj.bias = file.vector<S>(h + "mlp.c_proj.bias");
+  }
+  model.final_gamma = file.vector<S>(p + "ln_f.weight");
+  model.final_beta = file.vector<S>(p + "ln_f.bias");
+  if (!tied) model.head.weight = file.matrix<S>("lm_head.weight");
+  model.validate(op);
+  return model;
+}
+
+// How write_hf_gpt2 names and completes the file.
+struct HfGpt2WriteOptions {
+  bool prefix = false;  // names with "transformer." (as GPT2LMHeadModel's state dict)
+  // Write lm_head.weight for a tied model too (a copy of wte, as
+  // GPT2LMHeadModel.save_pretrained did before tied weights were deduplicated).
+  // An untied model always gets it.
+  bool tied_head = false;
+  // Write the h.{i}.attn.bias (1, 1, n_positions, n_positions) causal masks
+  // and the h.{i}.attn.masked_bias scalars of older checkpoints.
+  bool buffers = false;
+  std::vector<std::filesystem::path> inputs = {};  // files the write must not replace
+};
+
+// The tensors of a GPT-2 file for `model`, in a writer (every tensor in `dtype`).
+template <class S>
+SafetensorsWriter hf_gpt2_writer(const Gpt<Arch::PreLN, S>& model, Dtype dtype,
+                                 const HfGpt2WriteOptions& options = {}) {
+  constexpr const char* op = "write_hf_gpt2";
+  model.validate(op);
+  (void)gpt2_config_to_json(model.config);  // refuses what GPT-2 cannot hold
+  const std::string p = options.prefix ? "transformer." : "";
+  SafetensorsWriter writer;
+  writer.set_metadata("format", "pt");
+  writer.add_matrix(p + "wte.weight", dtype, model.token_embedding.table);
+  writer.add_matrix(p + "wpe.weight", dtype, model.position_embedding.table);
+  const Index n = model.config.context;
+  for (std::size_t i = 0; i < model.blocks.size(); ++i) {
+    const std::string h = p + "h." + std::to_string(i) + ".";
+    const auto& b = model.blocks[i];
+    writer.add_vector(h + "ln_1.weight", dtype, b.norm1_gamma);
+    writer.add_vector(h + "ln_1.bias", dtype, b.norm1_beta);
+    writer.add_matrix(h + "attn.c_attn.weight", dtype, b.attn.qkv.weight.transpose());
+    writer.add_vector(h + "attn.c_attn.bias", dtype, b.attn.qkv.bias);
+    writer.add_matrix(h + "attn.c_proj.weight", dtype, b.attn.out.weight.transpose());
+    writer.add_vector(h + "attn.c_proj.bias", dtype, b.attn.out.bias);
+    writer.add_vector(h + "ln_2.weight", dtype, b.norm2_gamma);
+    writer.add_vector(h + "ln_2.bias", dtype, b.norm2_beta);
+    writer.add_matrix(h + "mlp.c_fc.weight", dtype, b.mlp.fc.weight.transpose());
+    writer.add_vector(h + "mlp.c_fc.bias", dtype, b.mlp.fc.bias);
+    writer.add_matrix(h + "mlp.c_proj.weight", dtype, b.mlp.proj.weight.transpose());
+    writer.add_vector(h + "mlp.c_proj.bias", dtype, b.mlp.proj.bias);
+    if (options.buffers) {
+      std::vector<float> mask(std::size_t(n * n), 0.0f);
+      for (Index r = 0; r < n; ++r)
+        for (Index c = 0; c <= r; ++c) mask[std::size_t(r * n + c)] = 1.0f;
+      writer.add(h + "attn.bias", Dtype::F32, {1, 1, n, n}, std::span<const float>(mask));
+      const float masked = -1e4f;
+      writer.add(h + "attn.masked_bias", Dtype::F32, {}, std::span<const float>(&masked, 1));
+    }
+  }
+  writer.add_vector(p + "ln_f.weight", dtype, model.final_gamma);
+  writer.add_vector(p + "ln_f.bias", dtype, model.final_beta);
+  if (!model.config.tied) writer.add_matrix("lm_head.weight", dtype, model.head.weight);
+  else if (options.tied_head) writer.add_matrix("lm_head.weight", dtype, model.token_embedding.table);
+  return writer;
+}
+
+// Writes `model` as a GPT-2 safetensors file (atomically); the config.json
+// that goes with it is gpt2_config_to_json(model.config).
+template <class S>
+void write_hf_gpt2(const Gpt<Arch::PreLN, S>& model, const std::filesystem::path& path,
+                   Dtype dtype, const HfGpt2WriteOptions& options = {}) {
+  hf_gpt2_writer(model, dtype, options).write(path, options.inputs);
+}
+
+}  // namespace prenorm::io

@@ -1,0 +1,249 @@
+#pragma once
+// Helpers shared by the model layouts (hf_gpt2.hpp, hf_vit.hpp,
+// prenorm_layout.hpp): JSON files, checking a safetensors file against the
+// list of tensors a layout expects, and reading those tensors.
+//
+// Every check reports FormatError naming the operation, the file and the
+// tensors, e.g.
+//   "prenorm::hf_gpt2: gpt2.safetensors: missing tensors 'h.1.ln_1.weight',
+//    'h.1.ln_1.bias' (2 of 38 expected)"
+//   "prenorm::hf_gpt2: gpt2.safetensors: tensor 'h.0.attn.c_attn.weight' has
+//    shape [12, 30], expected [12, 36] (Conv1D (in, out) = (n_embd, 3*n_embd))"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iterator>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+#include "../core/types.hpp"
+#include "atomic_file.hpp"
+#include "error.hpp"
+#include "safetensors.hpp"
+
+namespace prenorm::io {
+
+// Reads a JSON file (a config.json). Throws FileError if it cannot be read and
+// FormatError naming the file if it is not JSON.
+inline nlohmann::json read_json_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    const int error = errno;
+    detail::fail_with<FileError>("read_json_file", path.string(),
+                                 ": cannot open: ", detail::errno_text(error));
+  }
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) detail::fail_with<FileError>("read_json_file", path.string(), ": read error");
+  try {
+    return nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& error) {
+    std::string_view reason = error.what();
+    if (const auto tag_end = reason.find("] "); tag_end != std::string_view::npos)
+      reason.remove_prefix(tag_end + 2);
+    detail::fail_with<FormatError>("read_json_file", path.string(), ": not valid JSON: ", reason);
+  }
+}
+
+// Writes `json` (indented by 2) to `path` atomically, refusing to replace any of `inputs`.
+inline void write_json_file(const std::filesystem::path& path, const nlohmann::json& json,
+                            const std::vector<std::filesystem::path>& inputs = {}) {
+  const std::string text = json.dump(2) + "\n";
+  write_file_atomically(
+      path, [&text](std::ostream& out) { out.write(text.data(), std::streamsize(text.size())); },
+      inputs);
+}
+
+// One tensor a layout expects: its name in the file and its shape.
+struct ExpectedTensor {
+  std::string name;
+  std::vector<std::int64_t> shape;
+  std::string what;  // what the shape means, for messages: "(vocab_size, n_embd)"
+};
+
+namespace detail {
+
+// "'a', 'b', 'c' (and 7 more)": at most `shown` names.
+inline std::string quote_names(const std::vector<std::string>& names, std::size_t shown = 8) {
+  std::string text;
+  for (std::size_t i = 0; i < names.size() && i < shown; ++i) {
+    if (i > 0) text += ", ";
+    text += "'" + names[i] + "'";
+  }
+  if (names.size() > shown) text += " (and " + std::to_string(names.size() - shown) + " more)";
+  return text;
+}
+
+// Checks `file` against `expected` (every tensor present, with its shape and
+// a float dtype) and that every other tensor of the file is `ignored` (a
+// buffer the layout does not use). Reports, in this order, the missing
+// tensors, the unknown ones, then the first wrong shape or dtype.
+inline void check_tensors(const char* op, const SafetensorsFile& file,
+                          const std::vector<ExpectedTensor>& expected,
+                          const std::function<bool(std::string_view)>& ignored,
+                          std::string_view hint = {}) {
+  const std::string path = file.path().string();
+  std::vector<std::string> missing;
+  std::unordered_set<std::string> known;
+  for (const ExpectedTensor& tensor : expected) {
+    known.insert(tensor.name);
+    if (!file.contains(tensor.name)) missing.push_back(tensor.name);
+  }
+  if (!missing.empty())
+    fail_with<FormatError>(op, path, ": missing ", missing.size() == 1 ? "tensor " : "tensors ",
+                           quote_names(missing), " (", missing.size(), " of ", expected.size(),
+                           " expected)", hint.empty() ? "" : "; ", hint);
+  std::vector<std::string> unknown;
+  for (const std::string& name : file.names())
+    if (known.count(name) == 0 && !(ignored && ignored(name))) unknown.push_back(name);
+  if (!unknown.empty())
+    fail_with<FormatError>(op, path, ": unknown ", unknown.size() == 1 ? "tensor " : "tensors ",
+                           quote_names(unknown), " (not part of the layout)",
+                           hint.empty() ? "" : "; ", hint);
+  for (const ExpectedTensor& tensor : expected) {
+    const TensorInfo& info = file.info(tensor.name);
+    if (info.shape != tensor.shape)
+      fail_with<FormatError>(op, path, ": tensor '", tensor.name, "' has shape ",
+                             format_shape(info.shape), ", expected ", format_shape(tensor.shape),
+                             tensor.what.empty() ? "" : " ", tensor.what);
+    if (!info.dtype)
+      fail_with<FormatError>(op, path, ": tensor '", tensor.name, "' has dtype ", info.dtype_name,
+                             ", expected one of ", kSupportedDtypes);
+  }
+}
+
+// The dtype of the tensors `names` of `file` (those present and readable):
+// theirs when they share one, otherwise the widest (F16 with BF16 gives F32).
+inline Dtype common_dtype(const SafetensorsFile& file, const std::vector<std::string>& names) {
+  std::optional<Dtype> common;
+  bool mixed = false;
+  int widest = 0;
+  for (const std::string& name : names) {
+    if (!file.contains(name) || !file.info(name).dtype) continue;
+    const Dtype dtype = *file.info(name).dtype;
+    if (common && *common != dtype) mixed = true;
+    if (!common) common = dtype;
+    const int rank = dtype == Dtype::F64 ? 3 : dtype == Dtype::F32 ? 2 : 1;
+    widest = std::max(widest, rank);
+  }
+  if (!common) return Dtype::F32;
+  if (!mixed) return *common;
+  return widest == 3 ? Dtype::F64 : Dtype::F32;
+}
+
+inline std::vector<std::string> names_of(const std::vector<ExpectedTensor>& expected) {
+  std::vector<std::string> names;
+  names.reserve(expected.size());
+  for (const ExpectedTensor& tensor : expected) names.push_back(tensor.name);
+  return names;
+}
+
+// Tensor `name` of any rank, its values in C order viewed as (rows, cols).
+// The shape was checked by check_tensors.
+template <class S>
+RowMatrix<S> read_as_matrix(const SafetensorsFile& file, const std::string& name, Index rows,
+                            Index cols) {
+  const std::vector<S> values = file.values<S>(name);
+  RowMatrix<S> result(rows, cols);
+  if (!values.empty()) std::copy(values.begin(), values.end(), result.data());
+  return result;
+}
+
+template <class S>
+Vector<S> read_as_vector(const SafetensorsFile& file, const std::string& name) {
+  const std::vector<S> values = file.values<S>(name);
+  Vector<S> result(Index(values.size()));
+  if (!values.empty()) std::copy(values.begin(), values.end(), result.data());
+  return result;
+}
+
+// --- config.json fields ---------------------------------------------------
+
+// The JSON value of `key`, or nullptr when absent.
+inline const nlohmann::json* find_key(const nlohmann::json& json, const char* key) {
+  const auto found = json.find(key);
+  return found == json.end() ? nullptr : &*found;
+}
+
+// An integer field >= minimum. Missing: `fallback`, or an error when none.
+inline Index json_integer(const char* op, const nlohmann::json& json, const std::string& source,
+                          const char* key, Index minimum, std::optional<Index> fallback = {}) {
+  const nlohmann::json* value = find_key(json, key);
+  if (value == nullptr || value->is_null()) {
+    if (fallback) return *fallback;
+    fail_with<FormatError>(op, source, ": missing '", key, "'");
+  }
+  if (!value->is_number_integer())
+    fail_with<FormatError>(op, source, ": '", key, "' is ", value->dump(),
+                           ", expected an integer >= ", minimum);
+  const auto number = value->get<std::int64_t>();
+  if (number < minimum || (value->is_number_unsigned() && value->get<std::uint64_t>() >
+                                                              std::uint64_t(INT64_MAX)))
+    fail_with<FormatError>(op, source, ": '", key, "' is ", value->dump(),
+                           ", expected an integer >= ", minimum);
+  return Index(number);
+}
+
+inline double json_positive(const char* op, const nlohmann::json& json, const std::string& source,
+                            const char* key, std::optional<double> fallback = {}) {
+  const nlohmann::json* value = find_key(json, key);
+  if (value == nullptr || value->is_null()) {
+    if (fallback) return *fallback;
+    fail_with<FormatError>(op, source, ": missing '", key, "'");
+  }
+  if (!value->is_number() || !(value->get<double>() > 0) ||
+      !std::isfinite(value->get<double>()))
+    fail_with<FormatError>(op, source, ": '", key, "' is ", value->dump(),
+                           ", expected a finite number > 0");
+  return value->get<double>();
+}
+
+inline std::string json_string(const char* op, const nlohmann::json& json,
+                               const std::string& source, const char* key,
+                               std::optional<std::string> fallback = {}) {
+  const nlohmann::json* value = find_key(json, key);
+  if (value == nullptr || value->is_null()) {
+    if (fallback) return *fallback;
+    fail_with<FormatError>(op, source, ": missing '", key, "'");
+  }
+  if (!value->is_string())
+    fail_with<FormatError>(op, source, ": '", key, "' is ", value->dump(), ", expected a string");
+  return value->get<std::string>();
+}
+
+// A boolean field that, when present, must equal `required` (a feature the
+// layout does not support otherwise).
+inline void json_require_bool(const char* op, const nlohmann::json& json,
+                              const std::string& source, const char* key, bool required,
+                              const char* why) {
+  const nlohmann::json* value = find_key(json, key);
+  if (value == nullptr || value->is_null()) return;
+  if (!value->is_boolean())
+    fail_with<FormatError>(op, source, ": '", key, "' is ", value->dump(), ", expected a boolean");
+  if (value->get<bool>() != required)
+    fail_with<FormatError>(op, source, ": '", key, "' is ", value->dump(),
+                           ", only ", required ? "true" : "false", " is supported (", why, ")");
+}
+
+// Rethrows a config's validate() error as a FormatError naming `source`.
+template <class Config>
+void validate_config(const char* op, const Config& config, const std::string& source) {
+  try {
+    config.validate(op);
+  } catch (const Error& error) {
+    fail_with<FormatError>(op, source, ": ", error.what());
+  }
+}
+
+}  // namespace detail
+}  // namespace prenorm::io
