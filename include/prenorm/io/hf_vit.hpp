@@ -1,0 +1,320 @@
+#pragma once
+// The Hugging Face ViT layout (ViTForImageClassification, e.g.
+// google/vit-base-patch16-224: safetensors and config.json) <-> Vit<Arch::PreLN, S>.
+//
+// Tensors, d = hidden_size, I = intermediate_size, C = num_channels,
+// p = patch_size, P = (image_size / p)^2 patches, K = classes. Names below
+// carry the "vit." prefix; a file without it (the same names from
+// "embeddings." on) is read too. PyTorch Linear weights are (out, in), as in prenorm.
+//   vit.embeddings.cls_token                          (1, 1, d)       cls_token
+//   vit.embeddings.position_embeddings                (1, 1 + P, d)   position_embedding
+//   vit.embeddings.patch_embeddings.projection.weight (d, C, p, p)    patch.weight (d, C*p*p)
+//   vit.embeddings.patch_embeddings.projection.bias   (d)             patch.bias
+//   vit.encoder.layer.{i}.layernorm_before.{weight,bias}          (d)     blocks[i].norm1_{gamma,beta}
+//   vit.encoder.layer.{i}.attention.attention.query.weight        (d, d)  rows [0, d) of blocks[i].attn.qkv
+//   ... .attention.attention.key.weight, .value.weight            (d, d)  rows [d, 2d), [2d, 3d)
+//   ... .attention.attention.{query,key,value}.bias               (d)     the same rows of the qkv bias
+//   vit.encoder.layer.{i}.attention.output.dense.{weight,bias}    (d, d)  blocks[i].attn.out
+//   vit.encoder.layer.{i}.layernorm_after.{weight,bias}           (d)     blocks[i].norm2_{gamma,beta}
+//   vit.encoder.layer.{i}.intermediate.dense.{weight,bias}        (I, d)  blocks[i].mlp.fc
+//   vit.encoder.layer.{i}.output.dense.{weight,bias}              (d, I)  blocks[i].mlp.proj
+//   vit.layernorm.{weight,bias}                                   (d)     final_{gamma,beta}
+//   classifier.{weight,bias}                                      (K, d)  head (never prefixed)
+// The conv weight (d, C, p, p) in C order is (d, C*p*p) with each row in
+// (channel, ky, kx) order, which is how prenorm flattens a patch; HF numbers
+// the patches row by row (flatten(2)), as prenorm does. Query, key and value
+// split their rows into heads h at h*head_dim, as prenorm's qkv does.
+//
+// config.json: hidden_size, num_hidden_layers, num_attention_heads,
+// intermediate_size, image_size, patch_size (required), num_channels
+// (default 3), hidden_act (default "gelu"), layer_norm_eps (default 1e-12),
+// and the class count: num_labels, or the size of id2label.
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <filesystem>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "../core/arch.hpp"
+#include "../core/types.hpp"
+#include "../models/config.hpp"
+#include "../models/vit.hpp"
+#include "../ops/activation.hpp"
+#include "error.hpp"
+#include "layout_util.hpp"
+#include "safetensors.hpp"
+
+namespace prenorm::io {
+
+// --- config.json -----------------------------------------------------------------
+
+inline VitConfig vit_config_from_json(const nlohmann::json& json, const std::string& source) {
+  constexpr const char* op = "hf_vit";
+  using namespace detail;
+  if (!json.is_object())
+    fail_with<FormatError>(op, source, ": expected a JSON object, found ", json.type_name());
+  if (const nlohmann::json* type = find_key(json, "model_type"))
+    if (!type->is_string() || type->get<std::string>() != "vit")
+      fail_with<FormatError>(op, source, ": 'model_type' is ", type->dump(), ", expected \"vit\"");
+  VitConfig config;
+  config.width = json_integer(op, json, source, "hidden_size", 2);
+  config.layers = json_integer(op, json, source, "num_hidden_layers", 0);
+  config.heads = json_integer(op, json, source, "num_attention_heads", 1);
+  config.mlp_width = json_integer(op, json, source, "intermediate_size", 1);
+  config.image_size = json_integer(op, json, source, "image_size", 1);
+  config.patch_size = json_integer(op, json, source, "patch_size", 1);
+  config.channels = json_integer(op, json, source, "num_channels", 1, 3);
+  config.epsilon = json_positive(op, json, source, "layer_norm_eps", 1e-12);
+  const std::string activation = json_string(op, json, source, "hidden_act", std::string("gelu"));
+  if (activation == "gelu" || activation == "gelu_python")
+    config.activation = Activation::GeluErf;
+  else if (activation == "gelu_new" || activation == "gelu_pytorch_tanh")
+    config.activation = Activation::GeluTanh;
+  else
+    fail_with<FormatError>(op, source, ": 'hidden_act' is \"", activation,
+                           "\", which prenorm does not implement (supported: \"gelu\", "
+                           "\"gelu_python\" (exact), \"gelu_new\", \"gelu_pytorch_tanh\" "
+                           "(tanh approximation))");
+  json_require_bool(op, json, source, "qkv_bias", true,
+                    "prenorm's ViT reads query, key and value biases");
+
+  // Classes: num_labels, else the size of id2label; both must agree.
+  std::optional<Index> from_map;
+  if (const nlohmann::json* labels = find_key(json, "id2label"); labels && !labels->is_null()) {
+    if (!labels->is_object())
+      fail_with<FormatError>(op, source, ": 'id2label' must be an object, found ",
+                             labels->type_name());
+    from_map = Index(labels->size());
+  }
+  const nlohmann::json* num_labels = find_key(json, "num_labels");
+  if (num_labels && !num_labels->is_null()) {
+    config.classes = json_integer(op, json, source, "num_labels", 1);
+    if (from_map && *from_map != config.classes)
+      fail_with<FormatError>(op, source, ": 'num_labels' is ", config.classes,
+                             " but 'id2label' has ", *from_map, " entries");
+  } else if (from_map) {
+    config.classes = *from_map;
+  } else {
+    fail_with<FormatError>(op, source,
+                           ": missing 'num_labels' and 'id2label' (the number of classes)");
+  }
+  if (config.classes < 1)
+    fail_with<FormatError>(op, source, ": 'id2label' is empty, expected at least one class");
+  if (config.width % config.heads != 0)
+    fail_with<FormatError>(op, source, ": 'hidden_size' ", config.width,
+                           " is not divisible by 'num_attention_heads' ", config.heads);
+  validate_config(op, config, source);
+  return config;
+}
+
+// A config.json for `config` (what Hugging Face reads as a ViTConfig for
+// ViTForImageClassification; labels "LABEL_k").
+inline nlohmann::json vit_config_to_json(const VitConfig& config) {
+  constexpr const char* op = "hf_vit";
+  config.validate(op);
+  if (config.head_size() * config.heads != config.width)
+    prenorm::detail::fail(op, "heads ", config.heads, " of ", config.head_size(),
+                          " do not make the width ", config.width,
+                          ": ViT has head_dim = hidden_size / num_attention_heads");
+  nlohmann::ordered_json json;
+  json["model_type"] = "vit";
+  json["architectures"] = {"ViTForImageClassification"};
+  json["hidden_size"] = config.width;
+  json["num_hidden_layers"] = config.layers;
+  json["num_attention_heads"] = config.heads;
+  json["intermediate_size"] = config.mlp_width;
+  json["hidden_act"] = config.activation == Activation::GeluErf ? "gelu" : "gelu_new";
+  json["layer_norm_eps"] = config.epsilon;
+  json["image_size"] = config.image_size;
+  json["patch_size"] = config.patch_size;
+  json["num_channels"] = config.channels;
+  json["qkv_bias"] = true;
+  nlohmann::ordered_json id2label = nlohmann::ordered_json::object(),
+                         label2id = nlohmann::ordered_json::object();
+  for (Index k = 0; k < config.classes; ++k) {
+    id2label[std::to_string(k)] = "LABEL_" + std::to_string(k);
+    label2id["LABEL_" + std::to_string(k)] = k;
+  }
+  json["id2label"] = id2label;
+  json["label2id"] = label2id;
+  return nlohmann::json(json);
+}
+
+// --- tensors ---------------------------------------------------------------------
+
+namespace detail {
+
+// "vit." or "", from the names in the file. Throws if both appear.
+inline std::string vit_prefix(const SafetensorsFile& file) {
+  const char* kPatch = "embeddings.patch_embeddings.projection.weight";
+  const bool bare = file.contains(kPatch);
+  const bool prefixed = file.contains(std::string("vit.") + kPatch);
+  if (bare && prefixed)
+    fail_with<FormatError>("hf_vit", file.path().string(), ": has both '", kPatch, "' and 'vit.",
+                           kPatch, "'; use one naming for the whole file");
+  return bare ? "" : "vit.";
+}
+
+inline std::vector<ExpectedTensor> vit_expected(const VitConfig& c, const std::string& p) {
+  const std::int64_t d = c.width, a = c.attention_width(), I = c.mlp_width, K = c.classes;
+  std::vector<ExpectedTensor> e;
+  const std::string emb = p + "embeddings.";
+  e.push_back({emb + "cls_token", {1, 1, d}, "(1, 1, hidden_size)"});
+  e.push_back({emb + "position_embeddings", {1, c.tokens(), d},
+               "(1, 1 + (image_size/patch_size)^2, hidden_size)"});
+  e.push_back({emb + "patch_embeddings.projection.weight", {d, c.channels, c.patch_size, c.patch_size},
+               "(hidden_size, num_channels, patch_size, patch_size)"});
+  e.push_back({emb + "patch_embeddings.projection.bias", {d}, "(hidden_size)"});
+  for (Index i = 0; i < c.layers; ++i) {
+    const std::string l = p + "encoder.layer." + std::to_string(i) + ".";
+    e.push_back({l + "layernorm_before.weight", {d}, "(hidden_size)"});
+    e.push_back({l + "layernorm_before.bias", {d}, "(hidden_size)"});
+    for (const char* which : {"query", "key", "value"}) {
+      e.push_back({l + "attention.attention." + which + ".weight", {a, d}, "(hidden_size, hidden_size)"});
+      e.push_back({l + "attention.attention." + which + ".bias", {a}, "(hidden_size)"});
+    }
+    e.push_back({l + "attention.output.dense.weight", {d, a}, "(hidden_size, hidden_size)"});
+    e.push_back({l + "attention.output.dense.bias", {d}, "(hidden_size)"});
+    e.push_back({l + "layernorm_after.weight", {d}, "(hidden_size)"});
+    e.push_back({l + "layernorm_after.bias", {d}, "(hidden_size)"});
+    e.push_back({l + "intermediate.dense.weight", {I, d}, "(intermediate_size, hidden_size)"});
+    e.push_back({l + "intermediate.dense.bias", {I}, "(intermediate_size)"});
+    e.push_back({l + "output.dense.weight", {d, I}, "(hidden_size, intermediate_size)"});
+    e.push_back({l + "output.dense.bias", {d}, "(hidden_size)"});
+  }
+  e.push_back({p + "layernorm.weight", {d}, "(hidden_size)"});
+  e.push_back({p + "layernorm.bias", {d}, "(hidden_size)"});
+  e.push_back({"classifier.weight", {K, d}, "(num_labels, hidden_size)"});
+  e.push_back({"classifier.bias", {K}, "(num_labels)"});
+  return e;
+}
+
+}  // namespace detail
+
+// Which float dtype a ViT file uses: its tensors' when they share one, else the widest.
+inline Dtype hf_vit_dtype(const SafetensorsFile& file, const VitConfig& config) {
+  return detail::common_dtype(file,
+                              detail::names_of(detail::vit_expected(config, detail::vit_prefix(file))));
+}
+
+// Loads a ViT checkpoint as a Pre-LN ViT. Throws FormatError naming the file
+// and the tensor on any mismatch.
+template <class S>
+Vit<Arch::PreLN, S> load_hf_vit(const SafetensorsFile& file, const VitConfig& config) {
+  constexpr const char* op = "hf_vit";
+  const std::string path = file.path().string();
+  detail::validate_config(op, config, path);
+  const std::string p = detail::vit_prefix(file);
+  detail::check_tensors(op, file, detail::vit_expected(config, p), {},
+                        "config: num_hidden_layers " + std::to_string(config.layers) +
+                            ", hidden_size " + std::to_string(config.width) + ", tensor prefix '" +
+                            p + "'");
+  const Index d = config.width, a = config.attention_width();
+  Vit<Arch::PreLN, S> model(config);
+  const std::string emb = p + "embeddings.";
+  model.cls_token = detail::read_as_vector<S>(file, emb + "cls_token");
+  model.position_embedding =
+      detail::read_as_matrix<S>(file, emb + "position_embeddings", config.tokens(), d);
+  model.patch.weight = detail::read_as_matrix<S>(file, emb + "patch_embeddings.projection.weight",
+                                                 d, config.patch_features());
+  model.patch.bias = file.vector<S>(emb + "patch_embeddings.projection.bias");
+  for (Index i = 0; i < config.layers; ++i) {
+    const std::string l = p + "encoder.layer." + std::to_string(i) + ".";
+    auto& b = model.blocks[std::size_t(i)];
+    b.norm1_gamma = file.vector<S>(l + "layernorm_before.weight");
+    b.norm1_beta = file.vector<S>(l + "layernorm_before.bias");
+    Index row = 0;
+    for (const char* which : {"query", "key", "value"}) {
+      const std::string name = l + "attention.attention." + which;
+      b.attn.qkv.weight.middleRows(row, a) = file.matrix<S>(name + ".weight");
+      b.attn.qkv.bias.segment(row, a) = file.vector<S>(name + ".bias");
+      row += a;
+    }
+    b.attn.out.weight = file.matrix<S>(l + "attention.output.dense.weight");
+    b.attn.out.bias = file.vector<S>(l + "attention.output.dense.bias");
+    b.norm2_gamma = file.vector<S>(l + "layernorm_after.weight");
+    b.norm2_beta = file.vector<S>(l + "layernorm_after.bias");
+    b.mlp.fc.weight = file.matrix<S>(l + "intermediate.dense.weight");
+    b.mlp.fc.bias = file.vector<S>(l + "intermediate.dense.bias");
+    b.mlp.proj.weight = file.matrix<S>(l + "output.dense.weight");
+    b.mlp.proj.bias = file.vector<S>(l + "output.dense.bias");
+  }
+  model.final_gamma = file.vector<S>(p + "layernorm.weight");
+  model.final_beta = file.vector<S>(p + "layernorm.bias");
+  model.head.weight = file.matrix<S>("classifier.weight");
+  model.head.bias = file.vector<S>("classifier.bias");
+  model.validate(op);
+  return model;
+}
+
+struct HfVitWriteOptions {
+  bool prefix = true;  // names with "vit." (ViTForImageClassification's state dict)
+  std::vector<std::filesystem::path> inputs = {};  // files the write must not replace
+};
+
+// The tensors of a ViT file for `model`, in a writer (every tensor in `dtype`).
+template <class S>
+SafetensorsWriter hf_vit_writer(const Vit<Arch::PreLN, S>& model, Dtype dtype,
+                                const HfVitWriteOptions& options = {}) {
+  constexpr const char* op = "write_hf_vit";
+  model.validate(op);
+  (void)vit_config_to_json(model.config);  // refuses what HF ViT cannot hold
+  const VitConfig& c = model.config;
+  const Index d = c.width, a = c.attention_width();
+  const std::string p = options.prefix ? "vit." : "";
+  const std::string emb = p + "embeddings.";
+  SafetensorsWriter writer;
+  writer.set_metadata("format", "pt");
+  const auto add = [&](const std::string& name, std::vector<std::int64_t> shape, const auto& m) {
+    std::vector<S> values;
+    values.reserve(std::size_t(m.size()));
+    for (Index r = 0; r < m.rows(); ++r)
+      for (Index col = 0; col < m.cols(); ++col) values.push_back(m(r, col));
+    writer.add(name, dtype, std::move(shape), std::span<const S>(values));
+  };
+  add(emb + "cls_token", {1, 1, d}, model.cls_token.transpose());
+  add(emb + "position_embeddings", {1, c.tokens(), d}, model.position_embedding);
+  add(emb + "patch_embeddings.projection.weight", {d, c.channels, c.patch_size, c.patch_size},
+      model.patch.weight);
+  writer.add_vector(emb + "patch_embeddings.projection.bias", dtype, model.patch.bias);
+  for (std::size_t i = 0; i < model.blocks.size(); ++i) {
+    const std::string l = p + "encoder.layer." + std::to_string(i) + ".";
+    const auto& b = model.blocks[i];
+    writer.add_vector(l + "layernorm_before.weight", dtype, b.norm1_gamma);
+    writer.add_vector(l + "layernorm_before.bias", dtype, b.norm1_beta);
+    Index row = 0;
+    for (const char* which : {"query", "key", "value"}) {
+      const std::string name = l + "attention.attention." + which;
+      writer.add_matrix(name + ".weight", dtype, b.attn.qkv.weight.middleRows(row, a));
+      writer.add_vector(name + ".bias", dtype, b.attn.qkv.bias.segment(row, a));
+      row += a;
+    }
+    writer.add_matrix(l + "attention.output.dense.weight", dtype, b.attn.out.weight);
+    writer.add_vector(l + "attention.output.dense.bias", dtype, b.attn.out.bias);
+    writer.add_vector(l + "layernorm_after.weight", dtype, b.norm2_gamma);
+    writer.add_vector(l + "layernorm_after.bias", dtype, b.norm2_beta);
+    writer.add_matrix(l + "intermediate.dense.weight", dtype, b.mlp.fc.weight);
+    writer.add_vector(l + "intermediate.dense.bias", dtype, b.mlp.fc.bias);
+    writer.add_matrix(l + "output.dense.weight", dtype, b.mlp.proj.weight);
+    writer.add_vector(l + "output.dense.bias", dtype, b.mlp.proj.bias);
+  }
+  writer.add_vector(p + "layernorm.weight", dtype, model.final_gamma);
+  writer.add_vector(p + "layernorm.bias", dtype, model.final_beta);
+  writer.add_matrix("classifier.weight", dtype, model.head.weight);
+  writer.add_vector("classifier.bias", dtype, model.head.bias);
+  return writer;
+}
+
+// Writes `model` as a ViT safetensors file (atomically); the config.json that
+// goes with it is vit_config_to_json(model.config).
+template <class S>
+void write_hf_vit(const Vit<Arch::PreLN, S>& model, const std::filesystem::path& path, Dtype dtype,
+                  const HfVitWriteOptions& options = {}) {
+  hf_vit_writer(model, dtype, options).write(path, options.inputs);
+}
+
+}  // namespace prenorm::io
