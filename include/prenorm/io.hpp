@@ -1,9 +1,15 @@
 #pragma once
-// prenorm I/O: safetensors and .npy files, 16-bit float conversions and
-// atomic file writes. Needs nlohmann_json (link prenorm::io); the core
-// headers do not.
+// prenorm I/O: safetensors and .npy files, 16-bit float conversions,
+// atomic file writes, and model checkpoints in three layouts (Hugging Face
+// GPT-2 and ViT, prenorm's own) with a loader that detects the layout.
+// Needs nlohmann_json (link prenorm::io); the core headers do not.
+#include "io/any_model.hpp"
 #include "io/atomic_file.hpp"
 #include "io/error.hpp"
 #include "io/half.hpp"
+#include "io/hf_gpt2.hpp"
+#include "io/hf_vit.hpp"
+#include "io/layout_util.hpp"
 #include "io/npy.hpp"
+#include "io/prenorm_layout.hpp"
 #include "io/safetensors.hpp"

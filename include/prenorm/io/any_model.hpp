@@ -1,0 +1,169 @@
+#pragma once
+// Loading a model whose layout and architecture are known only at run time
+// (what prenorm-convert and prenorm-infer do).
+//
+//   detect_layout(file)   prenorm metadata (format "prenorm") -> Layout::Prenorm;
+//                         else wte.weight or transformer.wte.weight -> Layout::HfGpt2;
+//                         else the ViT patch projection (with or without "vit.")
+//                         -> Layout::HfVit; else FormatError.
+//   load_any_model<S>(path, config)
+//                         the model as an AnyModel<S> (a std::variant of the
+//                         GPT and ViT of the three architectures). The
+//                         Hugging Face layouts take their config.json from
+//                         `config`, or from config.json beside the file.
+
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <type_traits>
+#include <utility>
+#include <variant>
+
+#include "../core/arch.hpp"
+#include "../models/gpt.hpp"
+#include "../models/vit.hpp"
+#include "error.hpp"
+#include "hf_gpt2.hpp"
+#include "hf_vit.hpp"
+#include "layout_util.hpp"
+#include "prenorm_layout.hpp"
+#include "safetensors.hpp"
+
+namespace prenorm::io {
+
+enum class Layout { Prenorm, HfGpt2, HfVit };
+
+constexpr std::string_view layout_name(Layout layout) {
+  switch (layout) {
+    case Layout::Prenorm: return "prenorm";
+    case Layout::HfGpt2: return "hf_gpt2";
+    case Layout::HfVit: return "hf_vit";
+  }
+  return "unknown";
+}
+
+// Which layout `file` is in. Throws FormatError naming the file when it is none.
+inline Layout detect_layout(const SafetensorsFile& file) {
+  if (is_prenorm_layout(file)) return Layout::Prenorm;
+  if (file.contains("wte.weight") || file.contains("transformer.wte.weight"))
+    return Layout::HfGpt2;
+  if (file.contains("vit.embeddings.patch_embeddings.projection.weight") ||
+      file.contains("embeddings.patch_embeddings.projection.weight"))
+    return Layout::HfVit;
+  detail::fail_with<FormatError>(
+      "detect_layout", file.path().string(),
+      ": not a model file prenorm knows: no prenorm metadata (format \"prenorm\"), no GPT-2 "
+      "'wte.weight' / 'transformer.wte.weight', no ViT "
+      "'vit.embeddings.patch_embeddings.projection.weight'");
+}
+
+// A GPT or ViT of one of the three architectures.
+template <class S>
+using AnyModel = std::variant<Gpt<Arch::PreLN, S>, Gpt<Arch::PreRMSNorm, S>,
+                              Gpt<Arch::PreCRMSNorm, S>, Vit<Arch::PreLN, S>,
+                              Vit<Arch::PreRMSNorm, S>, Vit<Arch::PreCRMSNorm, S>>;
+
+// The kind and architecture of the model held.
+template <class S>
+ModelKind kind_of(const AnyModel<S>& model) {
+  return model.index() < 3 ? ModelKind::Gpt : ModelKind::Vit;
+}
+template <class S>
+Arch arch_of(const AnyModel<S>& model) {
+  return std::visit([](const auto& m) { return std::decay_t<decltype(m)>::arch; }, model);
+}
+
+// A model and where it came from.
+template <class S>
+struct LoadedModel {
+  AnyModel<S> model;
+  Layout layout = Layout::Prenorm;
+  Dtype dtype = Dtype::F32;                  // the dtype of the file's weights
+  std::size_t tensors = 0;                   // tensors in the file
+  std::optional<std::filesystem::path> config_path;  // the config.json read (HF layouts)
+  std::optional<Arch> converted_from;        // prenorm layout: the metadata's converted_from
+};
+
+// The config.json of a Hugging Face file: `config` when given, else
+// config.json in the file's folder. Throws FileError when there is none.
+inline std::filesystem::path hf_config_path(const std::filesystem::path& model,
+                                            const std::optional<std::filesystem::path>& config,
+                                            Layout layout) {
+  if (config) return *config;
+  const std::filesystem::path beside =
+      (model.has_parent_path() ? model.parent_path() : std::filesystem::path(".")) / "config.json";
+  std::error_code error;
+  if (!std::filesystem::is_regular_file(beside, error))
+    detail::fail_with<FileError>("load_model", model.string(), ": a ", layout_name(layout),
+                                 " file needs its config.json: none at '", beside.string(),
+                                 "' (pass one with --config)");
+  return beside;
+}
+
+// Loads the model in `file`, converted to S, whatever its layout and architecture.
+template <class S>
+LoadedModel<S> load_any_model(const SafetensorsFile& file,
+                              const std::optional<std::filesystem::path>& config = {}) {
+  const Layout layout = detect_layout(file);
+  const auto make = [&](AnyModel<S>&& model, Dtype dtype) {
+    return LoadedModel<S>{std::move(model), layout, dtype, file.size(), std::nullopt, std::nullopt};
+  };
+  switch (layout) {
+    case Layout::HfGpt2: {
+      const std::filesystem::path path = hf_config_path(file.path(), config, layout);
+      const GptConfig c = gpt2_config_from_json(read_json_file(path), path.string());
+      AnyModel<S> model = load_hf_gpt2<S>(file, c);  // checks the file first
+      LoadedModel<S> loaded = make(std::move(model), hf_gpt2_dtype(file, c));
+      loaded.config_path = path;
+      return loaded;
+    }
+    case Layout::HfVit: {
+      const std::filesystem::path path = hf_config_path(file.path(), config, layout);
+      const VitConfig c = vit_config_from_json(read_json_file(path), path.string());
+      AnyModel<S> model = load_hf_vit<S>(file, c);
+      LoadedModel<S> loaded = make(std::move(model), hf_vit_dtype(file, c));
+      loaded.config_path = path;
+      return loaded;
+    }
+    case Layout::Prenorm: break;
+  }
+  const PrenormMetadata meta = read_prenorm_metadata(file);
+  const Dtype dtype = prenorm_dtype(file);  // also refuses tensors of other dtypes
+  const auto gpt = [&]<Arch A>() -> AnyModel<S> {
+    return detail::load_prenorm_model<Gpt<A, S>>(file, ModelKind::Gpt, meta.gpt, meta);
+  };
+  const auto vit = [&]<Arch A>() -> AnyModel<S> {
+    return detail::load_prenorm_model<Vit<A, S>>(file, ModelKind::Vit, meta.vit, meta);
+  };
+  const bool is_gpt = meta.kind == ModelKind::Gpt;
+  LoadedModel<S> loaded = [&]() -> LoadedModel<S> {
+    switch (meta.arch) {
+      case Arch::PreLN:
+        return make(is_gpt ? gpt.template operator()<Arch::PreLN>()
+                           : vit.template operator()<Arch::PreLN>(), dtype);
+      case Arch::PreRMSNorm:
+        return make(is_gpt ? gpt.template operator()<Arch::PreRMSNorm>()
+                           : vit.template operator()<Arch::PreRMSNorm>(), dtype);
+      case Arch::PreCRMSNorm:
+        return make(is_gpt ? gpt.template operator()<Arch::PreCRMSNorm>()
+                           : vit.template operator()<Arch::PreCRMSNorm>(), dtype);
+      case Arch::NoNorm: break;
+    }
+    detail::fail_with<FormatError>("load_model", file.path().string(),
+                                   ": holds a no_norm model (a benchmark baseline), which the "
+                                   "tools do not run");
+  }();
+  loaded.converted_from = meta.converted_from;
+  return loaded;
+}
+
+template <class S>
+LoadedModel<S> load_any_model(const std::filesystem::path& path,
+                              const std::optional<std::filesystem::path>& config = {}) {
+  const SafetensorsFile file(path);
+  return load_any_model<S>(file, config);
+}
+
+}  // namespace prenorm::io
