@@ -1,0 +1,246 @@
+// prenorm-convert: converts a checkpoint between Pre-LN, Pre-RMSNorm and
+// Pre-CRMSNorm and writes it in prenorm's own layout.
+//
+//   prenorm-convert --to {pre-ln|pre-rmsnorm|pre-crmsnorm} [--tied {untie|keep}]
+//                   [--config CONFIG.json] [--dtype {same|F32|F16|BF16|F64}]
+//                   INPUT.safetensors OUTPUT.safetensors
+//
+// INPUT is in any of the three layouts (Hugging Face GPT-2, Hugging Face ViT,
+// prenorm's own; the Hugging Face ones read CONFIG.json, by default the
+// config.json beside INPUT). The model is loaded in double, converted in
+// double, and rounded once to the output dtype ("same": the input's). A model
+// already in the target architecture is re-saved unchanged (only the layout
+// and the dtype change; --tied applies only when the architecture changes).
+//
+// OUTPUT is written atomically: a temporary file in its folder, renamed when
+// complete, so a failure leaves no partial file. Writing onto INPUT (or its
+// config), under any name, is refused.
+//
+// Progress goes to stderr, a one-line summary to stdout. Exit codes: 0
+// success, 2 usage error, 1 bad input (the message names the file and the tensor).
+
+#include <prenorm/convert.hpp>
+#include <prenorm/io.hpp>
+#include <prenorm/models.hpp>
+
+#include <cstdlib>
+#include <filesystem>
+#include <iostream>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <variant>
+#include <vector>
+
+namespace {
+
+namespace fs = std::filesystem;
+namespace io = prenorm::io;
+using prenorm::Arch;
+
+constexpr const char* kUsage =
+    "usage: prenorm-convert --to {pre-ln|pre-rmsnorm|pre-crmsnorm} [--tied {untie|keep}]\n"
+    "                       [--config CONFIG.json] [--dtype {same|F32|F16|BF16|F64}]\n"
+    "                       INPUT.safetensors OUTPUT.safetensors\n"
+    "\n"
+    "Reads a Hugging Face GPT-2 or ViT checkpoint (with its config.json: --config, or\n"
+    "config.json beside INPUT) or a prenorm checkpoint, converts it exactly (in double)\n"
+    "to the target architecture and writes it in prenorm's layout.\n"
+    "  --to      target architecture (required); the same architecture re-saves the model\n"
+    "  --tied    what a tied GPT head becomes: untie (default, fastest) or keep (stored\n"
+    "            once, transformed per token); only when the architecture changes\n"
+    "  --config  the config.json of a Hugging Face checkpoint\n"
+    "  --dtype   output dtype; same (default) is the input's\n"
+    "Exit codes: 0 success, 1 bad input, 2 usage error.\n";
+
+[[noreturn]] void usage_error(const std::string& message) {
+  std::cerr << "prenorm-convert: " << message << "\n" << kUsage;
+  std::exit(2);
+}
+
+struct Options {
+  Arch to = Arch::PreLN;
+  prenorm::TiedPolicy tied = prenorm::TiedPolicy::Untie;
+  std::optional<fs::path> config;
+  std::optional<io::Dtype> dtype;  // nullopt: same as the input
+  fs::path input, output;
+};
+
+std::optional<Arch> parse_arch(std::string_view text) {
+  if (text == "pre-ln" || text == "pre_ln") return Arch::PreLN;
+  if (text == "pre-rmsnorm" || text == "pre_rmsnorm") return Arch::PreRMSNorm;
+  if (text == "pre-crmsnorm" || text == "pre_crmsnorm") return Arch::PreCRMSNorm;
+  return std::nullopt;
+}
+
+Options parse(int argc, char** argv) {
+  Options o;
+  bool have_to = false;
+  std::vector<std::string> positional;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "-h" || arg == "--help") {
+      std::cout << kUsage;
+      std::exit(0);
+    }
+    if (arg == "--") {
+      for (++i; i < argc; ++i) positional.emplace_back(argv[i]);
+      break;
+    }
+    if (arg.size() < 2 || arg.compare(0, 2, "--") != 0) {
+      positional.push_back(arg);
+      continue;
+    }
+    std::string value;
+    bool inline_value = false;
+    if (const auto eq = arg.find('='); eq != std::string::npos) {
+      value = arg.substr(eq + 1);
+      arg = arg.substr(0, eq);
+      inline_value = true;
+    }
+    if (arg != "--to" && arg != "--tied" && arg != "--config" && arg != "--dtype")
+      usage_error("unknown option '" + arg + "'");
+    if (!inline_value) {
+      if (i + 1 >= argc) usage_error(arg + " needs a value");
+      value = argv[++i];
+    }
+    if (arg == "--to") {
+      const std::optional<Arch> arch = parse_arch(value);
+      if (!arch)
+        usage_error("--to takes pre-ln, pre-rmsnorm or pre-crmsnorm, got '" + value + "'");
+      o.to = *arch;
+      have_to = true;
+    } else if (arg == "--tied") {
+      if (value == "untie") o.tied = prenorm::TiedPolicy::Untie;
+      else if (value == "keep") o.tied = prenorm::TiedPolicy::Keep;
+      else usage_error("--tied takes untie or keep, got '" + value + "'");
+    } else if (arg == "--config") {
+      if (value.empty()) usage_error("--config needs a file name");
+      o.config = value;
+    } else {  // --dtype
+      if (value == "same") {
+        o.dtype.reset();
+      } else {
+        std::string upper = value;
+        for (char& c : upper) c = char(std::toupper(static_cast<unsigned char>(c)));
+        o.dtype = io::dtype_from_name(upper);
+        if (!o.dtype) usage_error("--dtype takes same, F32, F16, BF16 or F64, got '" + value + "'");
+      }
+    }
+  }
+  if (!have_to) usage_error("--to is required");
+  if (positional.size() != 2)
+    usage_error("expected INPUT and OUTPUT, got " + std::to_string(positional.size()) +
+                " file argument" + (positional.size() == 1 ? "" : "s"));
+  o.input = positional[0];
+  o.output = positional[1];
+  if (o.input.empty() || o.output.empty()) usage_error("empty file name");
+  return o;
+}
+
+// The same file under two names (links included)?
+bool same_file(const fs::path& a, const fs::path& b) {
+  std::error_code error;
+  return fs::equivalent(a, b, error) && !error;
+}
+
+// Converts (or, for the same architecture, copies) `model` to `To`.
+template <Arch To, class Model>
+auto to_arch(const Model& model, const prenorm::ConvertOptions& options) {
+  if constexpr (Model::arch == To) return model;
+  else return prenorm::convert<To>(model, options);
+}
+
+// Runs the conversion; throws on bad input.
+int run(const Options& o) {
+  std::cerr << "prenorm-convert: reading " << o.input.string() << "\n";
+  const io::SafetensorsFile file(o.input);
+  const io::LoadedModel<double> loaded = io::load_any_model<double>(file, o.config);
+  const Arch from = io::arch_of(loaded.model);
+  const io::ModelKind kind = io::kind_of(loaded.model);
+  if (loaded.layout == io::Layout::Prenorm && o.config)
+    std::cerr << "prenorm-convert: note: " << o.input.string()
+              << " is in prenorm's layout; --config is not used\n";
+  std::cerr << "prenorm-convert: " << o.input.string() << ": " << io::layout_name(loaded.layout)
+            << " layout, " << io::model_kind_name(kind) << " " << prenorm::arch_name(from) << ", "
+            << loaded.tensors << " tensors, " << io::dtype_name(loaded.dtype);
+  if (loaded.config_path) std::cerr << ", config " << loaded.config_path->string();
+  std::cerr << "\n";
+
+  const io::Dtype dtype = o.dtype.value_or(loaded.dtype);
+  const bool tied_gpt = std::visit(
+      [](const auto& m) {
+        if constexpr (requires { m.config.tied; }) return m.config.tied;
+        else return false;
+      },
+      loaded.model);
+  const bool same_arch = from == o.to;
+  if (same_arch)
+    std::cerr << "prenorm-convert: the model is already " << prenorm::arch_name(from)
+              << ": re-saving it unchanged in prenorm's layout\n";
+  else
+    std::cerr << "prenorm-convert: converting " << prenorm::arch_name(from) << " -> "
+              << prenorm::arch_name(o.to)
+              << (tied_gpt ? (o.tied == prenorm::TiedPolicy::Keep ? " (tied head: keep)"
+                                                                  : " (tied head: untie)")
+                           : "")
+              << " in double\n";
+
+  io::PrenormSaveOptions save;
+  save.converted_from = same_arch ? loaded.converted_from : std::optional<Arch>(from);
+  save.inputs = {o.input};
+  if (loaded.config_path) save.inputs.push_back(*loaded.config_path);
+  const prenorm::ConvertOptions convert_options{.tied = o.tied};
+  const io::SafetensorsWriter writer = std::visit(
+      [&](const auto& model) {
+        switch (o.to) {
+          case Arch::PreLN:
+            return io::prenorm_writer(to_arch<Arch::PreLN>(model, convert_options), dtype, save);
+          case Arch::PreRMSNorm:
+            return io::prenorm_writer(to_arch<Arch::PreRMSNorm>(model, convert_options), dtype,
+                                      save);
+          case Arch::PreCRMSNorm:
+          default:
+            return io::prenorm_writer(to_arch<Arch::PreCRMSNorm>(model, convert_options), dtype,
+                                      save);
+        }
+      },
+      loaded.model);
+
+  std::cerr << "prenorm-convert: writing " << o.output.string() << " (" << io::dtype_name(dtype)
+            << ", " << writer.size() << " tensors)\n";
+  writer.write(o.output, save.inputs);
+  const auto bytes = fs::file_size(o.output);
+
+  std::cout << o.input.string() << " (" << io::layout_name(loaded.layout) << ", "
+            << io::model_kind_name(kind) << ") " << prenorm::arch_name(from) << " -> "
+            << prenorm::arch_name(o.to);
+  if (tied_gpt && !same_arch)
+    std::cout << " (tied: " << (o.tied == prenorm::TiedPolicy::Keep ? "keep" : "untie") << ")";
+  std::cout << ": " << writer.size() << " tensors, " << io::dtype_name(dtype) << " -> "
+            << o.output.string() << " (" << bytes << " bytes)\n";
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Options options = parse(argc, argv);
+  // Refuse to write onto the input (or its config) before reading anything.
+  for (const std::optional<fs::path>& input : {std::optional<fs::path>(options.input), options.config})
+    if (input && (same_file(*input, options.output) || *input == options.output))
+      usage_error("refusing to write OUTPUT '" + options.output.string() + "': it is the input '" +
+                  input->string() + "'");
+  try {
+    return run(options);
+  } catch (const std::exception& error) {
+    std::string message = error.what();
+    // Every message names the input file, even those of the converter.
+    if (message.find(options.input.string()) == std::string::npos &&
+        message.find(options.output.string()) == std::string::npos)
+      message = options.input.string() + ": " + message;
+    std::cerr << "prenorm-convert: error: " << message << "\n";
+    return 1;
+  }
+}
