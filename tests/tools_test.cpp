@@ -1,0 +1,553 @@
+// End-to-end tests of the command-line tools prenorm-convert and
+// prenorm-infer (examples/convert_tool.cpp, examples/infer_tool.cpp), run as
+// processes. tests/CMakeLists.txt passes their paths as PRENORM_CONVERT_BIN
+// and PRENORM_INFER_BIN (the tests skip when the tools are not built).
+//
+// Checked:
+//  - a GPT-2-layout file (tied, and untied) and a ViT-layout file, written
+//    from random Pre-LN models, converted to each architecture with each tied
+//    policy: prenorm-infer --logits-out gives the source model's logits
+//    (relative error <= 1e-5, in float), and --generate gives the greedy
+//    decoding done here with the source model;
+//  - converting a converted file again (prenorm layout as input), re-saving,
+//    and --dtype;
+//  - bad input: exit code 1 and a message naming the file and the tensor;
+//    usage errors: exit code 2 and the usage; in every failure no output
+//    file and no temporary file is left, and the input is unchanged (bytes
+//    compared); writing onto the input is refused, also through another name.
+
+#include <gtest/gtest.h>
+
+#include <prenorm/convert.hpp>
+#include <prenorm/io.hpp>
+#include <prenorm/models.hpp>
+
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+extern char** environ;
+
+namespace {
+
+namespace fs = std::filesystem;
+namespace io = prenorm::io;
+using prenorm::Arch;
+using prenorm::Gpt;
+using prenorm::GptConfig;
+using prenorm::Index;
+using prenorm::RowMatrix;
+using prenorm::Vit;
+using prenorm::VitConfig;
+using io::Dtype;
+
+#if defined(PRENORM_CONVERT_BIN) && defined(PRENORM_INFER_BIN)
+const char* const kConvert = PRENORM_CONVERT_BIN;
+const char* const kInfer = PRENORM_INFER_BIN;
+#define PRENORM_SKIP_WITHOUT_TOOLS() (void)0
+#else
+const char* const kConvert = "";
+const char* const kInfer = "";
+#define PRENORM_SKIP_WITHOUT_TOOLS() GTEST_SKIP() << "prenorm-convert / prenorm-infer are not built"
+#endif
+
+// --- helpers -----------------------------------------------------------------
+
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern = (fs::temp_directory_path() / "prenorm-tools-test-XXXXXX").string();
+    if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+    path_ = pattern;
+  }
+  ~TempDir() {
+    std::error_code error;
+    fs::remove_all(path_, error);
+  }
+  fs::path operator/(const std::string& name) const { return path_ / name; }
+  const fs::path& path() const { return path_; }
+
+  // Paths of everything in the folder and its subfolders, relative and sorted.
+  std::vector<std::string> entries() const {
+    std::vector<std::string> names;
+    for (const auto& entry : fs::recursive_directory_iterator(path_))
+      names.push_back(fs::relative(entry.path(), path_).string());
+    std::sort(names.begin(), names.end());
+    return names;
+  }
+
+ private:
+  fs::path path_;
+};
+
+std::string read_text(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+struct Outcome {
+  int code = -1;
+  std::string out, err;
+};
+
+// Runs `program` with `args`, capturing stdout and stderr.
+Outcome run_tool(const std::string& program, const std::vector<std::string>& args) {
+  TempDir capture;
+  const std::string out = capture / "stdout", err = capture / "stderr";
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&actions, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  std::vector<std::string> all = {program};
+  all.insert(all.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (std::string& a : all) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = 0;
+  Outcome result;
+  if (posix_spawn(&pid, program.c_str(), &actions, nullptr, argv.data(), environ) != 0) {
+    posix_spawn_file_actions_destroy(&actions);
+    ADD_FAILURE() << "cannot start " << program;
+    return result;
+  }
+  posix_spawn_file_actions_destroy(&actions);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  result.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  result.out = read_text(out);
+  result.err = read_text(err);
+  return result;
+}
+
+std::string describe(const Outcome& r) {
+  return "exit " + std::to_string(r.code) + "\n--- stdout:\n" + r.out + "--- stderr:\n" + r.err;
+}
+
+GptConfig tiny_gpt(bool tied) {
+  return GptConfig{.vocab = 31, .context = 16, .width = 12, .heads = 3, .layers = 2,
+                   .mlp_width = 24, .epsilon = 1e-5, .activation = prenorm::Activation::GeluTanh,
+                   .tied = tied, .head_bias = false};
+}
+
+VitConfig tiny_vit() {
+  return VitConfig{.image_size = 8, .patch_size = 4, .channels = 3, .classes = 6, .width = 10,
+                   .heads = 2, .layers = 2, .mlp_width = 16, .epsilon = 1e-12,
+                   .activation = prenorm::Activation::GeluErf};
+}
+
+const std::vector<int> kTokens = {5, 3, 0, 30, 7, 7, 12};
+const std::string kTokensArg = "5,3,0,30,7,7,12";
+
+// max |a - b| / max |b|
+template <class A, class B>
+double relative_error(const A& a, const B& b) {
+  const RowMatrix<double> x = a.template cast<double>(), y = b.template cast<double>();
+  return (x - y).cwiseAbs().maxCoeff() / std::max(y.cwiseAbs().maxCoeff(), 1e-300);
+}
+
+RowMatrix<float> read_logits(const fs::path& path, Index rows, Index cols) {
+  const io::NpyArray<float> array = io::read_npy<float>(path);
+  EXPECT_EQ(array.shape, (std::vector<std::int64_t>{rows, cols})) << path;
+  RowMatrix<float> m(rows, cols);
+  if (Index(array.values.size()) == rows * cols) std::copy(array.values.begin(), array.values.end(), m.data());
+  return m;
+}
+
+// A folder with a GPT-2 file (+ config.json) and a ViT file (+ config.json),
+// written from random Pre-LN float models.
+class Fixture {
+ public:
+  explicit Fixture(bool tied) : gpt_(tiny_gpt(tied)), vit_(tiny_vit()) {
+    gpt_.init_random(tied ? 101 : 102, 0.3, /*random_affine=*/true);
+    vit_.init_random(103, 0.3, /*random_affine=*/true);
+    fs::create_directories(dir_ / "gpt2");
+    fs::create_directories(dir_ / "vit");
+    io::write_hf_gpt2(gpt_, gpt2_file(), Dtype::F32, {.prefix = tied});
+    io::write_json_file(dir_ / "gpt2/config.json", io::gpt2_config_to_json(gpt_.config));
+    io::write_hf_vit(vit_, vit_file(), Dtype::F32);
+    io::write_json_file(dir_ / "vit/config.json", io::vit_config_to_json(vit_.config));
+    std::mt19937_64 rng(7);
+    std::normal_distribution<float> normal;
+    images_.resize(2 * 3 * 8 * 8);
+    for (float& p : images_) p = normal(rng);
+    io::write_npy<float>(image_file(), images_, {2, 3, 8, 8});
+  }
+
+  fs::path gpt2_file() const { return dir_ / "gpt2/model.safetensors"; }
+  fs::path vit_file() const { return dir_ / "vit/model.safetensors"; }
+  fs::path image_file() const { return dir_ / "images.npy"; }
+  const TempDir& dir() const { return dir_; }
+
+  RowMatrix<float> gpt_logits() {
+    return gpt_.forward(prenorm::TokenBatch{kTokens, 1, Index(kTokens.size())});
+  }
+  RowMatrix<float> vit_logits() {
+    return vit_.forward(prenorm::ImageBatch<float>{images_, 2, 3, 8, 8});
+  }
+  // Greedy decoding with full forwards (no cache): the next `n` ids.
+  std::vector<int> greedy(Index n) {
+    std::vector<int> ids = kTokens, generated;
+    for (Index i = 0; i < n; ++i) {
+      const RowMatrix<float>& logits = gpt_.forward(prenorm::TokenBatch{ids, 1, Index(ids.size())});
+      Index best = 0;
+      logits.row(logits.rows() - 1).maxCoeff(&best);
+      generated.push_back(int(best));
+      ids.push_back(int(best));
+    }
+    return generated;
+  }
+  const GptConfig& gpt_config() const { return gpt_.config; }
+
+ private:
+  TempDir dir_;
+  Gpt<Arch::PreLN, float> gpt_;
+  Vit<Arch::PreLN, float> vit_;
+  std::vector<float> images_;
+};
+
+const char* const kArchs[] = {"pre-ln", "pre-rmsnorm", "pre-crmsnorm"};
+const char* const kPolicies[] = {"untie", "keep"};
+
+// ===========================================================================
+// Conversion and inference
+// ===========================================================================
+
+class ToolsGpt : public ::testing::TestWithParam<bool> {};
+
+TEST_P(ToolsGpt, ConvertedModelsGiveTheSourceLogitsAndGeneration) {
+  PRENORM_SKIP_WITHOUT_TOOLS();
+  const bool tied = GetParam();
+  Fixture f(tied);
+  const RowMatrix<float> expected = f.gpt_logits();
+  const std::vector<int> greedy = f.greedy(5);
+  std::string greedy_text = "generated 5 tokens:";
+  for (int id : greedy) greedy_text.append(" ").append(std::to_string(id));
+  const Index T = Index(kTokens.size()), V = f.gpt_config().vocab;
+
+  // The Hugging Face file itself.
+  {
+    const fs::path logits = f.dir() / "hf.npy";
+    const Outcome r = run_tool(kInfer, {f.gpt2_file(), "--tokens", kTokensArg, "--logits-out", logits,
+                               "--generate", "5", "--threads", "1"});
+    ASSERT_EQ(r.code, 0) << describe(r);
+    EXPECT_EQ(relative_error(read_logits(logits, T, V), expected), 0.0) << "same weights, same code";
+    EXPECT_NE(r.out.find(greedy_text), std::string::npos) << describe(r);
+    EXPECT_NE(r.out.find("hf_gpt2"), std::string::npos) << describe(r);
+  }
+  for (const char* arch : kArchs)
+    for (const char* policy : kPolicies) {
+      SCOPED_TRACE(std::string(arch) + " --tied " + policy);
+      const fs::path out = f.dir() / (std::string(arch) + "-" + policy + ".safetensors");
+      const fs::path logits = f.dir() / (std::string(arch) + "-" + policy + ".npy");
+      const Outcome c = run_tool(kConvert, {"--to", arch, "--tied", policy, f.gpt2_file(), out});
+      ASSERT_EQ(c.code, 0) << describe(c);
+      EXPECT_NE(c.out.find(f.gpt2_file().string() + " (hf_gpt2, gpt) pre_ln -> "), std::string::npos)
+          << describe(c);
+      EXPECT_NE(c.out.find(out.string()), std::string::npos) << describe(c);
+      EXPECT_NE(c.out.find(std::to_string(fs::file_size(out)) + " bytes"), std::string::npos);
+      EXPECT_EQ(std::count(c.out.begin(), c.out.end(), '\n'), 1) << "one summary line";
+
+      const io::SafetensorsFile file(out);
+      const io::PrenormMetadata meta = io::read_prenorm_metadata(file);
+      EXPECT_EQ(file.metadata().at("arch"), std::string(arch) == "pre-ln" ? "pre_ln"
+                                            : std::string(arch) == "pre-rmsnorm" ? "pre_rmsnorm"
+                                                                                 : "pre_crmsnorm");
+      EXPECT_EQ(io::prenorm_dtype(file), Dtype::F32) << "--dtype same";
+      const bool keeps_tie = tied && (std::string(policy) == "keep" || std::string(arch) == "pre-ln");
+      EXPECT_EQ(meta.gpt.tied, keeps_tie);
+
+      const Outcome r = run_tool(kInfer, {out, "--tokens", kTokensArg, "--logits-out", logits, "--generate", "5"});
+      ASSERT_EQ(r.code, 0) << describe(r);
+      const double error = relative_error(read_logits(logits, T, V), expected);
+      std::printf("[ max error ] GPT %s -> %s --tied %s: %.3g\n", tied ? "tied" : "untied", arch,
+                  policy, error);
+      EXPECT_LE(error, 1e-5);
+      EXPECT_NE(r.out.find(greedy_text), std::string::npos) << describe(r) << "expected " << greedy_text;
+      EXPECT_NE(r.out.find("top-5 after position 6"), std::string::npos) << describe(r);
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(Head, ToolsGpt, ::testing::Bool(),
+                         [](const auto& info) { return info.param ? "Tied" : "Untied"; });
+
+TEST(Tools, ConvertedVitGivesTheSourceLogits) {
+  PRENORM_SKIP_WITHOUT_TOOLS();
+  Fixture f(true);
+  const RowMatrix<float> expected = f.vit_logits();
+  {
+    const fs::path logits = f.dir() / "hf.npy";
+    const Outcome r = run_tool(kInfer, {f.vit_file(), "--image", f.image_file(), "--logits-out", logits});
+    ASSERT_EQ(r.code, 0) << describe(r);
+    EXPECT_EQ(relative_error(read_logits(logits, 2, 6), expected), 0.0);
+    EXPECT_NE(r.out.find("image 1: top-5"), std::string::npos) << describe(r);
+  }
+  for (const char* arch : kArchs)
+    for (const char* policy : kPolicies) {
+      SCOPED_TRACE(std::string(arch) + " --tied " + policy);
+      const fs::path out = f.dir() / (std::string(arch) + "-" + policy + ".safetensors");
+      const fs::path logits = f.dir() / (std::string(arch) + "-" + policy + ".npy");
+      const Outcome c = run_tool(kConvert, {"--to", arch, "--tied", policy, f.vit_file(), out});
+      ASSERT_EQ(c.code, 0) << describe(c);
+      EXPECT_NE(c.out.find("(hf_vit, vit) pre_ln -> "), std::string::npos) << describe(c);
+      const Outcome r = run_tool(kInfer, {out, "--image", f.image_file(), "--logits-out", logits});
+      ASSERT_EQ(r.code, 0) << describe(r);
+      const double error = relative_error(read_logits(logits, 2, 6), expected);
+      std::printf("[ max error ] ViT -> %s --tied %s: %.3g\n", arch, policy, error);
+      EXPECT_LE(error, 1e-5);
+    }
+  // One image [C, H, W]: the first of the batch.
+  {
+    std::vector<float> one(3 * 8 * 8);
+    const io::NpyArray<float> all = io::read_npy<float>(f.image_file());
+    std::copy(all.values.begin(), all.values.begin() + Index(one.size()), one.begin());
+    io::write_npy<float>(f.dir() / "one.npy", one, {3, 8, 8});
+    const Outcome r = run_tool(kInfer, {f.dir() / "pre-crmsnorm-untie.safetensors", "--image",
+                               f.dir() / "one.npy", "--logits-out", f.dir() / "one-logits.npy"});
+    ASSERT_EQ(r.code, 0) << describe(r);
+    EXPECT_LE(relative_error(read_logits(f.dir() / "one-logits.npy", 1, 6), expected.topRows(1)), 1e-5);
+  }
+}
+
+TEST(Tools, ChainsResavesAndDtypes) {
+  PRENORM_SKIP_WITHOUT_TOOLS();
+  Fixture f(true);
+  const RowMatrix<float> expected = f.gpt_logits();
+  const Index T = Index(kTokens.size()), V = f.gpt_config().vocab;
+  const auto infer = [&](const fs::path& model, bool use_double = false) {
+    const fs::path logits = f.dir() / "chain.npy";
+    std::vector<std::string> args = {model, "--tokens", kTokensArg, "--logits-out", logits};
+    if (use_double) args.push_back("--double");
+    const Outcome r = run_tool(kInfer, args);
+    EXPECT_EQ(r.code, 0) << describe(r);
+    return read_logits(logits, T, V);
+  };
+  // HF -> Pre-RMSNorm (keep) -> Pre-CRMSNorm -> Pre-LN -> Pre-RMSNorm (untie), each from the last.
+  fs::path previous = f.gpt2_file();
+  const std::vector<std::pair<std::string, std::string>> chain = {
+      {"pre-rmsnorm", "keep"}, {"pre-crmsnorm", "keep"}, {"pre-ln", "untie"}, {"pre-rmsnorm", "untie"}};
+  int step = 0;
+  for (const auto& [arch, policy] : chain) {
+    const fs::path out = f.dir() / ("chain" + std::to_string(step++) + ".safetensors");
+    const Outcome c = run_tool(kConvert, {"--to=" + arch, "--tied=" + policy, previous, out});
+    ASSERT_EQ(c.code, 0) << describe(c);
+    EXPECT_LE(relative_error(infer(out), expected), 1e-5) << arch;
+    EXPECT_LE(relative_error(infer(out, true), expected), 1e-5) << arch << " (--double)";
+    previous = out;
+  }
+  // The same architecture: a re-save (here also the layout).
+  {
+    const fs::path out = f.dir() / "resaved.safetensors";
+    const Outcome c = run_tool(kConvert, {"--to", "pre-ln", f.gpt2_file(), out});
+    ASSERT_EQ(c.code, 0) << describe(c);
+    EXPECT_NE(c.err.find("re-saving"), std::string::npos) << describe(c);
+    EXPECT_TRUE(infer(out) == expected) << "a re-save in F32 keeps every weight";
+    const Outcome again = run_tool(kConvert, {"--to", "pre-ln", out, f.dir() / "resaved2.safetensors"});
+    ASSERT_EQ(again.code, 0) << describe(again);
+    EXPECT_EQ(read_text(out), read_text(f.dir() / "resaved2.safetensors"))
+        << "re-saving a prenorm file gives the same bytes";
+  }
+  // --dtype: the output dtype; arithmetic in double, rounded once.
+  for (const auto& [name, dtype, tolerance] :
+       {std::tuple{"F16", Dtype::F16, 1e-2}, std::tuple{"bf16", Dtype::BF16, 5e-2},
+        std::tuple{"F64", Dtype::F64, 1e-5}}) {
+    const fs::path out = f.dir() / (std::string(name) + ".safetensors");
+    const Outcome c = run_tool(kConvert, {"--to", "pre-crmsnorm", "--dtype", name, f.gpt2_file(), out});
+    ASSERT_EQ(c.code, 0) << describe(c);
+    EXPECT_EQ(io::prenorm_dtype(io::SafetensorsFile(out)), dtype);
+    EXPECT_NE(c.out.find(std::string(io::dtype_name(dtype)) + " -> "), std::string::npos) << describe(c);
+    EXPECT_LE(relative_error(infer(out), expected), tolerance) << name;
+  }
+  // An explicit --config.
+  {
+    fs::create_directories(f.dir() / "elsewhere");
+    fs::copy_file(f.gpt2_file(), f.dir() / "elsewhere/gpt.safetensors");
+    const fs::path out = f.dir() / "from-config.safetensors";
+    const Outcome missing = run_tool(kConvert, {"--to", "pre-rmsnorm", f.dir() / "elsewhere/gpt.safetensors", out});
+    EXPECT_EQ(missing.code, 1) << describe(missing);
+    EXPECT_NE(missing.err.find("config.json"), std::string::npos) << describe(missing);
+    const Outcome c = run_tool(kConvert, {"--to", "pre-rmsnorm", "--config", f.dir() / "gpt2/config.json",
+                                 f.dir() / "elsewhere/gpt.safetensors", out});
+    ASSERT_EQ(c.code, 0) << describe(c);
+    EXPECT_LE(relative_error(infer(out), expected), 1e-5);
+  }
+}
+
+// ===========================================================================
+// Failures: exit codes, messages, nothing left behind, inputs unchanged
+// ===========================================================================
+
+// Runs a command that must fail with `code`, and checks that the folder
+// `dir` has the same entries afterwards (no output, no temporary file) and
+// that the `inputs` have the same bytes.
+void expect_failure(const std::string& program, const std::vector<std::string>& args, int code,
+                    const TempDir& dir, const std::vector<fs::path>& inputs,
+                    const std::vector<std::string>& mentions) {
+  const std::vector<std::string> before = dir.entries();
+  std::vector<std::string> bytes;
+  for (const fs::path& input : inputs) bytes.push_back(read_text(input));
+  const Outcome r = run_tool(program, args);
+  EXPECT_EQ(r.code, code) << describe(r);
+  for (const std::string& part : mentions)
+    EXPECT_NE(r.err.find(part), std::string::npos) << "stderr does not mention '" << part << "'\n"
+                                                   << describe(r);
+  if (code == 2) {
+    EXPECT_NE(r.err.find("usage: "), std::string::npos) << describe(r);
+  }
+  EXPECT_EQ(dir.entries(), before) << "files were left behind\n" << describe(r);
+  for (std::size_t i = 0; i < inputs.size(); ++i)
+    EXPECT_TRUE(read_text(inputs[i]) == bytes[i]) << inputs[i] << " changed";
+}
+
+TEST(Tools, UsageErrors) {
+  PRENORM_SKIP_WITHOUT_TOOLS();
+  Fixture f(true);
+  const TempDir& d = f.dir();
+  const std::string in = f.gpt2_file(), out = d / "out.safetensors";
+  expect_failure(kConvert, {}, 2, d, {in}, {"--to is required"});
+  expect_failure(kConvert, {"--to", "pre-ln", in}, 2, d, {in}, {"expected INPUT and OUTPUT"});
+  expect_failure(kConvert, {"--to", "post-ln", in, out}, 2, d, {in}, {"post-ln"});
+  expect_failure(kConvert, {"--to", "pre-ln", "--tied", "maybe", in, out}, 2, d, {in}, {"maybe"});
+  expect_failure(kConvert, {"--to", "pre-ln", "--dtype", "I8", in, out}, 2, d, {in}, {"I8"});
+  expect_failure(kConvert, {"--to", "pre-ln", "--fast", in, out}, 2, d, {in}, {"--fast"});
+  expect_failure(kConvert, {"--to"}, 2, d, {in}, {"--to needs a value"});
+  expect_failure(kInfer, {in}, 2, d, {in}, {"--tokens", "--image"});
+  expect_failure(kInfer, {in, "--tokens", "1,x"}, 2, d, {in}, {"'x'"});
+  expect_failure(kInfer, {in, "--tokens", "1,,2"}, 2, d, {in}, {"--tokens"});
+  expect_failure(kInfer, {in, "--tokens", "1", "--image", f.image_file()}, 2, d, {in}, {"exactly one"});
+  expect_failure(kInfer, {in, "--tokens", "1", "--generate", "-1"}, 2, d, {in}, {"--generate"});
+  expect_failure(kInfer, {in, "--tokens", "1", "--threads", "0"}, 2, d, {in}, {"--threads"});
+  expect_failure(kInfer, {f.vit_file(), "--image", f.image_file(), "--generate", "2"}, 2, d, {in},
+                 {"--generate needs --tokens"});
+  const Outcome help = run_tool(kConvert, {"--help"});
+  EXPECT_EQ(help.code, 0);
+  EXPECT_NE(help.out.find("usage: prenorm-convert"), std::string::npos);
+}
+
+TEST(Tools, OutputOntoTheInputIsRefused) {
+  PRENORM_SKIP_WITHOUT_TOOLS();
+  Fixture f(true);
+  const TempDir& d = f.dir();
+  const fs::path in = f.gpt2_file();
+  const fs::path config = d / "gpt2/config.json";
+  expect_failure(kConvert, {"--to", "pre-rmsnorm", in, in}, 2, d, {in}, {"refusing", in.string()});
+  // Another name for the same file: a relative path, a hard link, a symlink.
+  const fs::path other_name = d / "gpt2/../gpt2/./model.safetensors";
+  expect_failure(kConvert, {"--to", "pre-rmsnorm", in, other_name}, 2, d, {in}, {"refusing"});
+  fs::create_hard_link(in, d / "hard.safetensors");
+  fs::create_symlink(in, d / "soft.safetensors");
+  expect_failure(kConvert, {"--to", "pre-rmsnorm", in, d / "hard.safetensors"}, 2, d, {in}, {"refusing"});
+  expect_failure(kConvert, {"--to", "pre-rmsnorm", d / "soft.safetensors", in}, 2, d, {in}, {"refusing"});
+  // The config beside the input is an input too.
+  expect_failure(kConvert, {"--to", "pre-rmsnorm", in, config}, 1, d, {in, config},
+                 {"refusing", config.string()});
+  expect_failure(kConvert, {"--to", "pre-rmsnorm", "--config", config, in, config}, 2, d,
+                 {in, config}, {"refusing"});
+  // prenorm-infer never writes its logits onto an input.
+  expect_failure(kInfer, {in, "--tokens", "1,2", "--logits-out", in}, 2, d, {in}, {"refusing"});
+  expect_failure(kInfer, {f.vit_file(), "--image", f.image_file(), "--logits-out", f.image_file()}, 2,
+                 d, {f.image_file()}, {"refusing"});
+}
+
+TEST(Tools, BadInputNamesTheFileAndTheTensor) {
+  PRENORM_SKIP_WITHOUT_TOOLS();
+  Fixture f(true);
+  const TempDir& d = f.dir();
+  const fs::path in = f.gpt2_file(), out = d / "out.safetensors";
+  const io::SafetensorsFile good(in);
+
+  // A tensor with the wrong shape.
+  const fs::path bad = d / "gpt2/bad.safetensors";
+  {
+    io::SafetensorsWriter writer;
+    for (const std::string& name : good.names()) {
+      std::vector<float> v = good.values<float>(name);
+      std::vector<std::int64_t> shape = good.info(name).shape;
+      if (name == "transformer.h.1.mlp.c_proj.weight") std::swap(shape[0], shape[1]);
+      writer.add(name, Dtype::F32, shape, std::span<const float>(v));
+    }
+    writer.write(bad);
+  }
+  expect_failure(kConvert, {"--to", "pre-crmsnorm", bad, out}, 1, d, {bad},
+                 {bad.string(), "'transformer.h.1.mlp.c_proj.weight'", "[12, 24]", "expected [24, 12]"});
+  expect_failure(kInfer, {bad, "--tokens", "1,2", "--logits-out", d / "l.npy"}, 1, d, {bad},
+                 {bad.string(), "'transformer.h.1.mlp.c_proj.weight'"});
+
+  // A truncated file.
+  const fs::path truncated = d / "gpt2/truncated.safetensors";
+  {
+    const std::string bytes = read_text(in);
+    std::ofstream(truncated, std::ios::binary) << bytes.substr(0, bytes.size() - 100);
+  }
+  expect_failure(kConvert, {"--to", "pre-rmsnorm", truncated, out}, 1, d, {truncated},
+                 {truncated.string(), "tensor '"});
+
+  // A missing tensor, an unknown tensor.
+  const fs::path missing = d / "gpt2/missing.safetensors";
+  {
+    io::SafetensorsWriter writer;
+    for (const std::string& name : good.names()) {
+      if (name == "transformer.ln_f.bias") continue;
+      std::vector<float> v = good.values<float>(name);
+      writer.add(name, Dtype::F32, good.info(name).shape, std::span<const float>(v));
+    }
+    writer.add("transformer.h.0.adapter", Dtype::F32, {1}, std::span<const float>(std::vector<float>{1}));
+    writer.write(missing);
+  }
+  expect_failure(kConvert, {"--to", "pre-rmsnorm", missing, out}, 1, d, {missing},
+                 {missing.string(), "missing tensor 'transformer.ln_f.bias'"});
+
+  // Not a model file; a file that does not exist; a bad config.json.
+  expect_failure(kConvert, {"--to", "pre-rmsnorm", f.image_file(), out}, 1, d, {f.image_file()},
+                 {f.image_file().string()});
+  expect_failure(kConvert, {"--to", "pre-rmsnorm", d / "nope.safetensors", out}, 1, d, {},
+                 {(d / "nope.safetensors").string()});
+  {
+    std::ofstream(d / "bad-config.json") << R"({"n_embd": 12, "n_head": 3, "n_layer": 2,
+        "vocab_size": 31, "n_positions": 16, "n_inner": 24, "activation_function": "relu"})";
+  }
+  expect_failure(kConvert, {"--to", "pre-rmsnorm", "--config", d / "bad-config.json", in, out}, 1, d,
+                 {in}, {(d / "bad-config.json").string(), "activation_function", "relu"});
+
+  // A Pre-RMSNorm model whose writers are not zero-mean cannot become Pre-CRMSNorm.
+  {
+    Gpt<Arch::PreRMSNorm, float> rms(tiny_gpt(false));
+    rms.init_random(104, 0.3, true);
+    io::save_prenorm(rms, d / "rms.safetensors", Dtype::F32);
+  }
+  expect_failure(kConvert, {"--to", "pre-crmsnorm", d / "rms.safetensors", out}, 1, d,
+                 {d / "rms.safetensors"}, {(d / "rms.safetensors").string(), "not zero-mean"});
+
+  // The output folder does not exist.
+  expect_failure(kConvert, {"--to", "pre-rmsnorm", in, d / "no/such/dir/out.safetensors"}, 1, d, {in},
+                 {"no/such/dir"});
+
+  // prenorm-infer: ids out of range, the wrong input for the model, too many tokens.
+  expect_failure(kInfer, {in, "--tokens", "1,31", "--logits-out", d / "l.npy"}, 1, d, {in},
+                 {in.string(), "token id 31"});
+  expect_failure(kInfer, {in, "--image", f.image_file()}, 1, d, {in}, {in.string(), "--tokens"});
+  expect_failure(kInfer, {f.vit_file(), "--tokens", "1"}, 1, d, {}, {f.vit_file().string(), "--image"});
+  expect_failure(kInfer, {in, "--tokens", kTokensArg, "--generate", "11"}, 1, d, {in},
+                 {in.string(), "context"});
+  {
+    io::write_npy<float>(d / "small.npy", std::vector<float>(3 * 4 * 4), {3, 4, 4});
+    io::write_npy<float>(d / "flat.npy", std::vector<float>(12), {12});
+  }
+  expect_failure(kInfer, {f.vit_file(), "--image", d / "small.npy", "--logits-out", d / "l.npy"}, 1, d,
+                 {}, {(d / "small.npy").string(), "4 x 4"});
+  expect_failure(kInfer, {f.vit_file(), "--image", d / "flat.npy"}, 1, d, {},
+                 {(d / "flat.npy").string(), "[C, H, W]"});
+}
+
+}  // namespace
