@@ -1023,3 +1023,25 @@ TYPED_TEST(OpsNormErrors, NonFiniteRowStaysInItsRow) {
 }
 
 }  // namespace
+
+// Rows of width 0 cannot be normalized: an error, not a read past the row.
+TEST(OpsNormBadInput, ZeroWidthRowsAreRefused) {
+  prenorm::RowMatrix<float> x(3, 0), y(3, 0), h(3, 0), dx(3, 0);
+  prenorm::LayerNormSaved<float> ln_saved(3);
+  prenorm::RmsNormSaved<float> rms_saved(3);
+  const auto expect_message = [](auto&& call, const std::string& op) {
+    try {
+      call();
+      FAIL() << op << " accepted rows of width 0";
+    } catch (const prenorm::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("prenorm::" + op + ": x has 3 rows of width 0"),
+                std::string::npos)
+          << e.what();
+    }
+  };
+  expect_message([&] { prenorm::layer_norm_forward(x, y); }, "layer_norm_forward");
+  expect_message([&] { prenorm::rms_norm_forward(x, y); }, "rms_norm_forward");
+  expect_message([&] { prenorm::layer_norm_backward(y, x, ln_saved, dx); }, "layer_norm_backward");
+  expect_message([&] { prenorm::rms_norm_backward(y, x, rms_saved, dx); }, "rms_norm_backward");
+  EXPECT_THROW(prenorm::rms_norm_add_forward(h, x, y), prenorm::Error);
+}

@@ -35,7 +35,7 @@ inline constexpr Index kParallelMinElements = Index(1) << 15;
 
 // Calls body(row) for row in [0, rows); in parallel when the work is large enough.
 template <class Body>
-void for_each_row(Index rows, Index cols, Body&& body) {
+void for_each_row(Index rows, [[maybe_unused]] Index cols, Body&& body) {
 #ifdef _OPENMP
   if (rows > 1 && rows * cols >= kParallelMinElements && omp_get_max_threads() > 1 &&
       !omp_in_parallel()) {

@@ -13,6 +13,11 @@
 
 namespace prenorm::detail {
 
+// A row needs at least one element to be normalized.
+inline void check_width(const char* op, const char* name, Index rows, Index cols) {
+  if (rows > 0 && cols < 1) fail(op, name, " has ", rows, " rows of width 0, expected a width >= 1");
+}
+
 template <class A, class B>
 inline constexpr bool same_scalar = std::is_same_v<typename A::Scalar, typename B::Scalar>;
 
@@ -25,6 +30,7 @@ void forward_rows(const char* op, const Eigen::MatrixBase<XD>& x, const Eigen::M
   static_assert(widths_agree<XD::ColsAtCompileTime, YD::ColsAtCompileTime>,
                 "prenorm: x and y have different fixed widths");
   check_shape(op, "y", y.rows(), y.cols(), x.rows(), x.cols(), "the shape of x");
+  check_width(op, "x", x.rows(), x.cols());
   if (x.rows() == 0) return;
   const auto y_rows = mutable_rows(op, "y", y);
   with_const_rows(x, [&](const auto& x_rows) {
@@ -47,6 +53,7 @@ void add_forward_rows(const char* op, const Eigen::MatrixBase<HD>& h,
   using Scalar = typename HD::Scalar;
   check_shape(op, "branch", branch.rows(), branch.cols(), h.rows(), h.cols(), "the shape of h");
   check_shape(op, "y", y.rows(), y.cols(), h.rows(), h.cols(), "the shape of h");
+  check_width(op, "h", h.rows(), h.cols());
   if (h.rows() == 0) return;
   const auto h_rows = mutable_rows(op, "h", h);
   const auto y_rows = mutable_rows(op, "y", y);
@@ -70,6 +77,7 @@ void backward_rows(const char* op, const Eigen::MatrixBase<DYD>& dy, const Eigen
                 "prenorm: dy, x and dx have different fixed widths");
   check_shape(op, "dy", dy.rows(), dy.cols(), x.rows(), x.cols(), "the shape of x");
   check_shape(op, "dx", dx.rows(), dx.cols(), x.rows(), x.cols(), "the shape of x");
+  check_width(op, "x", x.rows(), x.cols());
   if (x.rows() == 0) return;
   const auto dx_rows = mutable_rows(op, "dx", dx);
   with_const_rows(dy, [&](const auto& dy_rows) {
