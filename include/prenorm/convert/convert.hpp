@@ -67,8 +67,7 @@ inline double rms_of(const Matrix& m) {
 template <Arch From, Arch To>
 void convert_table(Matrix& table, conversion::Role role, const std::string& name,
                    const ConvertOptions& options, const char* op) {
-  constexpr auto plan = [](conversion::Role r) { return conversion::Plan<From, To>::steps(r); };
-  const conversion::Steps s = plan(role);
+  const conversion::Steps s = conversion::Plan<From, To>::steps(role);
   bool recenter = s.recenter;
   if constexpr (From == Arch::PreRMSNorm)
     if (s.compress_output || To == Arch::PreLN)
