@@ -221,9 +221,21 @@ int main(int argc, char** argv) {
     report["timing"]["runs"] = opt.runs;
     report["timing"]["normalization_share_of_pre_ln"] = 1.0 - median(ms[3]) / base;
 
+    // Float models: the conversion is exact in double (tests hold it to 1e-12),
+    // so anything beyond float rounding means a broken conversion.
+    constexpr double kFloatTolerance = 1e-4;
+    bool equivalent = true;
+    for (const auto& [key, value] : report["equivalence"].items())
+      if (!(value["relative_error"].get<double>() <= kFloatTolerance)) {
+        std::cerr << "prenorm-demo: " << key << " differs from Pre-LN by "
+                  << value["relative_error"].get<double>() << " (> " << kFloatTolerance << ")\n";
+        equivalent = false;
+      }
+    report["equivalent"] = equivalent;
+
     if (opt.json) {
       std::cout << report.dump(2) << std::endl;
-      return 0;
+      return equivalent ? 0 : 1;
     }
     std::printf("\nEquivalence with the Pre-LN model (logits of %lld tokens x %lld vocab):\n",
                 static_cast<long long>(opt.seq), static_cast<long long>(config.vocab));
@@ -239,7 +251,8 @@ int main(int argc, char** argv) {
     std::printf("\nNormalization share of the Pre-LN forward (1 - no_norm/pre_ln): %.1f%%\n",
                 100.0 * report["timing"]["normalization_share_of_pre_ln"].get<double>());
     std::printf("Wall-clock differences of a few percent are within this machine's noise;\n"
-                "bench/README.md has pinned medians and instruction counts.\n");
+                "bench/README.md has pinned medians.\n");
+    if (!equivalent) return 1;
   } catch (const std::exception& e) {
     std::cerr << "prenorm-demo: " << e.what() << "\n";
     return 1;
