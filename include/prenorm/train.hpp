@@ -9,5 +9,7 @@
 #include "train/layers_backward.hpp"
 #include "train/loss.hpp"
 #include "train/optim.hpp"
+#include "train/reparam_backward.hpp"
+#include "train/reparam_step.hpp"
 #include "train/trainer.hpp"
 #include "train/vit_train.hpp"

@@ -78,24 +78,39 @@ void column_means(const RowMatrix<S>& m, Index divisor, Vector<S>& mean) {
   });
 }
 
+// Reader, forward, one row: out [m] = C(w * gamma), returns b + w . beta.
+// w, gamma, beta [d]; compress: m = d - 1.
+template <class S, class W, class Out>
+S fold_reader_row(const W& w, S b, const Vector<S>& gamma, const Vector<S>& beta, bool compress,
+                  Out&& out) {
+  const Index d = w.size(), m = compress ? d - 1 : d;
+  if (compress) {
+    const S last = w[d - 1] * gamma[d - 1];
+    out = (w.head(m).array() * gamma.head(m).transpose().array() - last).matrix();
+  } else {
+    out = w.cwiseProduct(gamma.transpose());
+  }
+  return b + w.dot(beta.transpose());
+}
+
+// Table, forward, one row: out [m] = K(row - mean(row)).
+template <class S, class Row, class Out>
+void recenter_table_row(const Row& row, bool compress, Out&& out) {
+  const Index d = row.size(), m = compress ? d - 1 : d;
+  out = (row.head(m).array() - row.mean()).matrix();
+}
+
 // Reader, forward: out (o, m) = C(W diag(gamma)), out_bias (o) = b + W beta.
 // W (o, d); b (o) or empty; gamma, beta (d); compress: m = d - 1.
 template <class S>
 void fold_reader_into(const RowMatrix<S>& W, const Vector<S>& b, const Vector<S>& gamma,
                       const Vector<S>& beta, bool compress, RowMatrix<S>& out, Vector<S>& out_bias) {
-  const Index o = W.rows(), d = W.cols(), m = compress ? d - 1 : d;
+  const Index o = W.rows(), d = W.cols();
   if (out_bias.size() != o)
     prenorm::detail::fail("fold_reader_into", "the converted bias has ", out_bias.size(),
                           " elements, expected ", o, " (folding beta needs a bias)");
   prenorm::detail::for_each_row(o, d, [&](Index i) {
-    const auto w = W.row(i);
-    out_bias[i] = (b.size() ? b[i] : S(0)) + w.dot(beta.transpose());
-    if (compress) {
-      const S last = w[d - 1] * gamma[d - 1];
-      out.row(i) = (w.head(m).array() * gamma.head(m).transpose().array() - last).matrix();
-    } else {
-      out.row(i) = w.cwiseProduct(gamma.transpose());
-    }
+    out_bias[i] = fold_reader_row<S>(W.row(i), b.size() ? b[i] : S(0), gamma, beta, compress, out.row(i));
   });
 }
 
@@ -114,10 +129,8 @@ void recenter_writer_into(const RowMatrix<S>& W, const Vector<S>& b, bool compre
 // Table, forward: out (n, m) row r = K(row r - its mean). table (n, d).
 template <class S>
 void recenter_table_into(const RowMatrix<S>& table, bool compress, RowMatrix<S>& out) {
-  const Index d = table.cols(), m = compress ? d - 1 : d;
-  prenorm::detail::for_each_row(table.rows(), d, [&](Index r) {
-    const auto row = table.row(r);
-    out.row(r) = (row.head(m).array() - row.mean()).matrix();
+  prenorm::detail::for_each_row(table.rows(), table.cols(), [&](Index r) {
+    recenter_table_row<S>(table.row(r), compress, out.row(r));
   });
 }
 

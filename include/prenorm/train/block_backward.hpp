@@ -84,15 +84,15 @@ void norm_add_forward_train(RowsRef<S> h, const ConstRowsRef<S>& branch, const V
 }
 
 // dh += Norm_A'(h)^T dy (dh written instead with GradWrite::Overwrite);
-// dgamma, dbeta (d) are written (PreLN only). dy, h, dh: [rows x main].
+// dgamma, dbeta (d) are written (PreLN only: they must be given). dy, h, dh: [rows x main].
 template <Arch A, class S>
 void norm_backward_train(const ConstRowsRef<S>& dy, const ConstRowsRef<S>& h,
                          const Vector<S>& gamma, const NormSaved<A, S>& saved, RowsRef<S> dh,
-                         Vector<S>& dgamma, Vector<S>& dbeta, GradWrite write) {
+                         Vector<S>* dgamma, Vector<S>* dbeta, GradWrite write) {
   if constexpr (A == Arch::PreLN) {
-    dgamma.setZero();
-    dbeta.setZero();
-    layer_norm_backward(dy, h, gamma, saved, dh, dgamma, dbeta, write);
+    dgamma->setZero();
+    dbeta->setZero();
+    layer_norm_backward(dy, h, gamma, saved, dh, *dgamma, *dbeta, write);
   } else if constexpr (A == Arch::PreRMSNorm) {
     rms_norm_backward(dy, h, saved, dh, write);
   } else if constexpr (A == Arch::PreCRMSNorm) {
@@ -163,25 +163,53 @@ void block_forward_train(const PreNormBlock<A, S>& block, const RowMatrix<S>& h,
   mlp_forward_train<S>(block.mlp, acts.mlp_input(), h_out, acts.mlp);
 }
 
-// Backward of one block. h: the block's input; dh [N x main]: on entry the
-// gradient with respect to the block's output, on exit with respect to h.
-// Every parameter gradient of grad is written.
+// Where block_backward_with puts the parameter gradients of a block: one
+// callable per linear, (dy, x, dx) -> writes its gradients and dx = dy W, and
+// the norms' dgamma, dbeta (PreLN) or null. BlockGrad writes them into a
+// block of the same type.
+template <Arch A, class S>
+struct BlockGrad {
+  const PreNormBlock<A, S>& block;
+  PreNormBlock<A, S>& grad;
+
+  LinearGrad<S> qkv() const { return {block.attn.qkv, grad.attn.qkv}; }
+  LinearGrad<S> out() const { return {block.attn.out, grad.attn.out}; }
+  LinearGrad<S> fc() const { return {block.mlp.fc, grad.mlp.fc}; }
+  LinearGrad<S> proj() const { return {block.mlp.proj, grad.mlp.proj}; }
+  Vector<S>* dgamma1() const { return &grad.norm1_gamma; }
+  Vector<S>* dbeta1() const { return &grad.norm1_beta; }
+  Vector<S>* dgamma2() const { return &grad.norm2_gamma; }
+  Vector<S>* dbeta2() const { return &grad.norm2_beta; }
+};
+
+// Backward of one block, the parameter gradients going to `sink` (see
+// BlockGrad). h: the block's input; dh [N x main]: on entry the gradient with
+// respect to the block's output, on exit with respect to h.
+template <Arch A, class S, class Sink>
+void block_backward_with(const PreNormBlock<A, S>& block, const RowMatrix<S>& h, Index batch,
+                         const BlockActivations<A, S>& acts, RowMatrix<S>& dh,
+                         BlockBackwardWorkspace<S>& ws, NormClock& clock, const Sink& sink) {
+  ws.dx.resize(h.rows(), h.cols());
+  mlp_backward_with<S>(block.mlp, dh, acts.mlp_input(), acts.mlp, ws.dx, ws.dhidden, sink.proj(),
+                       sink.fc());
+  clock.time([&] {
+    norm_backward_train<A, S>(ws.dx, acts.h_mid, block.norm2_gamma, acts.norm2, dh, sink.dgamma2(),
+                              sink.dbeta2(), GradWrite::Accumulate);
+  });
+  attention_backward_with<S>(block.attn, dh, acts.attn_input(h), batch, acts.attn, ws.dx, ws.attn,
+                             sink.out(), sink.qkv());
+  clock.time([&] {
+    norm_backward_train<A, S>(ws.dx, h, block.norm1_gamma, acts.norm1, dh, sink.dgamma1(),
+                              sink.dbeta1(), GradWrite::Accumulate);
+  });
+}
+
+// Backward of one block; every parameter gradient of grad is written.
 template <Arch A, class S>
 void block_backward(const PreNormBlock<A, S>& block, const RowMatrix<S>& h, Index batch,
                     const BlockActivations<A, S>& acts, PreNormBlock<A, S>& grad, RowMatrix<S>& dh,
                     BlockBackwardWorkspace<S>& ws, NormClock& clock) {
-  ws.dx.resize(h.rows(), h.cols());
-  mlp_backward<S>(block.mlp, dh, acts.mlp_input(), acts.mlp, grad.mlp, ws.dx, ws.dhidden);
-  clock.time([&] {
-    norm_backward_train<A, S>(ws.dx, acts.h_mid, block.norm2_gamma, acts.norm2, dh,
-                              grad.norm2_gamma, grad.norm2_beta, GradWrite::Accumulate);
-  });
-  attention_backward<S>(block.attn, dh, acts.attn_input(h), batch, acts.attn, grad.attn, ws.dx,
-                        ws.attn);
-  clock.time([&] {
-    norm_backward_train<A, S>(ws.dx, h, block.norm1_gamma, acts.norm1, dh, grad.norm1_gamma,
-                              grad.norm1_beta, GradWrite::Accumulate);
-  });
+  block_backward_with<A, S>(block, h, batch, acts, dh, ws, clock, BlockGrad<A, S>{block, grad});
 }
 
 }  // namespace prenorm

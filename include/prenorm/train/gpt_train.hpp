@@ -26,6 +26,7 @@
 #include "block_backward.hpp"
 #include "layers_backward.hpp"
 #include "loss.hpp"
+#include "reparam_backward.hpp"
 
 namespace prenorm {
 
@@ -52,42 +53,74 @@ class GptTrainEngine {
     constexpr const char* op = "GptTrainEngine::forward_backward";
     check_grads(op, model, grads);
     forward(op, model, batch);
-    const Index N = batch.inputs.batch * batch.inputs.seq, m = model.main(), L = layers(model);
     Vector<S>* dbias = grads.head_bias.size() ? &grads.head_bias : nullptr;
     const double loss =
         softmax_cross_entropy_forward_backward<S>(logits_, batch.targets, ce_, model.head_bias, dbias);
+    const Index N = batch.inputs.batch * batch.inputs.seq, m = model.main();
     if (N == 0) {
       zero_all(grads);
       return loss;
     }
-    const RowMatrix<S>& x_f = final_input();
-    const bool tied = model.config.tied;
     // Head: dW = dlogits^T x_f, dx_f = dlogits W.
+    const bool tied = model.config.tied;
     RowMatrix<S>& dweight = tied ? grads.token_embedding.table : grads.head.weight;
     const RowMatrix<S>& weight = tied ? model.token_embedding.table : model.head.weight;
-    dweight.noalias() = logits_.transpose() * x_f;
+    dweight.noalias() = logits_.transpose() * final_input();
     dxf_.resize(N, m);
     dxf_.noalias() = logits_ * weight;
-    // Final norm.
-    dh_.resize(N, m);
-    norm_clock.time([&] {
-      norm_backward_train<A, S>(dxf_, h_[L], model.final_gamma, final_saved_, dh_, grads.final_gamma,
-                                grads.final_beta, GradWrite::Overwrite);
-    });
-    for (Index l = L - 1; l >= 0; --l)
-      block_backward<A, S>(model.blocks[l], h_[l], batch.inputs.batch, acts_[l], grads.blocks[l], dh_,
-                           bws_, norm_clock);
+    backward_body(model, batch, &grads.final_gamma, &grads.final_beta,
+                  [&](Index l) { return BlockGrad<A, S>{model.blocks[l], grads.blocks[l]}; });
     // Embeddings.
     grads.position_embedding.table.setZero();
     embedding_backward<S>(dh_, positions_, grads.position_embedding.table);
-    RowMatrix<S>& dE = grads.token_embedding.table;
-    if (!tied) {
-      if (&grads != last_grads_) dE.setZero();  // a new container: clear it once
-      else for (int row : token_rows_) dE.row(row).setZero();  // the rows of the last step
-    }
-    embedding_backward<S>(dh_, batch.inputs.ids, dE);
+    if (!tied) clear_token_rows(grads.token_embedding.table, &grads);
+    embedding_backward<S>(dh_, batch.inputs.ids, grads.token_embedding.table);
     remember_rows(batch.inputs.ids, model.config.vocab);
-    last_grads_ = &grads;
+    return loss;
+  }
+
+  // Training through the converter, with the adjoint applied inside the
+  // backward (reparam_backward.hpp): phi = convert<A>(theta, {Untie}) is this
+  // engine's model (A is PreRMSNorm or PreCRMSNorm); the gradient with respect
+  // to theta (Pre-LN) is written into grad_theta. Returns the loss.
+  template <Arch From = Arch::PreLN>
+  double forward_backward_reparam(const Model& phi, const Gpt<From, S>& theta, const GptBatch& batch,
+                                  Gpt<From, S>& grad_theta, ReparamWorkspace<S>& ws) {
+    static_assert(From == Arch::PreLN && (A == Arch::PreRMSNorm || A == Arch::PreCRMSNorm),
+                  "prenorm: training through the converter: theta Pre-LN, phi Pre-(C)RMSNorm");
+    constexpr const char* op = "GptTrainEngine::forward_backward_reparam";
+    constexpr bool c = A == Arch::PreCRMSNorm;
+    theta.validate(op);
+    grad_theta.validate(op);
+    if (phi.blocks.size() != theta.blocks.size() || grad_theta.blocks.size() != theta.blocks.size() ||
+        phi.config.vocab != theta.config.vocab || phi.config.tied ||
+        grad_theta.config.tied != theta.config.tied ||
+        grad_theta.config.head_bias != theta.config.head_bias || &grad_theta == &theta)
+      detail::fail(op, "phi must be convert<To>(theta, {Untie}) and grad_theta have theta's layout");
+    forward(op, phi, batch);
+    Vector<S>* dbias = theta.config.head_bias ? &grad_theta.head_bias : nullptr;
+    const double loss =
+        softmax_cross_entropy_forward_backward<S>(logits_, batch.targets, ce_, phi.head_bias, dbias);
+    const Index N = batch.inputs.batch * batch.inputs.seq, m = phi.main();
+    if (N == 0) {
+      zero_all(grad_theta);
+      return loss;
+    }
+    const bool tied = theta.config.tied;
+    RowMatrix<S>& dweight = tied ? grad_theta.token_embedding.table : grad_theta.head.weight;
+    const RowMatrix<S>& weight = tied ? theta.token_embedding.table : theta.head.weight;
+    dxf_.resize(N, m);
+    reader_backward_reparam<S>(logits_, final_input(), weight, theta.final_gamma, theta.final_beta, c,
+                               dweight, nullptr, grad_theta.final_gamma, grad_theta.final_beta, dxf_,
+                               ws);
+    backward_body(phi, batch, nullptr, nullptr, [&](Index l) {
+      return ReparamBlockGrad<A, S>{phi.blocks[l], theta.blocks[l], grad_theta.blocks[l], ws};
+    });
+    grad_theta.position_embedding.table.setZero();
+    table_backward_reparam<S>(dh_, positions_, c, grad_theta.position_embedding.table, ws);
+    if (!tied) clear_token_rows(grad_theta.token_embedding.table, &grad_theta);
+    table_backward_reparam<S>(dh_, batch.inputs.ids, c, grad_theta.token_embedding.table, ws);
+    remember_rows(batch.inputs.ids, theta.config.vocab);
     return loss;
   }
 
@@ -117,7 +150,7 @@ class GptTrainEngine {
   std::vector<int> positions_;                // [N]: position of each row
   std::vector<int> token_rows_;               // distinct ids of the last backward
   std::vector<unsigned char> seen_;           // [vocab]
-  const Model* last_grads_ = nullptr;
+  const void* last_grads_ = nullptr;  // the gradient container of the last step
 
   static Index layers(const Model& model) { return Index(model.blocks.size()); }
   const RowMatrix<S>& final_input() const {
@@ -134,8 +167,34 @@ class GptTrainEngine {
     grads.validate(op);
   }
 
-  static void zero_all(Model& grads) {
+  template <class Grads>
+  static void zero_all(Grads& grads) {
     grads.visit_parameters([](const std::string&, auto& t) { t.setZero(); });
+  }
+
+  // From dx_f (the gradient at the final norm's output) to dh_ at the
+  // embeddings: the final norm and the blocks, the gradients going to
+  // block_sink(l) (see BlockGrad) and dgamma_f, dbeta_f (PreLN).
+  template <class BlockSink>
+  void backward_body(const Model& model, const GptBatch& batch, Vector<S>* dgamma_f,
+                     Vector<S>* dbeta_f, BlockSink&& block_sink) {
+    const Index N = batch.inputs.batch * batch.inputs.seq, L = layers(model);
+    dh_.resize(N, model.main());
+    norm_clock.time([&] {
+      norm_backward_train<A, S>(dxf_, h_[L], model.final_gamma, final_saved_, dh_, dgamma_f, dbeta_f,
+                                GradWrite::Overwrite);
+    });
+    for (Index l = L - 1; l >= 0; --l)
+      block_backward_with<A, S>(model.blocks[l], h_[l], batch.inputs.batch, acts_[l], dh_, bws_,
+                                norm_clock, block_sink(l));
+  }
+
+  // An untied token table's gradient is zero outside the rows of the batch:
+  // clear the rows of the last step (all of it for a new container).
+  void clear_token_rows(RowMatrix<S>& dE, const void* container) {
+    if (container != last_grads_) dE.setZero();
+    else for (int row : token_rows_) dE.row(row).setZero();
+    last_grads_ = container;
   }
 
   void remember_rows(std::span<const int> ids, Index vocab) {

@@ -304,18 +304,33 @@ void attention_forward_train(const MultiHeadAttention<S>& attn, const ConstRowsR
   attn.out.forward(acts.context, y);
 }
 
-// Backward of y = Attn(x). dy [N x width]; x and acts from the forward;
-// grad.qkv, grad.out written (or added to, param_write); dx [N x width]
-// written (or added to, dx_write).
+// The gradients of one linear layer inside a larger backward: called with
+// (dy, x, dx), it writes the layer's parameter gradients and dx = dy W.
+// attention_backward_with and mlp_backward_with take one per linear, so that
+// training through the converter can put theta's gradients there directly.
+template <class S>
+struct LinearGrad {
+  const Linear<S>& layer;
+  Linear<S>& grad;
+  GradWrite param_write = GradWrite::Overwrite;
+
+  void operator()(const ConstRowsRef<S>& dy, const ConstRowsRef<S>& x, RowsRef<S> dx) const {
+    linear_backward<S>(dy, x, layer, grad, dx, param_write);
+  }
+};
+
+// Backward of y = Attn(x) with the two linears' gradients delegated:
+//   out_grad(dy, context, dcontext), then the attention core, then
+//   qkv_grad(dqkv, x, dx). dy [N x width]; x and acts from the forward;
+//   dx [N x width] is written (by qkv_grad).
 //   per (sequence, head): dP = dC V^T, dV = P^T dC, dS = softmax'(dP) / sqrt(hd),
 //                         dQ = dS K, dK = dS^T Q.
-template <class S>
-void attention_backward(const MultiHeadAttention<S>& attn, const ConstRowsRef<S>& dy,
-                        const ConstRowsRef<S>& x, Index batch, const AttentionActivations<S>& acts,
-                        MultiHeadAttention<S>& grad, RowsRef<S> dx,
-                        AttentionBackwardWorkspace<S>& ws,
-                        GradWrite param_write = GradWrite::Overwrite,
-                        GradWrite dx_write = GradWrite::Overwrite) {
+template <class S, class OutGrad, class QkvGrad>
+void attention_backward_with(const MultiHeadAttention<S>& attn, const ConstRowsRef<S>& dy,
+                             const ConstRowsRef<S>& x, Index batch,
+                             const AttentionActivations<S>& acts, RowsRef<S> dx,
+                             AttentionBackwardWorkspace<S>& ws, OutGrad&& out_grad,
+                             QkvGrad&& qkv_grad) {
   constexpr const char* op = "attention_backward";
   const Index T = detail::check_attention(op, attn, x.rows(), x.cols(), batch);
   const Index N = x.rows(), I = attn.inner(), H = attn.heads, hd = attn.head_dim;
@@ -323,9 +338,11 @@ void attention_backward(const MultiHeadAttention<S>& attn, const ConstRowsRef<S>
                           "saved by the forward of x");
   detail::check_rows_cols(op, "acts.context", acts.context.rows(), acts.context.cols(), N, I,
                           "saved by the forward of x");
+  detail::check_rows_cols(op, "dy", dy.rows(), dy.cols(), N, attn.out.out_features(),
+                          "tokens x width");
   ws.dcontext.resize(N, I);
   ws.dqkv.resize(N, 3 * I);
-  linear_backward<S>(dy, acts.context, attn.out, grad.out, ws.dcontext, param_write);
+  out_grad(dy, acts.context, ws.dcontext);
   if (N != 0) {
     const S scale = S(1) / std::sqrt(S(hd));
     const Index chunk = detail::attention_chunk(attn.causal, T);
@@ -363,7 +380,24 @@ void attention_backward(const MultiHeadAttention<S>& attn, const ConstRowsRef<S>
       }
     });
   }
-  linear_backward<S>(ws.dqkv, x, attn.qkv, grad.qkv, dx, param_write, dx_write);
+  qkv_grad(ws.dqkv, x, dx);
+}
+
+// Backward of y = Attn(x). dy [N x width]; x and acts from the forward;
+// grad.qkv, grad.out written (or added to, param_write); dx [N x width]
+// written (or added to, dx_write).
+template <class S>
+void attention_backward(const MultiHeadAttention<S>& attn, const ConstRowsRef<S>& dy,
+                        const ConstRowsRef<S>& x, Index batch, const AttentionActivations<S>& acts,
+                        MultiHeadAttention<S>& grad, RowsRef<S> dx,
+                        AttentionBackwardWorkspace<S>& ws,
+                        GradWrite param_write = GradWrite::Overwrite,
+                        GradWrite dx_write = GradWrite::Overwrite) {
+  attention_backward_with<S>(
+      attn, dy, x, batch, acts, dx, ws, LinearGrad<S>{attn.out, grad.out, param_write},
+      [&](const ConstRowsRef<S>& dqkv, const ConstRowsRef<S>& xin, RowsRef<S> dxout) {
+        linear_backward<S>(dqkv, xin, attn.qkv, grad.qkv, dxout, param_write, dx_write);
+      });
 }
 
 // ---------------------------------------------------------------------------
@@ -394,6 +428,22 @@ void mlp_forward_train(const Mlp<S>& mlp, const ConstRowsRef<S>& x, RowsRef<S> y
   mlp.proj.forward(acts.act, y);
 }
 
+// Backward of y = Mlp(x) with the two linears' gradients delegated:
+// proj_grad(dy, act, dhidden), the activation's backward, fc_grad(dhidden, x, dx).
+// dhidden: scratch [N x inner]; dx [N x width] is written (by fc_grad).
+template <class S, class ProjGrad, class FcGrad>
+void mlp_backward_with(const Mlp<S>& mlp, const ConstRowsRef<S>& dy, const ConstRowsRef<S>& x,
+                       const MlpActivations<S>& acts, RowsRef<S> dx, RowMatrix<S>& dhidden,
+                       ProjGrad&& proj_grad, FcGrad&& fc_grad) {
+  constexpr const char* op = "mlp_backward";
+  detail::check_rows_cols(op, "acts.pre", acts.pre.rows(), acts.pre.cols(), x.rows(), mlp.inner(),
+                          "saved by the forward of x");
+  dhidden.resize(x.rows(), mlp.inner());
+  proj_grad(dy, acts.act, dhidden);
+  activation_backward<S>(mlp.activation, dhidden, acts.pre, dhidden);
+  fc_grad(dhidden, x, dx);
+}
+
 // Backward of y = Mlp(x). dy [N x width]; grad.fc, grad.proj written (or
 // added to); dx [N x width] written (or added to, dx_write). dhidden: scratch.
 template <class S>
@@ -401,13 +451,11 @@ void mlp_backward(const Mlp<S>& mlp, const ConstRowsRef<S>& dy, const ConstRowsR
                   const MlpActivations<S>& acts, Mlp<S>& grad, RowsRef<S> dx,
                   RowMatrix<S>& dhidden, GradWrite param_write = GradWrite::Overwrite,
                   GradWrite dx_write = GradWrite::Overwrite) {
-  constexpr const char* op = "mlp_backward";
-  detail::check_rows_cols(op, "acts.pre", acts.pre.rows(), acts.pre.cols(), x.rows(), mlp.inner(),
-                          "saved by the forward of x");
-  dhidden.resize(x.rows(), mlp.inner());
-  linear_backward<S>(dy, acts.act, mlp.proj, grad.proj, dhidden, param_write);
-  activation_backward<S>(mlp.activation, dhidden, acts.pre, dhidden);
-  linear_backward<S>(dhidden, x, mlp.fc, grad.fc, dx, param_write, dx_write);
+  mlp_backward_with<S>(
+      mlp, dy, x, acts, dx, dhidden, LinearGrad<S>{mlp.proj, grad.proj, param_write},
+      [&](const ConstRowsRef<S>& dh, const ConstRowsRef<S>& xin, RowsRef<S> dxout) {
+        linear_backward<S>(dh, xin, mlp.fc, grad.fc, dxout, param_write, dx_write);
+      });
 }
 
 }  // namespace prenorm

@@ -10,6 +10,12 @@
 // records their addresses and sizes once (visit_parameters builds names, which
 // allocates), so later steps allocate nothing. Call rebind() after replacing
 // a tensor's storage (a resize, a move).
+//
+// step(params, grads) is begin_step, update over every element of every
+// tensor, end_step. A caller may instead drive update(tensor, begin, end)
+// itself, in any order and in parallel over disjoint ranges (the update of an
+// element does not depend on any other), e.g. to convert each block of rows
+// right after its update while it is in cache (ReparamTrainer).
 
 #include <Eigen/Core>
 
@@ -118,6 +124,9 @@ class OptimizerBase {
   double max_grad_norm = 0;  // > 0: clip the gradients to this global norm before each step
   double last_grad_norm = 0;  // the global norm of the last step's gradients (when clipping)
 
+  // The tensors bound by the last begin_step / step, in visit order.
+  const ParameterList<S>& bound_params() const { return params_; }
+
   // Forget the bound tensors (and the optimizer state): the next step binds again.
   void rebind() {
     params_ = {};
@@ -169,36 +178,51 @@ class Sgd : public OptimizerBase<S> {
 
   template <class Model>
   void step(Model& params, Model& grads) {
+    begin_step(params, grads);
+    for (std::size_t i = 0; i < this->params_.tensors.size(); ++i)
+      detail::for_each_chunk(this->params_.tensors[i].size, [&](Index b, Index e) { update(i, b, e); });
+    end_step();
+  }
+
+  // Binds (first call), clips; then update() the elements, then end_step().
+  template <class Model>
+  void begin_step(Model& params, Model& grads) {
     if (this->bind("Sgd::step", params, grads)) {
       momentum_.setZero(this->params_.total);
+      offsets_.clear();
+      Index offset = 0;
+      for (const ParamTensor<S>& t : this->params_.tensors) {
+        offsets_.push_back(offset);
+        offset += t.size;
+      }
       this->steps_ = 0;
     }
     this->clip();
-    const S lr = S(options.lr), mu = S(options.momentum), wd = S(options.weight_decay);
-    const bool first = this->steps_ == 0;
-    Index offset = 0;
-    for (std::size_t i = 0; i < this->params_.tensors.size(); ++i) {
-      S* p = this->params_.tensors[i].data;
-      const S* g = this->grads_.tensors[i].data;
-      S* buf = momentum_.data() + offset;
-      detail::for_each_chunk(this->params_.tensors[i].size, [&](Index b, Index e) {
-        for (Index k = b; k < e; ++k) {
-          S d = g[k];
-          if (wd != S(0)) d += wd * p[k];
-          if (mu != S(0)) {
-            buf[k] = first ? d : mu * buf[k] + d;
-            d = options.nesterov ? d + mu * buf[k] : buf[k];
-          }
-          p[k] -= lr * d;
-        }
-      });
-      offset += this->params_.tensors[i].size;
-    }
-    ++this->steps_;
   }
 
+  // Updates elements [begin, end) of bound tensor i.
+  void update(std::size_t i, Index begin, Index end) {
+    const S lr = S(options.lr), mu = S(options.momentum), wd = S(options.weight_decay);
+    const bool first = this->steps_ == 0;
+    S* p = this->params_.tensors[i].data;
+    const S* g = this->grads_.tensors[i].data;
+    S* buf = momentum_.data() + offsets_[i];
+    for (Index k = begin; k < end; ++k) {
+      S d = g[k];
+      if (wd != S(0)) d += wd * p[k];
+      if (mu != S(0)) {
+        buf[k] = first ? d : mu * buf[k] + d;
+        d = options.nesterov ? d + mu * buf[k] : buf[k];
+      }
+      p[k] -= lr * d;
+    }
+  }
+
+  void end_step() { ++this->steps_; }
+
  private:
-  Vector<S> momentum_;  // [total]
+  Vector<S> momentum_;          // [total]
+  std::vector<Index> offsets_;  // of each tensor in momentum_
 };
 
 struct AdamWOptions {
@@ -222,44 +246,60 @@ class AdamW : public OptimizerBase<S> {
 
   template <class Model>
   void step(Model& params, Model& grads) {
+    begin_step(params, grads);
+    for (std::size_t i = 0; i < this->params_.tensors.size(); ++i)
+      detail::for_each_chunk(this->params_.tensors[i].size, [&](Index b, Index e) { update(i, b, e); });
+    end_step();
+  }
+
+  // Binds (first call), clips, counts the step; then update() the elements,
+  // then end_step().
+  template <class Model>
+  void begin_step(Model& params, Model& grads) {
     if (this->bind("AdamW::step", params, grads)) {
       m_.setZero(this->params_.total);
       v_.setZero(this->params_.total);
+      offsets_.clear();
+      Index offset = 0;
+      for (const ParamTensor<S>& t : this->params_.tensors) {
+        offsets_.push_back(offset);
+        offset += t.size;
+      }
       this->steps_ = 0;
     }
     this->clip();
     const long t = ++this->steps_;
     const double bc1 = 1 - std::pow(options.beta1, double(t));
     const double bc2 = 1 - std::pow(options.beta2, double(t));
-    const S step_size = S(options.lr / bc1), bc2_sqrt = S(std::sqrt(bc2));
-    const S b1 = S(options.beta1), b2 = S(options.beta2), eps = S(options.eps);
-    Index offset = 0;
-    for (std::size_t i = 0; i < this->params_.tensors.size(); ++i) {
-      const ParamTensor<S>& tensor = this->params_.tensors[i];
-      const bool decay = tensor.matrix || options.decay_vectors;
-      const S keep = S(1 - options.lr * (decay ? options.weight_decay : 0.0));
-      S* p = tensor.data;
-      const S* g = this->grads_.tensors[i].data;
-      S* m = m_.data() + offset;
-      S* v = v_.data() + offset;
-      detail::for_each_chunk(tensor.size, [&](Index b, Index e) {
-        using Arr = Eigen::Array<S, Eigen::Dynamic, 1>;
-        Eigen::Map<Arr> ps(p + b, e - b), ms(m + b, e - b), vs(v + b, e - b);
-        const Eigen::Map<const Arr> gs(g + b, e - b);
-        ms = b1 * ms + (S(1) - b1) * gs;
-        vs = b2 * vs + (S(1) - b2) * gs.square();
-        if (keep != S(1)) ps *= keep;
-        ps -= step_size * ms / (vs.sqrt() / bc2_sqrt + eps);
-      });
-      offset += tensor.size;
-    }
+    step_size_ = S(options.lr / bc1);
+    bc2_sqrt_ = S(std::sqrt(bc2));
   }
+
+  // Updates elements [begin, end) of bound tensor i.
+  void update(std::size_t i, Index begin, Index end) {
+    const ParamTensor<S>& tensor = this->params_.tensors[i];
+    const bool decay = tensor.matrix || options.decay_vectors;
+    const S keep = S(1 - options.lr * (decay ? options.weight_decay : 0.0));
+    const S b1 = S(options.beta1), b2 = S(options.beta2), eps = S(options.eps);
+    using Arr = Eigen::Array<S, Eigen::Dynamic, 1>;
+    const Index n = end - begin, off = offsets_[i] + begin;
+    Eigen::Map<Arr> ps(tensor.data + begin, n), ms(m_.data() + off, n), vs(v_.data() + off, n);
+    const Eigen::Map<const Arr> gs(this->grads_.tensors[i].data + begin, n);
+    ms = b1 * ms + (S(1) - b1) * gs;
+    vs = b2 * vs + (S(1) - b2) * gs.square();
+    if (keep != S(1)) ps *= keep;
+    ps -= step_size_ * ms / (vs.sqrt() / bc2_sqrt_ + eps);
+  }
+
+  void end_step() {}
 
   const Vector<S>& first_moment() const { return m_; }   // [total], in visit order
   const Vector<S>& second_moment() const { return v_; }  // [total]
 
  private:
   Vector<S> m_, v_;
+  std::vector<Index> offsets_;  // of each tensor in m_, v_
+  S step_size_ = 0, bc2_sqrt_ = 1;
 };
 
 }  // namespace prenorm

@@ -6,20 +6,34 @@
 //   ReparamTrainer<To, Model, Optimizer> keeps the raw Pre-LN parameters theta and
 //                                        trains them through the converter
 //                                        (DESIGN.md §1): each step
-//     1. phi = convert<To>(theta) into preallocated storage   (convert_into)
+//     1. phi = convert<To>(theta, {Untie}) into preallocated storage
 //     2. forward and backward in the Pre-RMSNorm / Pre-CRMSNorm model phi
-//     3. grad_theta = J^T grad_phi                             (convert_adjoint)
+//     3. grad_theta = J^T grad_phi, the converter's adjoint
 //     4. the optimizer steps theta.
 //   Because f_LN(x, theta) = f_To(x, convert(theta)) for every theta, the
 //   gradient with respect to theta is the Pre-LN gradient, and any optimizer
 //   follows the Pre-LN trajectory up to rounding. A tied GPT is untied in phi
 //   (TiedPolicy::Untie); the adjoint sums both gradients into the one table.
 //
+//   ReparamOptions choose where 1 and 3 happen. The defaults fold them into
+//   passes the step makes anyway, which matters on a memory-bound CPU where a
+//   separate O(parameters) pass costs several percent of a step:
+//     adjoint  InBackward  J^T applied to the factors of each weight gradient
+//                          inside the backward (reparam_backward.hpp)
+//              Explicit    grad_phi materialized, then convert_adjoint
+//                          (model_adjoint.hpp)
+//     convert  InOptimizer each block of theta's rows converted right after
+//                          the optimizer updates it (reparam_step.hpp); GPT's
+//                          token rows as each batch looks them up
+//              Separate    convert_into at the start of each step
+//   All four combinations compute the same thing (the tests hold them to it).
+//
 // Model is Gpt<A, S> or Vit<A, S>. Both trainers own their models, gradients
 // and activations, and allocate nothing after the first step for a given
 // batch shape. With `timing` on, StepTimings splits each step.
 
 #include <chrono>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -30,6 +44,7 @@
 #include "../models/vit.hpp"
 #include "gpt_train.hpp"
 #include "optim.hpp"
+#include "reparam_step.hpp"
 #include "vit_train.hpp"
 
 namespace prenorm {
@@ -143,6 +158,31 @@ class Trainer {
   Engine engine_;
 };
 
+// How ReparamTrainer pulls the gradient back to theta.
+enum class AdjointMode {
+  // The adjoint applied to the factors of each weight gradient inside the
+  // backward (reparam_backward.hpp): no dL/dphi is stored, and the GEMMs write
+  // dL/dtheta. O(tokens x d) extra work per linear.
+  InBackward,
+  // dL/dphi materialized by the plain backward of phi, then convert_adjoint
+  // (model_adjoint.hpp): O(parameters) extra memory traffic per step.
+  Explicit,
+};
+
+// How ReparamTrainer materializes phi = convert(theta).
+enum class ConvertMode {
+  // Each block of rows converted right after the optimizer updates it
+  // (reparam_step.hpp): phi is ready for the next step.
+  InOptimizer,
+  // convert_into at the start of each step: a separate O(parameters) pass.
+  Separate,
+};
+
+struct ReparamOptions {
+  AdjointMode adjoint = AdjointMode::InBackward;
+  ConvertMode convert = ConvertMode::InOptimizer;
+};
+
 template <Arch To, class Model, class Optimizer>
 class ReparamTrainer {
  public:
@@ -159,31 +199,54 @@ class ReparamTrainer {
   bool timing = false;
   StepTimings timings;
 
+  // Whether the optimizer can be driven range by range (ConvertMode::InOptimizer).
+  static constexpr bool kDrivable = requires(Optimizer& o, Model& m, std::size_t i) {
+    o.begin_step(m, m);
+    o.update(i, Index(0), Index(0));
+    o.end_step();
+    o.bound_params();
+  };
+  // GPT's token table is converted lazily: the rows of each batch (see ConvertingUpdate).
+  static constexpr bool kLazyRows = std::is_same_v<Batch, GptBatch>;
+
   // theta: the Pre-LN parameters to train. phi gets its layout from
   // convert<To>(theta, {TiedPolicy::Untie}).
-  ReparamTrainer(Model theta, Optimizer optimizer)
+  ReparamTrainer(Model theta, Optimizer optimizer, const ReparamOptions& options = {})
       : theta_(std::move(theta)),
         grad_theta_(theta_.config),
         phi_(convert<To>(theta_, ConvertOptions{.tied = TiedPolicy::Untie})),
-        grad_phi_(phi_.config),
-        optimizer_(std::move(optimizer)) {}
+        optimizer_(std::move(optimizer)),
+        options_(options) {
+    if (options_.adjoint == AdjointMode::Explicit) grad_phi_.emplace(phi_.config);
+  }
   ReparamTrainer(const ReparamTrainer&) = delete;
   ReparamTrainer& operator=(const ReparamTrainer&) = delete;
 
   // One step through the converter. Returns the loss before the update.
+  // Timings: the parts done inside other passes (the adjoint inside the
+  // backward, the conversion inside the optimizer step) are timed there and
+  // moved from those passes' times to their own.
   double step(const Batch& batch) {
     detail::Stopwatch watch(timing);
     engine_.norm_clock.enabled = timing;
     engine_.norm_clock.seconds = 0;
+    ws_.clock.enabled = timing;
+    ws_.clock.seconds = 0;
+    updater_.clock.enabled = timing;
+    updater_.clock.seconds = 0;
     refresh_phi();
-    const double conv = watch.lap();
-    const double loss = engine_.forward_backward(phi_, batch, grad_phi_);
-    const double fb = watch.lap();
+    refresh_token_rows(batch);
+    double conv = watch.lap();
+    const double loss = gradients(batch);
+    double fb = watch.lap();
     pull_back();
-    const double adj = watch.lap();
-    optimizer_.step(theta_, grad_theta_);
-    phi_stale_ = true;
-    const double opt = watch.lap();
+    double adj = watch.lap();
+    adj += ws_.clock.seconds;
+    fb -= ws_.clock.seconds;
+    update();
+    double opt = watch.lap();
+    conv += updater_.clock.seconds;
+    opt -= updater_.clock.seconds;
     if (timing) {
       ++timings.steps;
       timings.convert += conv;
@@ -199,14 +262,18 @@ class ReparamTrainer {
   // Forward, backward and adjoint only: the loss, with grad_theta() filled.
   double compute_gradients(const Batch& batch) {
     refresh_phi();
-    const double loss = engine_.forward_backward(phi_, batch, grad_phi_);
+    refresh_token_rows(batch);
+    const double loss = gradients(batch);
     pull_back();
     return loss;
   }
 
+  const ReparamOptions& options() const { return options_; }
+
   // The loss of the current theta (computed by phi) without gradients.
   double evaluate(const Batch& batch) {
     refresh_phi();
+    refresh_token_rows(batch);
     return engine_.forward_loss(phi_, batch);
   }
 
@@ -219,10 +286,20 @@ class ReparamTrainer {
   // phi = convert(theta), up to date: the trained model in the target architecture.
   const Target& phi() {
     refresh_phi();
+    if constexpr (kLazyRows) {
+      if (token_table_stale_) {
+        updater_.convert_token_table(theta_, phi_);
+        token_table_stale_ = false;
+      }
+    }
     return phi_;
   }
   const Model& grad_theta() const { return grad_theta_; }
-  const Target& grad_phi() const { return grad_phi_; }
+  // dL/dphi of the last step (AdjointMode::Explicit only).
+  const Target& grad_phi() const {
+    if (!grad_phi_) detail::fail("ReparamTrainer::grad_phi", "dL/dphi is only stored with AdjointMode::Explicit");
+    return *grad_phi_;
+  }
   Optimizer& optimizer() { return optimizer_; }
   Engine& engine() { return engine_; }
 
@@ -230,21 +307,56 @@ class ReparamTrainer {
   Model theta_;
   Model grad_theta_;
   Target phi_;
-  Target grad_phi_;
+  std::optional<Target> grad_phi_;  // AdjointMode::Explicit only
   Optimizer optimizer_;
+  ReparamOptions options_;
   Engine engine_;
-  ConvertWorkspace<Scalar> ws_;
+  ConvertingUpdate<To, Scalar> updater_;
+  ConvertWorkspace<Scalar> convert_ws_;
+  ReparamWorkspace<Scalar> ws_;
   bool phi_stale_ = true;
+  bool token_table_stale_ = false;  // phi's token table holds only the last batches' rows
   std::vector<int> last_rows_;  // rows of grad_theta's token table written last step (untied GPT)
   bool rows_valid_ = false;
 
   void refresh_phi() {
     if (!phi_stale_) return;
-    convert_into(theta_, phi_, ws_);
+    convert_into(theta_, phi_, convert_ws_);
     phi_stale_ = false;
+    token_table_stale_ = false;
   }
 
+  // GPT with the conversion in the optimizer: the token rows a batch reads.
+  void refresh_token_rows(const Batch& batch) {
+    if constexpr (kLazyRows) {
+      if (token_table_stale_) updater_.convert_token_rows(theta_, phi_, batch.inputs.ids);
+    }
+  }
+
+  // The optimizer step, and phi for the next step when it is fused in.
+  void update() {
+    if constexpr (kDrivable) {
+      if (options_.convert == ConvertMode::InOptimizer) {
+        updater_.lazy_token_rows = kLazyRows;
+        updater_.step(optimizer_, theta_, grad_theta_, phi_);
+        phi_stale_ = false;
+        token_table_stale_ = kLazyRows;
+        return;
+      }
+    }
+    optimizer_.step(theta_, grad_theta_);
+    phi_stale_ = true;
+  }
+
+  double gradients(const Batch& batch) {
+    if (options_.adjoint == AdjointMode::InBackward)
+      return engine_.forward_backward_reparam(phi_, theta_, batch, grad_theta_, ws_);
+    return engine_.forward_backward(phi_, batch, *grad_phi_);
+  }
+
+  // Explicit mode: grad_theta = J^T grad_phi.
   void pull_back() {
+    if (options_.adjoint == AdjointMode::InBackward) return;
     AdjointOptions options;
     if constexpr (requires { engine_.token_rows(); }) {
       options.sparse_token_rows = true;
@@ -259,7 +371,7 @@ class ReparamTrainer {
         rows_valid_ = true;
       }
     }
-    convert_adjoint(theta_, grad_phi_, grad_theta_, ws_, options);
+    convert_adjoint(theta_, *grad_phi_, grad_theta_, convert_ws_, options);
   }
 };
 

@@ -21,6 +21,7 @@
 #include "block_backward.hpp"
 #include "layers_backward.hpp"
 #include "loss.hpp"
+#include "reparam_backward.hpp"
 
 namespace prenorm {
 
@@ -45,36 +46,67 @@ class VitTrainEngine {
     constexpr const char* op = "VitTrainEngine::forward_backward";
     check_grads(op, model, grads);
     forward(op, model, batch);
-    const Index B = batch.images.batch, T = model.config.tokens(), N = B * T, P = model.config.patches();
-    const Index m = model.main(), L = Index(model.blocks.size());
     const double loss = softmax_cross_entropy_forward_backward<S>(
         logits_, batch.labels, ce_, model.head.bias, grads.head.bias.size() ? &grads.head.bias : nullptr);
     // Head: the bias gradient came from the cross-entropy pass.
     grads.head.weight.noalias() = logits_.transpose() * x_cls_;
-    dx_cls_.resize(B, m);
+    dx_cls_.resize(logits_.rows(), model.main());
     dx_cls_.noalias() = logits_ * model.head.weight;
-    // Final norm on the cls rows; the other rows of h_L get no gradient.
-    dh_.setZero(N, m);
-    norm_clock.time([&] {
-      auto dh_cls = cls_rows(dh_, T);
-      auto h_cls = cls_rows(h_[L], T);
-      norm_backward_train<A, S>(dx_cls_, h_cls, model.final_gamma, final_saved_, dh_cls,
-                                grads.final_gamma, grads.final_beta, GradWrite::Overwrite);
-    });
-    for (Index l = L - 1; l >= 0; --l)
-      block_backward<A, S>(model.blocks[l], h_[l], B, acts_[l], grads.blocks[l], dh_, bws_,
-                           norm_clock);
+    backward_body(model, &grads.final_gamma, &grads.final_beta,
+                  [&](Index l) { return BlockGrad<A, S>{model.blocks[l], grads.blocks[l]}; });
     // Embeddings: positions (every image), cls token (row 0 of each image),
     // patch linear (the patch rows).
+    const Index B = logits_.rows(), T = model.config.tokens(), P = model.config.patches();
     grads.position_embedding.setZero();
     grads.cls_token.setZero();
-    dpatch_.resize(B * P, m);
+    dpatch_.resize(B * P, model.main());
     for (Index b = 0; b < B; ++b) {
       grads.position_embedding += dh_.middleRows(b * T, T);
       grads.cls_token += dh_.row(b * T).transpose();
       dpatch_.middleRows(b * P, P) = dh_.middleRows(b * T + 1, P);
     }
     linear_backward<S>(dpatch_, patches_, model.patch, grads.patch);
+    return loss;
+  }
+
+  // Training through the converter with the adjoint inside the backward (see
+  // GptTrainEngine::forward_backward_reparam): phi = convert<A>(theta);
+  // grad_theta (Pre-LN) is written. Returns the loss.
+  template <Arch From = Arch::PreLN>
+  double forward_backward_reparam(const Model& phi, const Vit<From, S>& theta, const Batch& batch,
+                                  Vit<From, S>& grad_theta, ReparamWorkspace<S>& ws) {
+    static_assert(From == Arch::PreLN && (A == Arch::PreRMSNorm || A == Arch::PreCRMSNorm),
+                  "prenorm: training through the converter: theta Pre-LN, phi Pre-(C)RMSNorm");
+    constexpr const char* op = "VitTrainEngine::forward_backward_reparam";
+    constexpr bool c = A == Arch::PreCRMSNorm;
+    theta.validate(op);
+    grad_theta.validate(op);
+    if (phi.blocks.size() != theta.blocks.size() || grad_theta.blocks.size() != theta.blocks.size() ||
+        phi.config.classes != theta.config.classes || &grad_theta == &theta)
+      detail::fail(op, "phi must be convert<To>(theta) and grad_theta have theta's layout");
+    forward(op, phi, batch);
+    const double loss = softmax_cross_entropy_forward_backward<S>(
+        logits_, batch.labels, ce_, phi.head.bias, &grad_theta.head.bias);
+    dx_cls_.resize(logits_.rows(), phi.main());
+    reader_backward_reparam<S>(logits_, x_cls_, theta.head.weight, theta.final_gamma, theta.final_beta,
+                               c, grad_theta.head.weight, nullptr, grad_theta.final_gamma,
+                               grad_theta.final_beta, dx_cls_, ws);
+    backward_body(phi, nullptr, nullptr, [&](Index l) {
+      return ReparamBlockGrad<A, S>{phi.blocks[l], theta.blocks[l], grad_theta.blocks[l], ws};
+    });
+    // Embeddings, from the centered, padded rows of dh.
+    const Index B = logits_.rows(), T = phi.config.tokens(), P = phi.config.patches();
+    dhc_.resize(dh_.rows(), c ? dh_.cols() + 1 : dh_.cols());
+    ws.clock.time([&] { detail::center_padded_rows<S>(dh_, c, dhc_); });
+    grad_theta.position_embedding.setZero();
+    grad_theta.cls_token.setZero();
+    dpatch_.resize(B * P, dhc_.cols());
+    for (Index b = 0; b < B; ++b) {
+      grad_theta.position_embedding += dhc_.middleRows(b * T, T);
+      grad_theta.cls_token += dhc_.row(b * T).transpose();
+      dpatch_.middleRows(b * P, P) = dhc_.middleRows(b * T + 1, P);
+    }
+    linear_backward<S>(dpatch_, patches_, theta.patch, grad_theta.patch);
     return loss;
   }
 
@@ -97,11 +129,30 @@ class VitTrainEngine {
   RowMatrix<S> logits_;                       // [batch x classes]
   CrossEntropyWorkspace<S> ce_;
   RowMatrix<S> dx_cls_, dh_, dpatch_;
+  RowMatrix<S> dhc_;  // [batch*tokens x d]: centered, padded dh (through the converter)
   BlockBackwardWorkspace<S> bws_;
 
   // The cls rows (row b*tokens) of a [batch*tokens x main] matrix.
   static Eigen::Map<RowMatrix<S>, 0, Eigen::OuterStride<>> cls_rows(RowMatrix<S>& m, Index T) {
     return {m.data(), m.rows() / T, m.cols(), Eigen::OuterStride<>(T * m.cols())};
+  }
+
+  // From dx_cls_ to dh_ at the embeddings: the final norm (cls rows) and the
+  // blocks, the gradients going to block_sink(l) and dgamma_f, dbeta_f (PreLN).
+  template <class BlockSink>
+  void backward_body(const Model& model, Vector<S>* dgamma_f, Vector<S>* dbeta_f,
+                     BlockSink&& block_sink) {
+    const Index B = logits_.rows(), T = model.config.tokens(), L = Index(model.blocks.size());
+    dh_.setZero(B * T, model.main());
+    norm_clock.time([&] {
+      auto dh_cls = cls_rows(dh_, T);
+      auto h_cls = cls_rows(h_[L], T);
+      norm_backward_train<A, S>(dx_cls_, h_cls, model.final_gamma, final_saved_, dh_cls, dgamma_f,
+                                dbeta_f, GradWrite::Overwrite);
+    });
+    for (Index l = L - 1; l >= 0; --l)
+      block_backward_with<A, S>(model.blocks[l], h_[l], B, acts_[l], dh_, bws_, norm_clock,
+                                block_sink(l));
   }
 
   static void check_grads(const char* op, const Model& model, const Model& grads) {

@@ -1,0 +1,218 @@
+#pragma once
+// The converter's adjoint applied inside the backward pass ("fused" training
+// through the converter).
+//
+// The gradient of a linear layer of phi is a sum of outer products,
+// dL/dW'' = dy^T x, and the conversion acts on one axis of W. So its adjoint
+// J^T can be applied to the factors, at O(tokens x d) cost, and the GEMM that
+// would have produced dL/dphi produces dL/dtheta instead:
+//
+//   reader  (qkv, mlp fc, head; W'' = C(W diag(gamma)), b' = b + W beta)
+//           xd = decompress(x) (x itself without compression),  u = xd * gamma + beta
+//           dW = dy^T u,  db = sum_t dy,  g = dy W
+//           dgamma = sum_t xd * g,  dbeta = sum_t g,  dx = C(g * gamma)
+//   writer  (attention out, mlp proj, ViT patch; W'' = K(W - 1 mean(W)))
+//           dyc = each row of pad(dy) minus its mean
+//           dW = dyc^T x,  db = sum_t dyc,  dx = dy W''  (phi's weight)
+//   table   (token, position, cls rows)  rows of dyc added to the looked-up rows
+//
+// These are the same maps as convert_adjoint (model_adjoint.hpp) applies to
+// a materialized dL/dphi; the tests hold the two against each other.
+
+#include <Eigen/Core>
+
+#include <span>
+
+#include "../core/error.hpp"
+#include "../core/parallel.hpp"
+#include "../core/types.hpp"
+#include "block_backward.hpp"
+#include "layers_backward.hpp"
+
+namespace prenorm {
+
+namespace detail {
+
+// A grow-only buffer viewed as a [rows x cols] matrix: the shapes of one step
+// (the head reads fewer rows than the blocks in a ViT) never reallocate.
+template <class S>
+class GrowBuffer {
+ public:
+  Eigen::Map<RowMatrix<S>> view(Index rows, Index cols) {
+    if (storage_.size() < rows * cols) storage_.resize(rows * cols);
+    return {storage_.data(), rows, cols};
+  }
+
+ private:
+  Vector<S> storage_;
+};
+
+}  // namespace detail
+
+// Scratch of the fused adjoint, and the time it takes (its O(tokens x d) parts).
+template <class S>
+struct ReparamWorkspace {
+  detail::GrowBuffer<S> xd;   // [N x d]: decompressed normalized input (Pre-CRMSNorm)
+  detail::GrowBuffer<S> u;    // [N x d]: xd * gamma + beta, the Pre-LN norm output
+  detail::GrowBuffer<S> g;    // [N x d]: dy W
+  detail::GrowBuffer<S> dyc;  // [N x d]: centered, padded output gradient
+  detail::GrowBuffer<S> partial_gamma, partial_beta;  // [chunks x d]
+  NormClock clock;            // time in the adjoint's own work (not the GEMMs it redirects)
+};
+
+namespace detail {
+
+// dyc [N x d] = pad(dy [N x m]) minus each row's mean; d = m + compress.
+template <class S>
+void center_padded_rows(const ConstRowsRef<S>& dy, bool compress, RowsRef<S> dyc) {
+  const Index N = dy.rows(), m = dy.cols(), d = compress ? m + 1 : m;
+  check_rows_cols("center_padded_rows", "dyc", dyc.rows(), dyc.cols(), N, d, "rows of dy x d");
+  for_each_row(N, d, [&](Index t) {
+    const S mean = dy.row(t).sum() / S(d);
+    dyc.row(t).head(m) = (dy.row(t).array() - mean).matrix();
+    if (compress) dyc(t, m) = -mean;
+  });
+}
+
+}  // namespace detail
+
+// Reader through the converter. dy [N x o]: gradient at the output; x [N x m]:
+// phi's normalized input; W (o, d), gamma, beta (d): theta's. Writes dW (o, d),
+// db (o) if non-null, dgamma, dbeta (d), and dx [N x m].
+template <class S>
+void reader_backward_reparam(const ConstRowsRef<S>& dy, const ConstRowsRef<S>& x,
+                             const RowMatrix<S>& W, const Vector<S>& gamma, const Vector<S>& beta,
+                             bool compress, RowMatrix<S>& dW, Vector<S>* db, Vector<S>& dgamma,
+                             Vector<S>& dbeta, RowsRef<S> dx, ReparamWorkspace<S>& ws) {
+  constexpr const char* op = "reader_backward_reparam";
+  const Index N = x.rows(), m = x.cols(), d = W.cols();
+  if (d != (compress ? m + 1 : m))
+    detail::fail(op, "x has ", m, " columns, expected ", compress ? d - 1 : d, " (theta's width ", d,
+                 compress ? " minus one)" : ")");
+  detail::check_rows_cols(op, "dy", dy.rows(), dy.cols(), N, W.rows(), "tokens x outputs");
+  detail::check_rows_cols(op, "dx", dx.rows(), dx.cols(), N, m, "the shape of x");
+  detail::check_rows_cols(op, "dW", dW.rows(), dW.cols(), W.rows(), d, "the shape of W");
+  auto u = ws.u.view(N, d);
+  auto xd = ws.xd.view(compress ? N : 0, d);
+  auto g = ws.g.view(N, d);
+  ws.clock.time([&] {  // u = decompress(x) * gamma + beta
+    detail::for_each_row(N, d, [&](Index t) {
+      if (compress) {
+        xd.row(t).head(m) = x.row(t);
+        xd(t, m) = -x.row(t).sum();
+        u.row(t) = xd.row(t).cwiseProduct(gamma.transpose()) + beta.transpose();
+      } else {
+        u.row(t) = x.row(t).cwiseProduct(gamma.transpose()) + beta.transpose();
+      }
+    });
+  });
+  if (N == 0) dW.setZero();
+  else dW.noalias() = dy.transpose() * u;
+  if (db) detail::column_sums<S>(dy, *db, GradWrite::Overwrite);
+  if (N != 0) g.noalias() = dy * W;
+  ws.clock.time([&] {
+    // One pass over the rows of g: dx = C(g * gamma), and the partial sums
+    // of dgamma = sum_t xd * g and dbeta = sum_t g over a fixed number of row
+    // chunks (summed in order afterwards: independent of the thread count).
+    const Index chunks = std::max<Index>(1, std::min<Index>(N, 16));
+    auto pg = ws.partial_gamma.view(chunks, d);
+    auto pb = ws.partial_beta.view(chunks, d);
+    pg.setZero();
+    pb.setZero();
+    using Arr = Eigen::Array<S, 1, Eigen::Dynamic>;
+    const Eigen::Map<const Arr> gam(gamma.data(), d);
+    detail::for_each_row(chunks, (N / chunks + 1) * d, [&](Index c) {
+      Eigen::Map<Arr> pgc(&pg.coeffRef(c, 0), d), pbc(&pb.coeffRef(c, 0), d);
+      for (Index t = c * N / chunks; t < (c + 1) * N / chunks; ++t) {
+        const Eigen::Map<const Arr> gt(&g.coeffRef(t, 0), d);
+        const Eigen::Map<const Arr> xt(compress ? &xd.coeffRef(t, 0) : x.row(t).data(), d);
+        pgc += xt * gt;
+        pbc += gt;
+        Eigen::Map<Arr> dxt(dx.row(t).data(), m);
+        if (compress) dxt = gt.head(m) * gam.head(m) - g(t, m) * gamma[m];
+        else dxt = gt * gam;
+      }
+    });
+    dgamma = pg.row(0).transpose();
+    dbeta = pb.row(0).transpose();
+    for (Index c = 1; c < chunks; ++c) {
+      dgamma += pg.row(c).transpose();
+      dbeta += pb.row(c).transpose();
+    }
+  });
+}
+
+// Writer through the converter. dy [N x m]: gradient at phi's output; x [N x in]:
+// its input; Wphi (m, in): phi's weight (for dx). Writes dW (d, in), db (d)
+// if non-null, and dx [N x in] if non-null.
+template <class S>
+void writer_backward_reparam(const ConstRowsRef<S>& dy, const ConstRowsRef<S>& x,
+                             const RowMatrix<S>& Wphi, bool compress, RowMatrix<S>& dW,
+                             Vector<S>* db, RowsRef<S>* dx, ReparamWorkspace<S>& ws) {
+  constexpr const char* op = "writer_backward_reparam";
+  const Index N = x.rows(), m = dy.cols(), d = compress ? m + 1 : m;
+  detail::check_rows_cols(op, "dy", dy.rows(), dy.cols(), N, Wphi.rows(), "tokens x outputs");
+  detail::check_rows_cols(op, "dW", dW.rows(), dW.cols(), d, x.cols(), "theta's (d x in)");
+  auto dyc = ws.dyc.view(N, d);
+  ws.clock.time([&] { detail::center_padded_rows<S>(dy, compress, dyc); });
+  if (N == 0) dW.setZero();
+  else dW.noalias() = dyc.transpose() * x;
+  if (db) detail::column_sums<S>(dyc, *db, GradWrite::Overwrite);
+  if (dx && N != 0) dx->noalias() = dy * Wphi;
+}
+
+// Embedding rows through the converter: dtable (rows, d) row ids[t] +=
+// centered pad(dh row t). dh [N x m].
+template <class S>
+void table_backward_reparam(const ConstRowsRef<S>& dh, std::span<const int> ids, bool compress,
+                            RowMatrix<S>& dtable, ReparamWorkspace<S>& ws) {
+  auto dyc = ws.dyc.view(dh.rows(), compress ? dh.cols() + 1 : dh.cols());
+  ws.clock.time([&] { detail::center_padded_rows<S>(dh, compress, dyc); });
+  embedding_backward<S>(dyc, ids, dtable);
+}
+
+// The gradients of a phi block go to theta's block (see BlockGrad).
+template <Arch To, class S>
+struct ReparamBlockGrad {
+  static constexpr bool compress = To == Arch::PreCRMSNorm;
+  const PreNormBlock<To, S>& phi;
+  const PreNormBlock<Arch::PreLN, S>& theta;
+  PreNormBlock<Arch::PreLN, S>& grad;
+  ReparamWorkspace<S>& ws;
+
+  auto qkv() const {
+    return [this](const ConstRowsRef<S>& dy, const ConstRowsRef<S>& x, RowsRef<S> dx) {
+      reader_backward_reparam<S>(dy, x, theta.attn.qkv.weight, theta.norm1_gamma, theta.norm1_beta,
+                                 compress, grad.attn.qkv.weight,
+                                 theta.attn.qkv.has_bias() ? &grad.attn.qkv.bias : nullptr,
+                                 grad.norm1_gamma, grad.norm1_beta, dx, ws);
+    };
+  }
+  auto fc() const {
+    return [this](const ConstRowsRef<S>& dy, const ConstRowsRef<S>& x, RowsRef<S> dx) {
+      reader_backward_reparam<S>(dy, x, theta.mlp.fc.weight, theta.norm2_gamma, theta.norm2_beta,
+                                 compress, grad.mlp.fc.weight,
+                                 theta.mlp.fc.has_bias() ? &grad.mlp.fc.bias : nullptr,
+                                 grad.norm2_gamma, grad.norm2_beta, dx, ws);
+    };
+  }
+  auto out() const {
+    return [this](const ConstRowsRef<S>& dy, const ConstRowsRef<S>& x, RowsRef<S> dx) {
+      writer_backward_reparam<S>(dy, x, phi.attn.out.weight, compress, grad.attn.out.weight,
+                                 theta.attn.out.has_bias() ? &grad.attn.out.bias : nullptr, &dx, ws);
+    };
+  }
+  auto proj() const {
+    return [this](const ConstRowsRef<S>& dy, const ConstRowsRef<S>& x, RowsRef<S> dx) {
+      writer_backward_reparam<S>(dy, x, phi.mlp.proj.weight, compress, grad.mlp.proj.weight,
+                                 theta.mlp.proj.has_bias() ? &grad.mlp.proj.bias : nullptr, &dx, ws);
+    };
+  }
+  // The target's norms have no parameters; theta's come from the readers.
+  Vector<S>* dgamma1() const { return nullptr; }
+  Vector<S>* dbeta1() const { return nullptr; }
+  Vector<S>* dgamma2() const { return nullptr; }
+  Vector<S>* dbeta2() const { return nullptr; }
+};
+
+}  // namespace prenorm
