@@ -637,6 +637,40 @@ TEST(TrainStep, DoesNotAllocateAfterTheFirstStep) {
   EXPECT_EQ(a.eigen + a.news, 0) << "ViT reparameterized step";
 }
 
+// prenorm's own loops give the same bits for any thread count: every
+// reduction has a fixed order. (Eigen's matrix products do not: their
+// blocking depends on the thread count, so they are held to one thread here.)
+// The model is large enough for the parallel paths to run.
+TEST(TrainStep, ThreadCountDoesNotChangeResults) {
+  if (prenorm::num_threads() < 2) GTEST_SKIP() << "needs OpenMP with 2 threads";
+  const int threads = prenorm::num_threads();
+  Eigen::setNbThreads(1);
+  const prenorm::GptConfig c{.vocab = 1000, .context = 64, .width = 128, .heads = 4, .layers = 2,
+                             .mlp_width = 512, .tied = true};
+  GptLN<float> init(c);
+  init.init_random(51, 0.05, true);
+  std::mt19937_64 rng(52);
+  std::vector<int> ids(8 * 64), targets(8 * 64);
+  for (int& t : ids) t = int(rng() % 1000);
+  for (int& t : targets) t = int(rng() % 1000);
+  const prenorm::GptBatch batch{prenorm::TokenBatch(ids, 8, 64), targets};
+  using Opt = prenorm::AdamW<float>;
+  std::vector<std::vector<std::vector<double>>> thetas;
+  std::vector<double> losses;
+  for (int n : {1, threads}) {
+    prenorm::set_num_threads(n);
+    prenorm::ReparamTrainer<Arch::PreCRMSNorm, GptLN<float>, Opt> re(init, Opt(adamw_options()));
+    double loss = 0;
+    for (int s = 0; s < 3; ++s) loss = re.step(batch);
+    losses.push_back(loss);
+    thetas.push_back(tensors(re.theta()));
+  }
+  prenorm::set_num_threads(threads);
+  Eigen::setNbThreads(0);  // back to OpenMP's default
+  EXPECT_EQ(losses[0], losses[1]);
+  EXPECT_TRUE(thetas[0] == thetas[1]) << "theta differs between 1 and " << threads << " threads";
+}
+
 // The timing counters add up.
 TEST(TrainStep, TimingsAddUp) {
   GptLN<double> init(tiny_gpt(true));
