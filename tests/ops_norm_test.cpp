@@ -713,6 +713,68 @@ TYPED_TEST(OpsNorm, InPlaceEqualsOutOfPlace) {
 }
 
 // ---------------------------------------------------------------------------
+// A row's result does not depend on the rows around it: the forwards write a
+// row in the same loop that reduces the next one, and the first and last rows
+// of a block take other code paths. All rows in one call must equal each row
+// normalized alone, bitwise.
+// ---------------------------------------------------------------------------
+
+TYPED_TEST(OpsNorm, RowsInOneCallEqualRowsAlone) {
+  using S = typename TestFixture::S;
+  using Mat = typename TestFixture::Mat;
+  using CMat = typename TestFixture::CMat;
+  using Vec = typename TestFixture::Vec;
+  const Index rows = TestFixture::kRows;
+  const S eps = this->eps();
+  for (const Index d : TestFixture::widths()) {
+    Mat x = make<Mat>(rows, d), branch = make<Mat>(rows, d);
+    fill_rows(x, this->rng);
+    fill_rows(branch, this->rng);
+    Vec gamma = make_vector<Vec>(d), beta = make_vector<Vec>(d);
+    fill_vector(gamma, this->rng, 1.0, 0.3);
+    fill_vector(beta, this->rng, 0.0, 0.3);
+
+    // run(in, out, r0) normalizes the rows of `in` (rows r0.. of the problem) into
+    // `out`. Compares one call over all rows with one call per row.
+    const auto check = [&](const auto& in, auto run, const char* what) {
+      using M = std::decay_t<decltype(in)>;
+      M all = in, alone = in;
+      M in_all = in, in_alone = in;  // the fused forms update their input
+      run(in_all, all, 0);
+      for (Index r = 0; r < rows; ++r) {
+        auto out_row = alone.middleRows(r, 1);
+        auto in_row = in_alone.middleRows(r, 1);
+        run(in_row, out_row, r);
+      }
+      EXPECT_EQ(bitwise_mismatches(all, alone), 0) << what << ", d = " << d;
+      EXPECT_EQ(bitwise_mismatches(in_all, in_alone), 0) << what << " (input), d = " << d;
+    };
+    check(x, [&](auto& in, auto& out, Index) { prenorm::layer_norm_forward(in, gamma, beta, out, eps); },
+          "layer_norm_forward");
+    check(x, [&](auto& in, auto& out, Index) { prenorm::layer_norm_forward(in, out, eps); },
+          "layer_norm_forward without affine");
+    check(x, [&](auto& in, auto& out, Index) { prenorm::rms_norm_forward(in, out, eps); },
+          "rms_norm_forward");
+    check(x, [&](auto& in, auto& out, Index) { prenorm::rms_norm_forward(in, gamma, out, eps); },
+          "rms_norm_forward with gamma");
+    check(x, [&](auto& in, auto& out, Index r0) {
+      prenorm::layer_norm_add_forward(in, branch.middleRows(r0, in.rows()), gamma, beta, out, eps);
+    }, "layer_norm_add_forward");
+    check(x, [&](auto& in, auto& out, Index r0) {
+      prenorm::rms_norm_add_forward(in, branch.middleRows(r0, in.rows()), out, eps);
+    }, "rms_norm_add_forward");
+    if (d >= 2) {
+      const CMat xc = x.leftCols(d - 1), bc = branch.leftCols(d - 1);
+      check(xc, [&](auto& in, auto& out, Index) { prenorm::crms_norm_forward(in, out, eps); },
+            "crms_norm_forward");
+      check(xc, [&](auto& in, auto& out, Index r0) {
+        prenorm::crms_norm_add_forward(in, bc.middleRows(r0, in.rows()), out, eps);
+      }, "crms_norm_add_forward");
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
 // Numerics: LayerNorm stays accurate when |mean| >> std.
 // ---------------------------------------------------------------------------
 

@@ -47,5 +47,25 @@ void for_each_row(Index rows, [[maybe_unused]] Index cols, Body&& body) {
   for (Index r = 0; r < rows; ++r) body(r);
 }
 
+// Calls body(begin, end) on contiguous blocks of rows that cover [0, rows): one
+// block per thread (the rows for_each_row would give it), or one block serially.
+template <class Body>
+void for_each_row_block(Index rows, [[maybe_unused]] Index cols, Body&& body) {
+  if (rows == 0) return;
+#ifdef _OPENMP
+  if (rows > 1 && rows * cols >= kParallelMinElements && omp_get_max_threads() > 1 &&
+      !omp_in_parallel()) {
+#pragma omp parallel
+    {
+      const Index threads = omp_get_num_threads(), t = omp_get_thread_num();
+      const Index begin = rows * t / threads, end = rows * (t + 1) / threads;
+      if (begin < end) body(begin, end);
+    }
+    return;
+  }
+#endif
+  body(Index(0), rows);
+}
+
 }  // namespace detail
 }  // namespace prenorm

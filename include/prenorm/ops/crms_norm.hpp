@@ -18,14 +18,38 @@
 namespace prenorm {
 namespace detail {
 
-// One row: x, y [d-1] (y may alias x), d the uncompressed width. Returns 1/rms.
-template <class Scalar>
-Scalar crms_norm_row(const Scalar* x, Scalar* y, Index d, Scalar epsilon) {
-  const auto [s, ss] = sum_and_sum_sq(x, d - 1);
-  const Scalar rrms = Scalar(1) / std::sqrt((ss + s * s) / Scalar(d) + epsilon);
-  RowArrayMap<Scalar>(y, d - 1) = ConstRowArrayMap<Scalar>(x, d - 1) * rrms;
-  return rrms;
-}
+// CRMSNorm rows for normalize_rows: y = x~ * rrms, rrms = 1/sqrt((||x~||^2 + (1'x~)^2)/d + eps).
+// x~, y [d-1]; d the uncompressed width.
+template <class S>
+struct CrmsNormKernel {
+  using Scalar = S;
+  using Stats = S;  // rrms
+  static constexpr int kSums = 2;
+
+  Index d;
+  S epsilon;
+
+  auto first_pass(const S* x) const {  // {sum_i x_i, sum_i x_i^2}
+    return [x](Index i, auto& acc) {
+      using T = std::decay_t<decltype(acc[0])>;
+      using namespace Eigen::internal;
+      const T v = load<T>(x + i);
+      acc[0] = padd(acc[0], v);
+      acc[1] = pmadd(v, v, acc[1]);
+    };
+  }
+  S stats(const S*, const std::array<S, kSums>& sums) const {
+    // pmadd: an explicit FMA where the target has one, so that no compiler
+    // contraction makes a row's result depend on the code path it took.
+    return S(1) / std::sqrt(Eigen::internal::pmadd(sums[0], sums[0], sums[1]) / S(d) + epsilon);
+  }
+  auto writer(const S* x, S* y, S rrms) const {
+    return [x, y, rrms](Index i, auto type) {
+      using T = std::remove_pointer_t<decltype(type)>;
+      store(y + i, Eigen::internal::pmul(load<T>(x + i), Eigen::internal::pset1<T>(rrms)));
+    };
+  }
+};
 
 // One row of the backward pass, with yhat = x~ * rrms, S = rrms * 1'x~:
 //   dx = rrms * (dy - (ydot / d) * (yhat + S)),  ydot = dy . yhat.
@@ -68,11 +92,10 @@ void crms_norm_forward(const Eigen::MatrixBase<XD>& x, const Eigen::MatrixBase<Y
   detail::check_epsilon(op, epsilon);
   detail::check_compressed_width(op, x.cols());
   if (saved) detail::check_saved(op, "saved.rrms", saved->rrms, x.rows());
-  const Index d = x.cols() + 1;
-  detail::forward_rows(op, x, y, [&](const Scalar* xr, Scalar* yr, Index r) {
-    const Scalar rrms = detail::crms_norm_row(xr, yr, d, epsilon);
-    if (saved) saved->rrms[r] = rrms;
-  });
+  detail::forward_rows(op, x, y, detail::CrmsNormKernel<Scalar>{x.cols() + 1, epsilon},
+                       [&](Index r, Scalar rrms) {
+                         if (saved) saved->rrms[r] = rrms;
+                       });
 }
 
 // In place: x = CRMSNorm(x). x: [rows x (d-1)].
@@ -94,11 +117,10 @@ void crms_norm_add_forward(const Eigen::MatrixBase<HD>& h, const Eigen::MatrixBa
   detail::check_epsilon(op, epsilon);
   detail::check_compressed_width(op, h.cols());
   if (saved) detail::check_saved(op, "saved.rrms", saved->rrms, h.rows());
-  const Index d = h.cols() + 1;
-  detail::add_forward_rows(op, h, branch, y, [&](const Scalar* hr, Scalar* yr, Index r) {
-    const Scalar rrms = detail::crms_norm_row(hr, yr, d, epsilon);
-    if (saved) saved->rrms[r] = rrms;
-  });
+  detail::add_forward_rows(op, h, branch, y, detail::CrmsNormKernel<Scalar>{h.cols() + 1, epsilon},
+                           [&](Index r, Scalar rrms) {
+                             if (saved) saved->rrms[r] = rrms;
+                           });
 }
 
 // Backward of y = CRMSNorm(x). dy, x, dx: [rows x (d-1)]. dx is written (or

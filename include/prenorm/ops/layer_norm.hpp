@@ -18,29 +18,51 @@
 namespace prenorm {
 namespace detail {
 
-// One row: x, y [d] (y may alias x); gamma, beta [d] or null. Writes mean and rstd.
-template <class Scalar>
-void layer_norm_row(const Scalar* x, Scalar* y, Index d, const Scalar* gamma, const Scalar* beta,
-                    Scalar epsilon, Scalar& mean, Scalar& rstd) {
-  const Scalar shift = x[0];
-  const Scalar delta = sum_shifted(x, d, shift) / Scalar(d);  // mean = shift + delta
-  const Scalar var = sum_sq_centered(x, d, shift, delta) / Scalar(d);
-  rstd = Scalar(1) / std::sqrt(var + epsilon);
-  mean = shift + delta;
+// The statistics of a LayerNorm row: mean = shift + delta, with shift = x_0.
+template <class S>
+struct LayerNormStats {
+  S shift, delta, rstd;
+  S mean() const { return shift + delta; }
+};
 
-  const ConstRowArrayMap<Scalar> xs(x, d);
-  RowArrayMap<Scalar> ys(y, d);
-  if (gamma && beta) {
-    ys = ((xs - shift) - delta) * rstd * ConstRowArrayMap<Scalar>(gamma, d) +
-         ConstRowArrayMap<Scalar>(beta, d);
-  } else if (gamma) {
-    ys = ((xs - shift) - delta) * rstd * ConstRowArrayMap<Scalar>(gamma, d);
-  } else if (beta) {
-    ys = ((xs - shift) - delta) * rstd + ConstRowArrayMap<Scalar>(beta, d);
-  } else {
-    ys = ((xs - shift) - delta) * rstd;
+// LayerNorm rows for normalize_rows: y = ((x - shift) - delta) * rstd (* gamma + beta).
+// x, y [d]; gamma, beta [d], or both null.
+template <class S>
+struct LayerNormKernel {
+  using Scalar = S;
+  using Stats = LayerNormStats<S>;
+  static constexpr int kSums = 1;
+
+  Index d;
+  const S* gamma;
+  const S* beta;
+  S epsilon;
+
+  auto first_pass(const S* x) const {  // sum_i (x_i - x_0)
+    return [x, shift = x[0]](Index i, auto& acc) {
+      using T = std::decay_t<decltype(acc[0])>;
+      using namespace Eigen::internal;
+      acc[0] = padd(acc[0], psub(load<T>(x + i), pset1<T>(shift)));
+    };
   }
-}
+  // The variance takes a second pass over the row, now in L1.
+  Stats stats(const S* x, const std::array<S, kSums>& sums) const {
+    const S shift = x[0], delta = sums[0] / S(d);
+    const S var = sum_sq_centered(x, d, shift, delta) / S(d);
+    return {shift, delta, S(1) / std::sqrt(var + epsilon)};
+  }
+  auto writer(const S* x, S* y, const Stats& s) const {
+    return [x, y, s, gamma = gamma, beta = beta](Index i, auto type) {
+      using T = std::remove_pointer_t<decltype(type)>;
+      using namespace Eigen::internal;
+      const T xhat = pmul(psub(psub(load<T>(x + i), pset1<T>(s.shift)), pset1<T>(s.delta)),
+                          pset1<T>(s.rstd));
+      // An explicit FMA: a compiler contraction of xhat * gamma + beta could differ
+      // between the pipelined and the last row of a block (it did, across OpenMP).
+      store(y + i, gamma ? pmadd(xhat, load<T>(gamma + i), load<T>(beta + i)) : xhat);
+    };
+  }
+};
 
 // One row of the backward pass, with xhat = (x - mean) * rstd and g = dy * gamma:
 //   dx = rstd * (g - mean(g) - xhat * mean(g * xhat)).
@@ -86,15 +108,13 @@ void layer_norm_forward_impl(const char* op, const Eigen::MatrixBase<XD>& x,
     check_saved(op, "saved.mean", saved->mean, x.rows());
     check_saved(op, "saved.rstd", saved->rstd, x.rows());
   }
-  const Index d = x.cols();
-  forward_rows(op, x, y, [&](const Scalar* xr, Scalar* yr, Index r) {
-    Scalar mean, rstd;
-    layer_norm_row(xr, yr, d, gamma, beta, epsilon, mean, rstd);
-    if (saved) {
-      saved->mean[r] = mean;
-      saved->rstd[r] = rstd;
-    }
-  });
+  forward_rows(op, x, y, LayerNormKernel<Scalar>{x.cols(), gamma, beta, epsilon},
+               [&](Index r, const LayerNormStats<Scalar>& stats) {
+                 if (saved) {
+                   saved->mean[r] = stats.mean();
+                   saved->rstd[r] = stats.rstd;
+                 }
+               });
 }
 
 template <class HD, class BrD, class YD>
@@ -109,15 +129,13 @@ void layer_norm_add_forward_impl(const char* op, const Eigen::MatrixBase<HD>& h,
     check_saved(op, "saved.mean", saved->mean, h.rows());
     check_saved(op, "saved.rstd", saved->rstd, h.rows());
   }
-  const Index d = h.cols();
-  add_forward_rows(op, h, branch, y, [&](const Scalar* hr, Scalar* yr, Index r) {
-    Scalar mean, rstd;
-    layer_norm_row(hr, yr, d, gamma, beta, epsilon, mean, rstd);
-    if (saved) {
-      saved->mean[r] = mean;
-      saved->rstd[r] = rstd;
-    }
-  });
+  add_forward_rows(op, h, branch, y, LayerNormKernel<Scalar>{h.cols(), gamma, beta, epsilon},
+                   [&](Index r, const LayerNormStats<Scalar>& stats) {
+                     if (saved) {
+                       saved->mean[r] = stats.mean();
+                       saved->rstd[r] = stats.rstd;
+                     }
+                   });
 }
 
 template <class XD, class GD>

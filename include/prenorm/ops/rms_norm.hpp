@@ -16,16 +16,38 @@
 namespace prenorm {
 namespace detail {
 
-// One row: x, y [d] (y may alias x); gamma [d] or null. Returns 1/rms.
-template <class Scalar>
-Scalar rms_norm_row(const Scalar* x, Scalar* y, Index d, const Scalar* gamma, Scalar epsilon) {
-  const Scalar rrms = Scalar(1) / std::sqrt(sum_sq(x, d) / Scalar(d) + epsilon);
-  const ConstRowArrayMap<Scalar> xs(x, d);
-  RowArrayMap<Scalar> ys(y, d);
-  if (gamma) ys = xs * rrms * ConstRowArrayMap<Scalar>(gamma, d);
-  else ys = xs * rrms;
-  return rrms;
-}
+// RMSNorm rows for normalize_rows: y = x * rrms (* gamma), rrms = 1/sqrt(||x||^2/d + eps).
+// x, y [d]; gamma [d] or null.
+template <class S>
+struct RmsNormKernel {
+  using Scalar = S;
+  using Stats = S;  // rrms
+  static constexpr int kSums = 1;
+
+  Index d;
+  const S* gamma;
+  S epsilon;
+
+  auto first_pass(const S* x) const {  // sum_i x_i^2
+    return [x](Index i, auto& acc) {
+      using T = std::decay_t<decltype(acc[0])>;
+      const T v = load<T>(x + i);
+      acc[0] = Eigen::internal::pmadd(v, v, acc[0]);
+    };
+  }
+  S stats(const S*, const std::array<S, kSums>& sums) const {
+    return S(1) / std::sqrt(sums[0] / S(d) + epsilon);
+  }
+  auto writer(const S* x, S* y, S rrms) const {
+    return [x, y, rrms, gamma = gamma](Index i, auto type) {
+      using T = std::remove_pointer_t<decltype(type)>;
+      using namespace Eigen::internal;
+      T v = pmul(load<T>(x + i), pset1<T>(rrms));
+      if (gamma) v = pmul(v, load<T>(gamma + i));
+      store(y + i, v);
+    };
+  }
+};
 
 // One row of the backward pass, with xhat = x * rrms and g = dy * gamma:
 //   dx = rrms * (g - xhat * mean(g * xhat)).
@@ -59,9 +81,7 @@ void rms_norm_forward_impl(const char* op, const Eigen::MatrixBase<XD>& x,
   using Scalar = typename XD::Scalar;
   check_epsilon(op, epsilon);
   if (saved) check_saved(op, "saved.rrms", saved->rrms, x.rows());
-  const Index d = x.cols();
-  forward_rows(op, x, y, [&](const Scalar* xr, Scalar* yr, Index r) {
-    const Scalar rrms = rms_norm_row(xr, yr, d, gamma, epsilon);
+  forward_rows(op, x, y, RmsNormKernel<Scalar>{x.cols(), gamma, epsilon}, [&](Index r, Scalar rrms) {
     if (saved) saved->rrms[r] = rrms;
   });
 }
@@ -75,11 +95,10 @@ void rms_norm_add_forward_impl(const char* op, const Eigen::MatrixBase<HD>& h,
   using Scalar = typename HD::Scalar;
   check_epsilon(op, epsilon);
   if (saved) check_saved(op, "saved.rrms", saved->rrms, h.rows());
-  const Index d = h.cols();
-  add_forward_rows(op, h, branch, y, [&](const Scalar* hr, Scalar* yr, Index r) {
-    const Scalar rrms = rms_norm_row(hr, yr, d, gamma, epsilon);
-    if (saved) saved->rrms[r] = rrms;
-  });
+  add_forward_rows(op, h, branch, y, RmsNormKernel<Scalar>{h.cols(), gamma, epsilon},
+                   [&](Index r, Scalar rrms) {
+                     if (saved) saved->rrms[r] = rrms;
+                   });
 }
 
 template <class XD, class GD>

@@ -11,6 +11,7 @@
 #include <Eigen/Core>
 
 #include <array>
+#include <type_traits>
 
 #include "../../core/types.hpp"
 
@@ -30,6 +31,27 @@ EIGEN_STRONG_INLINE T load(const Scalar* p) {
   } else {
     return Eigen::internal::ploadu<T>(p);
   }
+}
+
+// Stores a packet, or one scalar when T is the scalar type.
+template <class T, class Scalar>
+EIGEN_STRONG_INLINE void store(Scalar* p, const T& v) {
+  if constexpr (std::is_same_v<T, Scalar>) {
+    *p = v;
+  } else {
+    Eigen::internal::pstoreu(p, v);
+  }
+}
+
+// Calls fn(i, (T*)nullptr) for the packets (T = Packet) and then the scalars
+// (T = Scalar) that cover [0, n): an elementwise pass. (A pointer names T: a
+// template argument would drop the packet type's alignment attribute.)
+template <class Scalar, class Fn>
+EIGEN_STRONG_INLINE void for_each_packet(Index n, Fn&& fn) {
+  constexpr Index kP = kPacketSize<Scalar>;
+  Index i = 0;
+  for (; i + kP <= n; i += kP) fn(i, static_cast<Packet<Scalar>*>(nullptr));
+  for (; i < n; ++i) fn(i, static_cast<Scalar*>(nullptr));
 }
 
 // Returns the NumSums sums over i in [0, n) of the terms that add_terms adds.
@@ -74,17 +96,6 @@ Scalar sum(const Scalar* x, Index n) {
   })[0];
 }
 
-// sum_i (x_i - shift). With shift = x_0 the terms are small even when
-// |mean| >> std, so the mean keeps its low bits.
-template <class Scalar>
-Scalar sum_shifted(const Scalar* x, Index n, Scalar shift) {
-  return packet_sums<Scalar, 1>(n, [&](Index i, auto& acc) {
-    using T = std::decay_t<decltype(acc[0])>;
-    using namespace Eigen::internal;
-    acc[0] = padd(acc[0], psub(load<T>(x + i), pset1<T>(shift)));
-  })[0];
-}
-
 // sum_i ((x_i - shift) - delta)^2: the second pass of a two-pass variance.
 template <class Scalar>
 Scalar sum_sq_centered(const Scalar* x, Index n, Scalar shift, Scalar delta) {
@@ -94,28 +105,6 @@ Scalar sum_sq_centered(const Scalar* x, Index n, Scalar shift, Scalar delta) {
     const T c = psub(psub(load<T>(x + i), pset1<T>(shift)), pset1<T>(delta));
     acc[0] = pmadd(c, c, acc[0]);
   })[0];
-}
-
-// sum_i x_i^2
-template <class Scalar>
-Scalar sum_sq(const Scalar* x, Index n) {
-  return packet_sums<Scalar, 1>(n, [&](Index i, auto& acc) {
-    using T = std::decay_t<decltype(acc[0])>;
-    const T v = load<T>(x + i);
-    acc[0] = Eigen::internal::pmadd(v, v, acc[0]);
-  })[0];
-}
-
-// {sum_i x_i, sum_i x_i^2} in one pass (CRMSNorm needs both).
-template <class Scalar>
-std::array<Scalar, 2> sum_and_sum_sq(const Scalar* x, Index n) {
-  return packet_sums<Scalar, 2>(n, [&](Index i, auto& acc) {
-    using T = std::decay_t<decltype(acc[0])>;
-    using namespace Eigen::internal;
-    const T v = load<T>(x + i);
-    acc[0] = padd(acc[0], v);
-    acc[1] = pmadd(v, v, acc[1]);
-  });
 }
 
 }  // namespace prenorm::detail

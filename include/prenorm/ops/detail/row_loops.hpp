@@ -1,7 +1,8 @@
 #pragma once
 // The loops shared by the three normalization operators: argument checks,
-// then one call per row (rows in parallel, each row on one thread), or one
-// call per column chunk for the parameter gradients.
+// then the rows (in parallel, each row on one thread): a kernel pipelined over
+// blocks of rows for the forwards, one call per row for the backwards, one call
+// per column chunk for the parameter gradients.
 
 #include <Eigen/Core>
 
@@ -9,6 +10,7 @@
 #include <type_traits>
 
 #include "../../core/parallel.hpp"
+#include "reduce.hpp"
 #include "rows.hpp"
 
 namespace prenorm::detail {
@@ -21,30 +23,71 @@ inline void check_width(const char* op, const char* name, Index rows, Index cols
 template <class A, class B>
 inline constexpr bool same_scalar = std::is_same_v<typename A::Scalar, typename B::Scalar>;
 
-// y = f(x) row by row: row_fn(x_row, y_row, r). x, y: [rows x cols].
+// Normalizes rows [begin, end) with a kernel that provides, for rows of width d:
+//   Kernel::Scalar, Kernel::Stats, Kernel::kSums
+//   first_pass(x)         packet_sums terms (kSums sums) over row x
+//   stats(x, sums)        the row's statistics (after any further pass over x)
+//   writer(x, y, stats)   fn(i, (T*)p) writing y[i..] from x[i..] (T a packet or the scalar)
+// x_at(r) gives input row r, y_at(r) its output row, and on_stats(r, stats)
+// receives the statistics.
+//
+// Row r is written in the same loop that takes the first pass of row r+1: the
+// reduction's arithmetic then runs under the writes' memory traffic (RMSNorm
+// 7 % faster at d=768, and CRMSNorm's extra sum of x almost free). The sums
+// are exactly those of packet_sums over the row alone, so a row's result does
+// not depend on where its block starts.
+template <class Kernel, class XAt, class YAt, class OnStats>
+void normalize_rows(const Kernel& kernel, Index d, Index begin, Index end, XAt x_at, YAt y_at,
+                    OnStats on_stats) {
+  using Scalar = typename Kernel::Scalar;
+  const Scalar* x = x_at(begin);
+  auto stats = kernel.stats(x, packet_sums<Scalar, Kernel::kSums>(d, kernel.first_pass(x)));
+  for (Index r = begin;; ++r) {
+    on_stats(r, stats);
+    const auto write = kernel.writer(x, y_at(r), stats);
+    if (r + 1 == end) {
+      for_each_packet<Scalar>(d, write);
+      return;
+    }
+    const Scalar* next = x_at(r + 1);
+    const auto next_pass = kernel.first_pass(next);
+    const auto sums = packet_sums<Scalar, Kernel::kSums>(d, [&](Index i, auto& acc) {
+      write(i, &acc[0]);  // the packet type, as a pointer (see for_each_packet)
+      next_pass(i, acc);
+    });
+    stats = kernel.stats(next, sums);
+    x = next;
+  }
+}
+
+// y = f(x) with a normalize_rows kernel. x, y: [rows x cols].
 // y may be x itself (the in-place form): each row is read before it is written.
-template <class XD, class YD, class RowFn>
+template <class XD, class YD, class Kernel, class OnStats>
 void forward_rows(const char* op, const Eigen::MatrixBase<XD>& x, const Eigen::MatrixBase<YD>& y,
-                  RowFn row_fn) {
+                  const Kernel& kernel, OnStats on_stats) {
   static_assert(same_scalar<XD, YD>, "prenorm: x and y must have the same scalar type");
   static_assert(widths_agree<XD::ColsAtCompileTime, YD::ColsAtCompileTime>,
                 "prenorm: x and y have different fixed widths");
+  using Scalar = typename XD::Scalar;
   check_shape(op, "y", y.rows(), y.cols(), x.rows(), x.cols(), "the shape of x");
   check_width(op, "x", x.rows(), x.cols());
   if (x.rows() == 0) return;
   const auto y_rows = mutable_rows(op, "y", y);
   with_const_rows(x, [&](const auto& x_rows) {
-    for_each_row(x_rows.rows, x_rows.cols,
-                 [&](Index r) { row_fn(x_rows.row(r), y_rows.row(r), r); });
+    for_each_row_block(x_rows.rows, x_rows.cols, [&](Index begin, Index end) {
+      normalize_rows(
+          kernel, x_rows.cols, begin, end, [&](Index r) { return x_rows.row(r); },
+          [&](Index r) { return y_rows.row(r); }, on_stats);
+    });
   });
 }
 
-// h += branch; y = f(h), row by row in one pass over memory: row_fn(h_row, y_row, r)
-// runs while the freshly added row is still in L1. h, branch, y: [rows x cols].
-template <class HD, class BD, class YD, class RowFn>
+// h += branch; y = f(h), with a normalize_rows kernel, in one pass over memory.
+// h, branch, y: [rows x cols].
+template <class HD, class BD, class YD, class Kernel, class OnStats>
 void add_forward_rows(const char* op, const Eigen::MatrixBase<HD>& h,
                       const Eigen::MatrixBase<BD>& branch, const Eigen::MatrixBase<YD>& y,
-                      RowFn row_fn) {
+                      const Kernel& kernel, OnStats on_stats) {
   static_assert(same_scalar<HD, BD> && same_scalar<HD, YD>,
                 "prenorm: h, branch and y must have the same scalar type");
   static_assert(widths_agree<HD::ColsAtCompileTime, BD::ColsAtCompileTime> &&
@@ -59,9 +102,17 @@ void add_forward_rows(const char* op, const Eigen::MatrixBase<HD>& h,
   const auto y_rows = mutable_rows(op, "y", y);
   const Index d = h.cols();
   with_const_rows(branch, [&](const auto& b_rows) {
-    for_each_row(h_rows.rows, d, [&](Index r) {
-      RowArrayMap<Scalar>(h_rows.row(r), d) += ConstRowArrayMap<Scalar>(b_rows.row(r), d);
-      row_fn(h_rows.row(r), y_rows.row(r), r);
+    for_each_row_block(h_rows.rows, h_rows.cols, [&](Index begin, Index end) {
+      normalize_rows(
+          kernel, h_rows.cols, begin, end,
+          [&](Index r) {
+            // The add runs as its own pass just before the row's first pass, while
+            // the row is in L1. (Folding it into that pass was 30 % slower: with the
+            // previous row's writes, that loop stored two streams.)
+            RowArrayMap<Scalar>(h_rows.row(r), d) += ConstRowArrayMap<Scalar>(b_rows.row(r), d);
+            return static_cast<const Scalar*>(h_rows.row(r));
+          },
+          [&](Index r) { return y_rows.row(r); }, on_stats);
     });
   });
 }
