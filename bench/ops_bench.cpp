@@ -5,7 +5,7 @@
 // d (the model width) x rows (tokens). CRMSNorm runs on d-1 columns; its "d"
 // argument stays the model width so that rows of the table compare directly.
 // Each operator also has a naive Eigen-expression forward (rowwise() reductions
-// and broadcasting) as a baseline.
+// and broadcasting) as a baseline, and copy_rows (y = x) gives the memory floor.
 //
 // Shapes as in a converted model: LayerNorm with gamma and beta; RMSNorm and
 // CRMSNorm without gamma (folded into the next linear). The RMSNorm variant
@@ -18,14 +18,14 @@
 //   rows/s            rows normalized per second
 //   time/row          seconds per row (shown as e.g. 95.3n)
 //
-// Sizes, chosen to keep the whole run to a few minutes: these 312 benchmarks
+// Sizes, chosen to keep the whole run to a few minutes: these 318 benchmarks
 // take 5.3 CPU minutes (420, with double and backward on more sizes, took
 // 7.3), mostly the default 0.5 s minimum time of each, the rest setting up
 // the large matrices:
 //   float forward and fused add+norm   every size (kWidths x kRows)
 //   float backward                     kSubsetWidths x kSubsetRows
 //   float gamma / padded variants,
-//   naive baselines, all of double     kSmallWidths x kSubsetRows
+//   naive baselines, copy, all double  kSmallWidths x kSubsetRows
 // Run single-threaded and pinned for stable numbers:
 //   OMP_NUM_THREADS=1 taskset -c 1 prenorm-bench-ops --benchmark_filter=...
 
@@ -422,6 +422,24 @@ void BM_crms_norm_backward(benchmark::State& state) {
 }
 
 // ---------------------------------------------------------------------------
+// The memory floor: y = x row by row, what any forward must at least move.
+// Reads x, writes y: 2 rows d sizeof(S), as BM_rms_norm_forward.
+// ---------------------------------------------------------------------------
+
+template <class S>
+void BM_copy_rows(benchmark::State& state) {
+  const Index d = state.range(0), rows = state.range(1);
+  const RowMatrix<S> x = activations<S>(rows, d, 1);
+  RowMatrix<S> y(rows, d);
+  for (auto _ : state) {
+    for (Index r = 0; r < rows; ++r) y.row(r) = x.row(r);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, 2 * rows * d * int64_t(sizeof(S)), rows);
+}
+
+// ---------------------------------------------------------------------------
 // Registration (the sizes of each group: see the top of the file).
 // ---------------------------------------------------------------------------
 
@@ -440,6 +458,7 @@ BENCHMARK_TEMPLATE(BM_rms_norm_gamma_backward, float)->Apply(SmallSizes);
 BENCHMARK_TEMPLATE(BM_naive_layer_norm_forward, float)->Apply(SmallSizes);
 BENCHMARK_TEMPLATE(BM_naive_rms_norm_forward, float)->Apply(SmallSizes);
 BENCHMARK_TEMPLATE(BM_naive_crms_norm_forward, float)->Apply(SmallSizes);
+BENCHMARK_TEMPLATE(BM_copy_rows, float)->Apply(SmallSizes);
 
 BENCHMARK_TEMPLATE(BM_layer_norm_forward, double)->Apply(SmallSizes);
 BENCHMARK_TEMPLATE(BM_rms_norm_forward, double)->Apply(SmallSizes);
