@@ -689,9 +689,9 @@ TEST(ConvertGptErrors, NonZeroMeanRmsSourceIsRefusedByNameAndRecentered) {
     expect_error([&] { (void)prenorm::convert<Arch::PreLN>(m); },
                  {"blocks[1].mlp.proj.weight", "not zero-mean"});
     m.blocks[1].mlp.proj.weight.col(3).array() -= 0.3;
-    m.blocks[0].attn.out.bias.array() += 1.0;
+    m.blocks[0].attn.out.bias.array() += 1.0;  // the bias, not the weight, is at fault
     expect_error([&] { (void)prenorm::convert<Arch::PreCRMSNorm>(m); },
-                 {"blocks[0].attn.out.weight", "not zero-mean"});
+                 {"blocks[0].attn.out.bias", "not zero-mean"});
     m.blocks[0].attn.out.bias.array() -= 1.0;
     m.position_embedding.table.row(2).array() += 1.0;
     expect_error([&] { (void)prenorm::convert<Arch::PreLN>(m, {.tied = TiedPolicy::Keep}); },

@@ -413,7 +413,7 @@ TEST(ConvertVitErrors, NonZeroMeanRmsSourceIsRefusedByNameAndRecentered) {
     m.patch.bias.array() += 5.0;
     const auto r = prenorm::zero_mean_report(m);
     EXPECT_EQ(r.tensor, "patch");
-    const std::vector<std::string> needles = {"prenorm::convert(Vit)", "patch.weight",
+    const std::vector<std::string> needles = {"prenorm::convert(Vit)", "patch.bias",
                                               "not zero-mean", "recenter"};
     expect_error([&] { (void)prenorm::convert<Arch::PreLN>(m); }, needles);
     expect_error([&] { (void)prenorm::convert<Arch::PreCRMSNorm>(m); }, needles);

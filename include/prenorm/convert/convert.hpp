@@ -79,15 +79,22 @@ void convert_table(Matrix& table, conversion::Role role, const std::string& name
 }
 
 // A writer linear along the plan. weight (main_from, in) -> (main_to, in).
+// name: the layer ("blocks[0].attn.out").
 template <Arch From, Arch To>
 void convert_writer(Matrix& weight, Vec& bias, conversion::Role role, const std::string& name,
                     const ConvertOptions& options, const char* op) {
   const conversion::Steps s = conversion::Plan<From, To>::steps(role);
   bool recenter = s.recenter;
   if constexpr (From == Arch::PreRMSNorm)
-    if (s.compress_output || To == Arch::PreLN)
-      recenter = writer_needs_recentering(op, name, conversion::max_abs_output_mean(weight, bias),
-                                          rms_of(weight), options);
+    if (s.compress_output || To == Arch::PreLN) {
+      // Weight and bias each on their own, so that a refusal names the one at fault.
+      const double scale = rms_of(weight);
+      const bool weight_off = writer_needs_recentering(
+          op, name + ".weight", conversion::max_abs_output_mean(weight, Vec()), scale, options);
+      const bool bias_off = writer_needs_recentering(
+          op, name + ".bias", bias.size() == 0 ? 0.0 : std::abs(bias.mean()), scale, options);
+      recenter = weight_off || bias_off;
+    }
   if (recenter) conversion::recenter_output(weight, bias);
   if (s.compress_output) conversion::compress_output(weight, bias);
   if (s.decompress_output) conversion::decompress_output(weight, bias);
@@ -139,9 +146,9 @@ void convert_block(const PreNormBlock<From, S>& src, PreNormBlock<To, S>& dst,
     assign(out.bias, b);
   };
   reader(src.attn.qkv, dst.attn.qkv, Role::QkvIn, gamma1, beta1);
-  writer(src.attn.out, dst.attn.out, Role::AttnOut, ".attn.out.weight");
+  writer(src.attn.out, dst.attn.out, Role::AttnOut, ".attn.out");
   reader(src.mlp.fc, dst.mlp.fc, Role::MlpIn, gamma2, beta2);
-  writer(src.mlp.proj, dst.mlp.proj, Role::MlpOut, ".mlp.proj.weight");
+  writer(src.mlp.proj, dst.mlp.proj, Role::MlpOut, ".mlp.proj");
   // Norms: the target's constructor already made them (none, or gamma 1, beta 0
   // for a Pre-LN target: LayerNorm equals RMSNorm on the zero-mean branch).
   static_assert(conversion::Plan<From, To>::steps(Role::NormAffine).drop_affine ||
@@ -268,7 +275,7 @@ Vit<To, S> convert(const Vit<From, S>& src, const ConvertOptions& options = {}) 
   {
     Matrix w = to_double(src.patch.weight);
     Vec b = to_double(src.patch.bias);
-    convert_writer<From, To>(w, b, Role::PatchLinear, "patch.weight", options, op);
+    convert_writer<From, To>(w, b, Role::PatchLinear, "patch", options, op);
     assign(dst.patch.weight, w);
     assign(dst.patch.bias, b);
   }

@@ -68,7 +68,6 @@ void forward_rows(const char* op, const Eigen::MatrixBase<XD>& x, const Eigen::M
   static_assert(same_scalar<XD, YD>, "prenorm: x and y must have the same scalar type");
   static_assert(widths_agree<XD::ColsAtCompileTime, YD::ColsAtCompileTime>,
                 "prenorm: x and y have different fixed widths");
-  using Scalar = typename XD::Scalar;
   check_shape(op, "y", y.rows(), y.cols(), x.rows(), x.cols(), "the shape of x");
   check_width(op, "x", x.rows(), x.cols());
   if (x.rows() == 0) return;
