@@ -11,9 +11,10 @@
 
 #include <prenorm/ops.hpp>
 
+#include "support/ops_test_util.hpp"
+
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <functional>
 #include <initializer_list>
 #include <iostream>
@@ -24,43 +25,15 @@
 
 namespace {
 
-using prenorm::Dynamic;
+using namespace prenorm_test;  // tests/support/ops_test_util.hpp
 using prenorm::GradWrite;
-using prenorm::Index;
 using prenorm::LayerNormSaved;
 using prenorm::RmsNormSaved;
-using prenorm::RowMatrix;
-using prenorm::Vector;
-using LD = long double;
 
 // ---------------------------------------------------------------------------
-// Helpers (as in ops_norm_test.cpp)
+// Helpers (the ones shared with ops_norm_test.cpp are in
+// tests/support/ops_test_util.hpp)
 // ---------------------------------------------------------------------------
-
-template <class M>
-M make(Index rows, Index cols) {
-  M m;
-  m.resize(rows, cols);
-  return m;
-}
-template <class V>
-V make_vector(Index n) {
-  V v;
-  v.resize(n);
-  return v;
-}
-
-// N(mean_r, std_r^2) per row, mean_r in [-offset, offset], std_r in [0.5, 2].
-template <class M>
-void fill_rows(M& m, std::mt19937_64& rng, double offset = 2.0) {
-  std::uniform_real_distribution<double> mean_dist(-offset, offset), std_dist(0.5, 2.0);
-  std::normal_distribution<double> normal(0.0, 1.0);
-  for (Index r = 0; r < m.rows(); ++r) {
-    const double mean = mean_dist(rng), stddev = std_dist(rng);
-    for (Index c = 0; c < m.cols(); ++c)
-      m(r, c) = static_cast<typename M::Scalar>(mean + stddev * normal(rng));
-  }
-}
 
 // N(center, spread^2) for every coefficient.
 template <class M>
@@ -68,32 +41,6 @@ void fill_normal(M& m, std::mt19937_64& rng, double center = 0.0, double spread 
   std::normal_distribution<double> normal(center, spread);
   for (Index r = 0; r < m.rows(); ++r)
     for (Index c = 0; c < m.cols(); ++c) m(r, c) = static_cast<typename M::Scalar>(normal(rng));
-}
-
-template <class Derived>
-RowMatrix<LD> to_ld(const Eigen::MatrixBase<Derived>& m) {
-  RowMatrix<LD> out(m.rows(), m.cols());
-  for (Index r = 0; r < m.rows(); ++r)
-    for (Index c = 0; c < m.cols(); ++c) out(r, c) = static_cast<LD>(m(r, c));
-  return out;
-}
-template <class Derived>
-Vector<LD> to_ld_vector(const Eigen::MatrixBase<Derived>& v) {
-  Vector<LD> out(v.size());
-  for (Index i = 0; i < v.size(); ++i) out[i] = static_cast<LD>(v[i]);
-  return out;
-}
-
-template <class A, class B>
-LD max_abs_diff(const Eigen::MatrixBase<A>& a, const Eigen::MatrixBase<B>& b) {
-  if (a.rows() != b.rows() || a.cols() != b.cols()) return std::numeric_limits<LD>::infinity();
-  LD m = 0;
-  for (Index r = 0; r < a.rows(); ++r)
-    for (Index c = 0; c < a.cols(); ++c) {
-      const LD diff = std::fabs(static_cast<LD>(a(r, c)) - static_cast<LD>(b(r, c)));
-      if (!(diff <= m)) m = diff;  // also catches NaN
-    }
-  return m;
 }
 
 template <class A>
@@ -104,26 +51,9 @@ LD max_abs(const Eigen::MatrixBase<A>& a) {
   return m;
 }
 
-template <class A, class B>
-Index bitwise_mismatches(const Eigen::MatrixBase<A>& a, const Eigen::MatrixBase<B>& b) {
-  static_assert(std::is_same_v<typename A::Scalar, typename B::Scalar>);
-  if (a.rows() != b.rows() || a.cols() != b.cols()) return -1;
-  Index count = 0;
-  for (Index r = 0; r < a.rows(); ++r)
-    for (Index c = 0; c < a.cols(); ++c) {
-      const typename A::Scalar x = a(r, c), y = b(r, c);
-      if (std::memcmp(&x, &y, sizeof x) != 0) ++count;
-    }
-  return count;
-}
-
-// Tolerance relative to the largest magnitude of the expected values: a few
-// ulps, growing like sqrt(d) (float: 3e-5 at d = 768, double: 6e-14).
-template <class Scalar>
-LD tolerance(Index d) {
-  const LD ulp = std::numeric_limits<Scalar>::epsilon();
-  return 8 * ulp * (4 + std::sqrt(static_cast<LD>(d)));
-}
+// The tolerances here (tolerance<Scalar>(d), in tests/support/ops_test_util.hpp)
+// are relative to the largest magnitude of the expected values: a few ulps,
+// growing like sqrt(d) (float: 3e-5 at d = 768, double: 6e-14).
 
 // |actual - expected| <= tol * max(1, max |expected|).
 #define EXPECT_CLOSE_SCALED(actual, expected, tol)                                             \
@@ -147,11 +77,6 @@ LD tolerance(Index d) {
         << "max |" #actual " - " #expected "| = " << double(err_) << " > tolerance "         \
         << double((tol) * scale_) << " (d = " << d << ", scale = " << double(scale_) << ")"; \
   } while (0)
-
-#define EXPECT_BITWISE(actual, expected)                                                 \
-  EXPECT_EQ(bitwise_mismatches((actual), (expected)), 0)                                 \
-      << #actual " and " #expected " differ bitwise (d = " << d                          \
-      << ", max |diff| = " << double(max_abs_diff((actual), (expected))) << ")"
 
 // max_r inv_r * max |dy * gamma|: the scale of dx for a norm whose rows have
 // 1/rms (or 1/std) inv_r.
@@ -250,53 +175,12 @@ RowMatrix<LD> ref_crms_norm_backward(const RowMatrix<LD>& dy, const RowMatrix<LD
 }
 
 // ---------------------------------------------------------------------------
-// Typed fixture: Scalar x width (Dynamic: every width, plus width 1).
+// Typed fixture: Scalar x width (Dynamic: every width, plus width 1), from
+// tests/support/ops_test_util.hpp.
 // ---------------------------------------------------------------------------
 
-template <class S, int W>
-struct Config {
-  using Scalar = S;
-  static constexpr int kWidth = W;
-};
-
 template <class C>
-class OpsNormBackward : public ::testing::Test {
- public:
-  using S = typename C::Scalar;
-  static constexpr int W = C::kWidth;
-  static constexpr int CW = (W == Dynamic ? Dynamic : W - 1);
-  using Mat = RowMatrix<S, W>;
-  using CMat = RowMatrix<S, CW>;
-  using Vec = Vector<S, W>;
-
-  static std::vector<Index> widths() {
-    if constexpr (W == Dynamic) {
-      return {1, 2, 3, 7, 64, 767, 768, 4096};
-    } else {
-      return {W};
-    }
-  }
-  static constexpr Index kRows = 7;
-  static S eps() { return S(1e-5); }
-
-  std::mt19937_64 rng{0xbac4 + W};
-};
-
-using Configs =
-    ::testing::Types<Config<float, Dynamic>, Config<double, Dynamic>, Config<float, 2>,
-                     Config<double, 2>, Config<float, 3>, Config<double, 3>, Config<float, 7>,
-                     Config<double, 7>, Config<float, 64>, Config<double, 64>, Config<float, 767>,
-                     Config<double, 767>, Config<float, 768>, Config<double, 768>,
-                     Config<float, 4096>, Config<double, 4096>>;
-
-class ConfigNames {
- public:
-  template <class C>
-  static std::string GetName(int) {
-    const std::string scalar = std::is_same_v<typename C::Scalar, float> ? "float" : "double";
-    return scalar + "_" + (C::kWidth == Dynamic ? std::string("dynamic") : std::to_string(C::kWidth));
-  }
-};
+class OpsNormBackward : public NormFixture<C, 0xbac4> {};
 
 TYPED_TEST_SUITE(OpsNormBackward, Configs, ConfigNames);
 
@@ -802,7 +686,6 @@ AllOutputs<S> run_all(const RowMatrix<S>& x, const RowMatrix<S>& branch, const R
 
 template <class S>
 class ThreadDeterminism : public ::testing::Test {};
-using Scalars = ::testing::Types<float, double>;
 TYPED_TEST_SUITE(ThreadDeterminism, Scalars);
 
 TYPED_TEST(ThreadDeterminism, OneAndTwoThreadsAgreeBitwise) {
@@ -857,24 +740,7 @@ TYPED_TEST(ThreadDeterminism, OneAndTwoThreadsAgreeBitwise) {
 // Bad inputs
 // ---------------------------------------------------------------------------
 
-std::string error_message(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const prenorm::Error& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    return std::string("<other exception: ") + e.what() + ">";
-  }
-  return "<no exception>";
-}
-
-void expect_error(const std::function<void()>& f, std::initializer_list<std::string> parts,
-                  const char* what) {
-  const std::string message = error_message(f);
-  for (const std::string& part : parts)
-    EXPECT_NE(message.find(part), std::string::npos)
-        << what << ": message \"" << message << "\" lacks \"" << part << "\"";
-}
+// error_message and expect_error: tests/support/ops_test_util.hpp.
 
 template <class S>
 class OpsNormBackwardErrors : public ::testing::Test {};

@@ -13,9 +13,10 @@
 
 #include <prenorm/ops.hpp>
 
+#include "support/ops_test_util.hpp"
+
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <functional>
 #include <initializer_list>
 #include <iostream>
@@ -26,77 +27,19 @@
 
 namespace {
 
-using prenorm::Dynamic;
-using prenorm::Index;
+using namespace prenorm_test;  // tests/support/ops_test_util.hpp
 using prenorm::LayerNormSaved;
 using prenorm::RmsNormSaved;
-using prenorm::RowMatrix;
-using prenorm::Vector;
-using LD = long double;
 
 // ---------------------------------------------------------------------------
-// Helpers
+// Helpers (the ones shared with ops_norm_backward_test.cpp are in
+// tests/support/ops_test_util.hpp)
 // ---------------------------------------------------------------------------
-
-// A matrix or vector of the given shape (works for fixed and dynamic sizes).
-template <class M>
-M make(Index rows, Index cols) {
-  M m;
-  m.resize(rows, cols);
-  return m;
-}
-template <class V>
-V make_vector(Index n) {
-  V v;
-  v.resize(n);
-  return v;
-}
-
-// Fills m with N(mean_r, std_r^2) per row, where each row gets its own mean
-// (in [-offset, offset]) and std (in [0.5, 2]), so centering matters.
-template <class M>
-void fill_rows(M& m, std::mt19937_64& rng, double offset = 2.0) {
-  std::uniform_real_distribution<double> mean_dist(-offset, offset), std_dist(0.5, 2.0);
-  std::normal_distribution<double> normal(0.0, 1.0);
-  for (Index r = 0; r < m.rows(); ++r) {
-    const double mean = mean_dist(rng), stddev = std_dist(rng);
-    for (Index c = 0; c < m.cols(); ++c)
-      m(r, c) = static_cast<typename M::Scalar>(mean + stddev * normal(rng));
-  }
-}
 
 template <class V>
 void fill_vector(V& v, std::mt19937_64& rng, double center, double spread) {
   std::normal_distribution<double> normal(center, spread);
   for (Index i = 0; i < v.size(); ++i) v[i] = static_cast<typename V::Scalar>(normal(rng));
-}
-
-// Any matrix or vector, copied to long double.
-template <class Derived>
-RowMatrix<LD> to_ld(const Eigen::MatrixBase<Derived>& m) {
-  RowMatrix<LD> out(m.rows(), m.cols());
-  for (Index r = 0; r < m.rows(); ++r)
-    for (Index c = 0; c < m.cols(); ++c) out(r, c) = static_cast<LD>(m(r, c));
-  return out;
-}
-template <class Derived>
-Vector<LD> to_ld_vector(const Eigen::MatrixBase<Derived>& v) {
-  Vector<LD> out(v.size());
-  for (Index i = 0; i < v.size(); ++i) out[i] = static_cast<LD>(v[i]);
-  return out;
-}
-
-// max |a - b| over all coefficients, in long double; infinity on a shape mismatch.
-template <class A, class B>
-LD max_abs_diff(const Eigen::MatrixBase<A>& a, const Eigen::MatrixBase<B>& b) {
-  if (a.rows() != b.rows() || a.cols() != b.cols()) return std::numeric_limits<LD>::infinity();
-  LD m = 0;
-  for (Index r = 0; r < a.rows(); ++r)
-    for (Index c = 0; c < a.cols(); ++c) {
-      const LD diff = std::fabs(static_cast<LD>(a(r, c)) - static_cast<LD>(b(r, c)));
-      if (!(diff <= m)) m = diff;  // also catches NaN
-    }
-  return m;
 }
 
 // max |a - b| / |b| over all coefficients (for positive statistics such as rstd).
@@ -111,40 +54,12 @@ LD max_rel_diff(const Eigen::MatrixBase<A>& a, const Eigen::MatrixBase<B>& b) {
   return m;
 }
 
-// Number of coefficients whose bytes differ (0: bitwise equal). -1 on a shape mismatch.
-template <class A, class B>
-Index bitwise_mismatches(const Eigen::MatrixBase<A>& a, const Eigen::MatrixBase<B>& b) {
-  static_assert(std::is_same_v<typename A::Scalar, typename B::Scalar>);
-  if (a.rows() != b.rows() || a.cols() != b.cols()) return -1;
-  Index count = 0;
-  for (Index r = 0; r < a.rows(); ++r)
-    for (Index c = 0; c < a.cols(); ++c) {
-      const typename A::Scalar x = a(r, c), y = b(r, c);
-      if (std::memcmp(&x, &y, sizeof x) != 0) ++count;
-    }
-  return count;
-}
-
-// Tolerance for an O(1) output of a width-d row reduction in Scalar (float:
-// 3e-5 at d = 768, double: 6e-14): a few ulps, growing like sqrt(d). The observed
-// errors stay below a tenth of it.
-template <class Scalar>
-LD tolerance(Index d) {
-  const LD ulp = std::numeric_limits<Scalar>::epsilon();
-  return 8 * ulp * (4 + std::sqrt(static_cast<LD>(d)));
-}
-
 #define EXPECT_CLOSE(actual, expected, tol)                                              \
   do {                                                                                   \
     const LD err_ = max_abs_diff((actual), (expected));                                  \
     EXPECT_LE(err_, (tol)) << "max |" #actual " - " #expected "| = " << double(err_)     \
                            << " > tolerance " << double(tol) << " (d = " << d << ")";    \
   } while (0)
-
-#define EXPECT_BITWISE(actual, expected)                                                 \
-  EXPECT_EQ(bitwise_mismatches((actual), (expected)), 0)                                 \
-      << #actual " and " #expected " differ bitwise (d = " << d                          \
-      << ", max |diff| = " << double(max_abs_diff((actual), (expected))) << ")"
 
 // ---------------------------------------------------------------------------
 // Long double references: plain explicit loops, straight from the formulas
@@ -217,54 +132,12 @@ RmsNormRef ref_crms_norm(const RowMatrix<LD>& xc, LD eps) {
 }
 
 // ---------------------------------------------------------------------------
-// Typed fixture: Scalar x width (Dynamic: every width in kWidths, plus 1).
+// Typed fixture: Scalar x width (Dynamic: every width in kWidths, plus 1), from
+// tests/support/ops_test_util.hpp.
 // ---------------------------------------------------------------------------
 
-template <class S, int W>
-struct Config {
-  using Scalar = S;
-  static constexpr int kWidth = W;
-};
-
 template <class C>
-class OpsNorm : public ::testing::Test {
- public:
-  using S = typename C::Scalar;
-  static constexpr int W = C::kWidth;
-  static constexpr int CW = (W == Dynamic ? Dynamic : W - 1);  // compressed width
-  using Mat = RowMatrix<S, W>;
-  using CMat = RowMatrix<S, CW>;
-  using Vec = Vector<S, W>;
-
-  // Model widths d to test. Width 1 is dynamic only (fixed width 1 is unsupported).
-  static std::vector<Index> widths() {
-    if constexpr (W == Dynamic) {
-      return {1, 2, 3, 7, 64, 767, 768, 4096};
-    } else {
-      return {W};
-    }
-  }
-  static constexpr Index kRows = 7;
-  static S eps() { return S(1e-5); }
-
-  std::mt19937_64 rng{0x5eed + W};
-};
-
-using Configs =
-    ::testing::Types<Config<float, Dynamic>, Config<double, Dynamic>, Config<float, 2>,
-                     Config<double, 2>, Config<float, 3>, Config<double, 3>, Config<float, 7>,
-                     Config<double, 7>, Config<float, 64>, Config<double, 64>, Config<float, 767>,
-                     Config<double, 767>, Config<float, 768>, Config<double, 768>,
-                     Config<float, 4096>, Config<double, 4096>>;
-
-class ConfigNames {
- public:
-  template <class C>
-  static std::string GetName(int) {
-    const std::string scalar = std::is_same_v<typename C::Scalar, float> ? "float" : "double";
-    return scalar + "_" + (C::kWidth == Dynamic ? std::string("dynamic") : std::to_string(C::kWidth));
-  }
-};
+class OpsNorm : public NormFixture<C, 0x5eed> {};
 
 TYPED_TEST_SUITE(OpsNorm, Configs, ConfigNames);
 
@@ -817,32 +690,10 @@ TEST(OpsNormNumerics, LayerNormLargeMeanFloat) {
 // tests/compile_fail/).
 // ---------------------------------------------------------------------------
 
-// The message of the prenorm::Error that f throws ("<no exception>" if none).
-std::string error_message(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const prenorm::Error& e) {
-    // prenorm::Error is a std::invalid_argument.
-    const std::invalid_argument& base = e;
-    return base.what();
-  } catch (const std::exception& e) {
-    return std::string("<other exception: ") + e.what() + ">";
-  }
-  return "<no exception>";
-}
-
-// f throws a prenorm::Error whose message contains every one of parts.
-void expect_error(const std::function<void()>& f, std::initializer_list<std::string> parts,
-                  const char* what) {
-  const std::string message = error_message(f);
-  for (const std::string& part : parts)
-    EXPECT_NE(message.find(part), std::string::npos)
-        << what << ": message \"" << message << "\" lacks \"" << part << "\"";
-}
+// error_message and expect_error: tests/support/ops_test_util.hpp.
 
 template <class S>
 class OpsNormErrors : public ::testing::Test {};
-using Scalars = ::testing::Types<float, double>;
 TYPED_TEST_SUITE(OpsNormErrors, Scalars);
 
 TYPED_TEST(OpsNormErrors, WidthMismatchNamesOperatorAndSizes) {
