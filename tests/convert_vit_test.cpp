@@ -23,6 +23,8 @@
 #include <prenorm/convert.hpp>
 #include <prenorm/models.hpp>
 
+#include "support/convert_test_util.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -35,111 +37,20 @@
 
 namespace {
 
-using prenorm::Arch;
+using namespace prenorm_test;  // tests/support/convert_test_util.hpp (one thread, helpers)
 using prenorm::ConvertOptions;
 using prenorm::ImageBatch;
-using prenorm::Index;
-using prenorm::RowMatrix;
-using prenorm::Vector;
 using prenorm::Vit;
 using prenorm::VitConfig;
-using MatD = RowMatrix<double>;
-using VecD = Vector<double>;
 
-// The models here are tiny, so OpenMP fork-joins (Eigen parallelises a GEMM
-// above ~50k multiply-adds) cost more than the work they split, and on a loaded
-// machine each one waits for a core: 60 s instead of 1.5 s was measured on two
-// shared cores. Results do not depend on the thread count (layers_test checks
-// it), and the converter itself is serial, so these tests run on one thread.
-[[maybe_unused]] const bool kSingleThreaded = (prenorm::set_num_threads(1), true);
-
-template <class S>
-constexpr double tol() {
-  return std::is_same_v<S, float> ? 1e-5 : 1e-12;
-}
-template <class S>
-const char* dtype() {
-  return std::is_same_v<S, float> ? "float" : "double";
-}
-
-template <class DA, class DB>
-double rel_err(const Eigen::MatrixBase<DA>& actual, const Eigen::MatrixBase<DB>& expected) {
-  if (actual.rows() != expected.rows() || actual.cols() != expected.cols()) return INFINITY;
-  const MatD a = actual.template cast<double>(), e = expected.template cast<double>();
-  const double err = (a - e).norm() / e.norm();
-  return std::isnan(err) ? INFINITY : err;
-}
-
-template <class DA, class DB>
-::testing::AssertionResult close_rel(const Eigen::MatrixBase<DA>& actual,
-                                     const Eigen::MatrixBase<DB>& expected, double tolerance,
-                                     double* worst = nullptr) {
-  const double err = rel_err(actual, expected);
-  if (worst) *worst = std::max(*worst, err);
-  if (err <= tolerance) return ::testing::AssertionSuccess();
-  ::testing::AssertionResult r = ::testing::AssertionFailure();
-  r << "relative error " << err << " > tolerance " << tolerance << " (" << actual.rows() << " x "
-    << actual.cols() << " vs " << expected.rows() << " x " << expected.cols() << ")";
-  if (actual.rows() == expected.rows() && actual.cols() == expected.cols())
-    r << ", max |diff| "
-      << (actual.template cast<double>() - expected.template cast<double>()).cwiseAbs().maxCoeff();
-  return r;
-}
-
-template <class F>
-void expect_error(F&& f, const std::vector<std::string>& needles) {
-  try {
-    f();
-    ADD_FAILURE() << "expected prenorm::Error containing \"" << needles.front() << "\"";
-  } catch (const prenorm::Error& e) {
-    for (const std::string& needle : needles)
-      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos)
-          << "message: " << e.what() << "\nexpected to contain: " << needle;
-  }
-}
-
-void report(const std::string& what, double err) {
-  std::printf("[ max error ] %-72s %.3g\n", what.c_str(), err);
-}
-
-struct Rng {
-  std::mt19937_64 gen;
-  explicit Rng(std::uint64_t seed) : gen(seed) {}
-  double normal() { return std::normal_distribution<double>(0.0, 1.0)(gen); }
-  Index uniform(Index lo, Index hi) { return std::uniform_int_distribution<Index>(lo, hi)(gen); }
-  bool coin() { return uniform(0, 1) == 1; }
-  template <class T>
-  void fill(T& t, double stddev, double mean = 0.0) {
-    for (Index i = 0; i < t.size(); ++i) t.data()[i] = typename T::Scalar(mean + stddev * normal());
-  }
-};
-
-void fill_gamma(VecD& g, Rng& rng) {
-  rng.fill(g, 0.5, 1.0);
-  g(0) = -std::abs(g(0)) - 0.3;
-  if (g.size() > 3) g(g.size() / 2) = -1.5;
-}
+// ===========================================================================
+// Helpers (the ones shared with convert_test.cpp are in
+// tests/support/convert_test_util.hpp)
+// ===========================================================================
 
 // A few outlier main-branch dimensions x 20, then a shared shift. The main
 // branch is the columns of a table, the rows of a writer linear.
 Index outlier(Rng& rng, Index d) { return rng.uniform(0, d - 1); }
-
-template <class Block>
-void fill_pre_ln_block(Block& b, Rng& rng) {
-  const double d = double(b.width);
-  fill_gamma(b.norm1_gamma, rng);
-  rng.fill(b.norm1_beta, 0.5);
-  rng.fill(b.attn.qkv.weight, 1.0 / std::sqrt(d));
-  rng.fill(b.attn.qkv.bias, 0.2);
-  rng.fill(b.attn.out.weight, 0.5 / std::sqrt(double(b.attn.out.weight.cols())), 0.2);
-  rng.fill(b.attn.out.bias, 0.5, 2.0);
-  fill_gamma(b.norm2_gamma, rng);
-  rng.fill(b.norm2_beta, 0.5);
-  rng.fill(b.mlp.fc.weight, 1.0 / std::sqrt(d));
-  rng.fill(b.mlp.fc.bias, 0.2);
-  rng.fill(b.mlp.proj.weight, 0.5 / std::sqrt(double(b.mlp.proj.weight.cols())), -0.1);
-  rng.fill(b.mlp.proj.bias, 0.5, -1.0);
-}
 
 struct VitCase {
   const char* name;
@@ -188,24 +99,6 @@ Vit<Arch::PreLN, double> make_pre_ln_vit(const VitConfig& config, std::uint64_t 
   return m;
 }
 
-template <class To, Arch A>
-Vit<A, To> cast_model(const Vit<A, double>& src) {
-  std::vector<MatD> mats;
-  std::vector<VecD> vecs;
-  src.visit_parameters([&](const std::string&, const auto& t) {
-    if constexpr (std::decay_t<decltype(t)>::ColsAtCompileTime == 1) vecs.push_back(t);
-    else mats.push_back(t);
-  });
-  Vit<A, To> dst(src.config);
-  std::size_t mi = 0, vi = 0;
-  dst.visit_parameters([&](const std::string&, auto& t) {
-    if constexpr (std::decay_t<decltype(t)>::ColsAtCompileTime == 1) t = vecs[vi++].template cast<To>();
-    else t = mats[mi++].template cast<To>();
-  });
-  dst.validate();
-  return dst;
-}
-
 template <class S>
 struct Images {
   std::vector<S> pixels;
@@ -219,29 +112,6 @@ Images<S> random_images(Index batch, std::uint64_t seed) {
   Images<S> im{std::vector<S>(batch * 3 * 8 * 8), batch};
   for (S& p : im.pixels) p = S(rng.normal());
   return im;
-}
-
-template <class Model, class S>
-MatD logits(Model& m, const Images<S>& im) {
-  return m.forward(im.view()).template cast<double>();
-}
-
-template <class Model, class S>
-std::vector<MatD> branches(Model& m, const Images<S>& im, MatD* out_logits) {
-  std::vector<MatD> hs;
-  *out_logits = m.forward(im.view(), [&](Index, const RowMatrix<S>& h) {
-                  hs.push_back(h.template cast<double>());
-                }).template cast<double>();
-  return hs;
-}
-
-double max_relative_row_mean(const MatD& h) {
-  double worst = 0;
-  for (Index r = 0; r < h.rows(); ++r) {
-    const double rms = std::sqrt(h.row(r).squaredNorm() / double(h.cols()));
-    worst = std::max(worst, std::abs(h.row(r).mean()) / rms);
-  }
-  return worst;
 }
 
 template <Arch To, Arch From, class S>
