@@ -39,7 +39,7 @@ CATEGORIES = [
     ("gemm", re.compile(r"gebp_kernel|gemm_pack_lhs|gemm_pack_rhs|lhs_process_one_packet|"
                         r"general_matrix_matrix_product|gemm_functor")),
     ("gemv", re.compile(r"general_matrix_vector_product")),
-    ("norm", re.compile(r"layer_norm|rms_norm")),
+    ("norm", re.compile(r"layer_norm|rms_norm|LayerNorm|RmsNorm|CrmsNorm|normalize_rows")),
     ("residual add", re.compile(r"pre_norm_add_forward<\(prenorm::Arch\)3")),
     ("gelu", re.compile(r"\berff\b|Mlp<float>::forward|gelu")),
     ("attention", re.compile(r"softmax|MultiHeadAttention|expf")),

@@ -17,7 +17,14 @@
 # EIGEN_CACHES (default 49152,2097152,503316480: the sizes Eigen detects
 # natively on the benchmark machine; under valgrind it would see valgrind's
 # virtual CPU and block its products differently).
+#
+# GLIBC_TUNABLES raises glibc's rep stosb / rep movsb thresholds, so that memset
+# and memcpy use their vector loops at every size: valgrind counts each
+# iteration of a rep-prefixed instruction, i.e. one Ir per byte for rep stosb,
+# which made Eigen's zeroing of a 128 x 50257 logits buffer (25.7 MB) count
+# 25.7 M Ir in some architectures and 0.8 M (vector stores) in others.
 set -eu
+export GLIBC_TUNABLES=glibc.cpu.x86_rep_stosb_threshold=0x7fffffffffffffff:glibc.cpu.x86_rep_movsb_threshold=0x7fffffffffffffff
 
 build=$1
 out=$2
