@@ -33,22 +33,8 @@ namespace detail {
 // Below this many elements a parallel region costs more than it saves.
 inline constexpr Index kParallelMinElements = Index(1) << 15;
 
-// Calls body(row) for row in [0, rows); in parallel when the work is large enough.
-template <class Body>
-void for_each_row(Index rows, [[maybe_unused]] Index cols, Body&& body) {
-#ifdef _OPENMP
-  if (rows > 1 && rows * cols >= kParallelMinElements && omp_get_max_threads() > 1 &&
-      !omp_in_parallel()) {
-#pragma omp parallel for schedule(static)
-    for (Index r = 0; r < rows; ++r) body(r);
-    return;
-  }
-#endif
-  for (Index r = 0; r < rows; ++r) body(r);
-}
-
 // Calls body(begin, end) on contiguous blocks of rows that cover [0, rows): one
-// block per thread (the rows for_each_row would give it), or one block serially.
+// block per thread when the work is large enough, else one block serially.
 template <class Body>
 void for_each_row_block(Index rows, [[maybe_unused]] Index cols, Body&& body) {
   if (rows == 0) return;
@@ -65,6 +51,14 @@ void for_each_row_block(Index rows, [[maybe_unused]] Index cols, Body&& body) {
   }
 #endif
   body(Index(0), rows);
+}
+
+// Calls body(row) for row in [0, rows); in parallel when the work is large enough.
+template <class Body>
+void for_each_row(Index rows, Index cols, Body&& body) {
+  for_each_row_block(rows, cols, [&](Index begin, Index end) {
+    for (Index r = begin; r < end; ++r) body(r);
+  });
 }
 
 }  // namespace detail
