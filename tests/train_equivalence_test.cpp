@@ -92,6 +92,9 @@ template <class S>
 using VitLN = prenorm::Vit<Arch::PreLN, S>;
 
 constexpr prenorm::ConvertOptions kUntie{.tied = TiedPolicy::Untie};
+constexpr prenorm::ConvertOptions kKeep{.tied = TiedPolicy::Keep};
+
+std::string policy_name(TiedPolicy p) { return p == TiedPolicy::Keep ? "keep" : "untie"; }
 
 prenorm::GptConfig tiny_gpt(bool tied) {
   return prenorm::GptConfig{.vocab = 11, .context = 8, .width = 8, .heads = 2, .layers = 2,
@@ -169,24 +172,30 @@ Model axpy(const Model& a, double s, const Model& b) {
 // ---------------------------------------------------------------------------
 
 template <Arch To, class S>
-void check_convert_into_gpt(bool tied, double tolerance) {
-  GptLN<S> theta(tiny_gpt(tied));
+void check_convert_into_gpt(bool tied, TiedPolicy policy, bool head_bias, double tolerance) {
+  prenorm::GptConfig c = tiny_gpt(tied);
+  c.head_bias = head_bias;
+  GptLN<S> theta(c);
   theta.init_random(1, 0.3, true);
-  const auto reference = prenorm::convert<To>(theta, kUntie);
+  const auto reference = prenorm::convert<To>(theta, {.tied = policy});
+  ASSERT_EQ(reference.tied_affine(), tied && policy == TiedPolicy::Keep);
   auto phi = reference;
   randomize(phi, 2);  // garbage to overwrite
   prenorm::convert_into(theta, phi);
   EXPECT_LE(max_relative_difference(phi, reference), tolerance)
-      << prenorm::arch_name(To) << (tied ? " tied" : " untied");
+      << prenorm::arch_name(To) << (tied ? " tied " : " untied ") << policy_name(policy)
+      << (head_bias ? " head_bias" : "");
 }
 
 TEST(ConvertInto, EqualsConvert) {
-  for (bool tied : {true, false}) {
-    check_convert_into_gpt<Arch::PreRMSNorm, double>(tied, 1e-14);
-    check_convert_into_gpt<Arch::PreCRMSNorm, double>(tied, 1e-14);
-    check_convert_into_gpt<Arch::PreRMSNorm, float>(tied, 1e-6);
-    check_convert_into_gpt<Arch::PreCRMSNorm, float>(tied, 1e-6);
-  }
+  for (bool tied : {true, false})
+    for (TiedPolicy policy : {TiedPolicy::Untie, TiedPolicy::Keep})
+      for (bool head_bias : {false, true}) {
+        check_convert_into_gpt<Arch::PreRMSNorm, double>(tied, policy, head_bias, 1e-14);
+        check_convert_into_gpt<Arch::PreCRMSNorm, double>(tied, policy, head_bias, 1e-14);
+        check_convert_into_gpt<Arch::PreRMSNorm, float>(tied, policy, head_bias, 1e-6);
+        check_convert_into_gpt<Arch::PreCRMSNorm, float>(tied, policy, head_bias, 1e-6);
+      }
   VitLN<double> vit(tiny_vit());
   vit.init_random(3, 0.3, true);
   const auto ref = prenorm::convert<Arch::PreCRMSNorm>(vit);
@@ -196,12 +205,43 @@ TEST(ConvertInto, EqualsConvert) {
   EXPECT_LE(max_relative_difference(phi, ref), 1e-14);
 }
 
+// f() throws prenorm::Error (a std::invalid_argument) whose message has every part.
+template <class F>
+void expect_error(F&& f, const std::vector<std::string>& parts) {
+  try {
+    f();
+    ADD_FAILURE() << "no exception; expected one with \"" << parts.front() << "\"";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(dynamic_cast<const prenorm::Error*>(&e), nullptr);
+    const std::string message = e.what();
+    for (const std::string& part : parts)
+      EXPECT_NE(message.find(part), std::string::npos) << "\"" << part << "\" not in: " << message;
+  }
+}
+
 TEST(ConvertInto, RefusesAnotherLayout) {
-  GptLN<double> theta(tiny_gpt(true));
-  auto keep = prenorm::convert<Arch::PreRMSNorm>(theta, {.tied = TiedPolicy::Keep});
-  EXPECT_THROW(prenorm::convert_into(theta, keep), prenorm::Error);
-  prenorm::Gpt<Arch::PreRMSNorm, double> other(tiny_gpt(false));  // no head bias
-  EXPECT_THROW(prenorm::convert_into(theta, other), prenorm::Error);
+  GptLN<double> tied(tiny_gpt(true)), untied(tiny_gpt(false));
+  // A keep-tied phi (a tied Pre-RMSNorm config) for an untied theta.
+  prenorm::Gpt<Arch::PreRMSNorm, double> keep(tiny_gpt(true));
+  ASSERT_TRUE(keep.tied_affine());
+  expect_error([&] { prenorm::convert_into(untied, keep); },
+               {"convert_into(Gpt)", "phi is keep-tied", "expected untied", "theta is untied"});
+  prenorm::Gpt<Arch::PreRMSNorm, double> keep_grad(tiny_gpt(true));
+  GptLN<double> grad(untied.config);
+  expect_error([&] { prenorm::convert_adjoint(untied, keep_grad, grad); },
+               {"convert_adjoint(Gpt)", "phi is keep-tied", "expected untied", "theta is untied"});
+  // An untied phi without a head bias: neither policy's layout.
+  prenorm::Gpt<Arch::PreRMSNorm, double> other(tiny_gpt(false));
+  expect_error([&] { prenorm::convert_into(tied, other); },
+               {"convert_into(Gpt)", "untied without a head bias", "expected", "TiedPolicy::Keep"});
+  expect_error([&] { prenorm::convert_into(untied, other); },
+               {"convert_into(Gpt)", "untied without a head bias", "expected", "TiedPolicy::Untie"});
+  // A keep-tied phi with a head bias that theta does not have.
+  prenorm::GptConfig c = tiny_gpt(true);
+  c.head_bias = true;
+  prenorm::Gpt<Arch::PreCRMSNorm, double> biased(c);
+  expect_error([&] { prenorm::convert_into(tied, biased); },
+               {"convert_into(Gpt)", "keep-tied with a head bias", "expected without"});
 }
 
 // ---------------------------------------------------------------------------
@@ -209,11 +249,15 @@ TEST(ConvertInto, RefusesAnotherLayout) {
 // ---------------------------------------------------------------------------
 
 // <convert(theta + delta) - convert(theta - delta), g> / 2 and <delta, adjoint(g)>.
+// The conversion is convert<To>(., {policy}), policy read from g's layout.
 template <class Model, class Target>
 std::pair<double, double> adjoint_sides(const Model& theta, const Model& delta, const Target& g) {
   constexpr Arch To = Target::arch;
-  const Target plus = prenorm::convert<To>(axpy(theta, 1.0, delta), kUntie);
-  const Target minus = prenorm::convert<To>(axpy(theta, -1.0, delta), kUntie);
+  prenorm::ConvertOptions options = kUntie;
+  if constexpr (requires { g.tied_affine(); })
+    if (g.tied_affine()) options = kKeep;
+  const Target plus = prenorm::convert<To>(axpy(theta, 1.0, delta), options);
+  const Target minus = prenorm::convert<To>(axpy(theta, -1.0, delta), options);
   const double lhs = (inner(plus, g) - inner(minus, g)) / 2;
   Model grad(theta.config);
   prenorm::convert_adjoint(theta, g, grad);
@@ -221,8 +265,9 @@ std::pair<double, double> adjoint_sides(const Model& theta, const Model& delta, 
 }
 
 template <Arch To, class Model>
-void check_adjoint(const Model& theta, const std::string& what) {
-  auto g = prenorm::convert<To>(theta, kUntie);
+void check_adjoint(const Model& theta, const std::string& what,
+                   const prenorm::ConvertOptions& options = kUntie) {
+  auto g = prenorm::convert<To>(theta, options);
   randomize(g, 11);
   // Whole model.
   Model delta = theta;
@@ -257,6 +302,10 @@ TEST(ConvertAdjoint, MatchesCentralDifferences) {
       const std::string what = std::string(tied ? "tied" : "untied") + (head_bias ? " head_bias" : "");
       check_adjoint<Arch::PreRMSNorm>(theta, "pre_rmsnorm " + what);
       check_adjoint<Arch::PreCRMSNorm>(theta, "pre_crmsnorm " + what);
+      if (tied) {  // the keep-tied layout
+        check_adjoint<Arch::PreRMSNorm>(theta, "pre_rmsnorm keep " + what, kKeep);
+        check_adjoint<Arch::PreCRMSNorm>(theta, "pre_crmsnorm keep " + what, kKeep);
+      }
     }
   }
   VitLN<double> vit(tiny_vit());
