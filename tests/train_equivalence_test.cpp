@@ -834,8 +834,8 @@ TEST(KeepTied, WritesNoHead) {
   init.init_random(61, 0.3, true);
   const Batches batches(2, init.config.vocab, 62);
   using Opt = prenorm::AdamW<double>;
-  prenorm::ReparamTrainer<Arch::PreRMSNorm, GptLN<double>, Opt> keep(init, Opt(adamw_options()),
-                                                                      {.tied = TiedPolicy::Keep});
+  prenorm::ReparamTrainer<Arch::PreRMSNorm, GptLN<double>, Opt> keep(init, Opt(adamw_options()));
+  EXPECT_EQ(keep.options().tied, TiedPolicy::Keep);  // the default
   keep.step(batches[0]);
   keep.step(batches[1]);
   const auto& phi = keep.phi();
