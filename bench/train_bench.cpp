@@ -5,7 +5,10 @@
 //   pre_rmsnorm   Pre-LN parameters trained through the converter: the step
 //   pre_crmsnorm  runs in Pre-RMSNorm / Pre-CRMSNorm (ReparamTrainer, default
 //                 options: the adjoint inside the backward, the conversion
-//                 inside the optimizer step)
+//                 inside the optimizer step); on a tied GPT, the argument
+//                 keep says what phi's head is: keep:1 kept tied
+//                 (TiedPolicy::Keep, the default), keep:0 untied (Untie,
+//                 a vocab x d head written every step)
 //   no_norm       no normalization (Trainer): a lower bound
 // on the models
 //   gpt3_small     GPT-3 Small (124M, tied, vocab 50257), batch 4 x seq 64
@@ -19,6 +22,10 @@
 //   norm_share     share of the step in the normalization kernels (forward + backward)
 //   convert_share  share in phi = convert(theta)            (reparameterized only)
 //   adjoint_share  share in grad_theta = J^T grad_phi       (reparameterized only)
+//
+// stream_store/mib:N is the floor of phi's writes: N MiB written with the
+// non-temporal stores the fused conversion uses (detail::stream_copy, from
+// one row in L1), counter bytes_per_s.
 //
 // Each benchmark builds its model once (kept across repetitions; one model in
 // memory at a time) and runs one untimed warm-up step. Targets are measured
@@ -72,11 +79,12 @@ prenorm::GptConfig gpt_w256(Index vocab) {
 // A trainer of architecture A for a model template (Gpt or Vit) and its batch.
 template <Arch A, class Model, class Batch>
 void make_fixture(const std::string& key, const Model& init, std::shared_ptr<void> data,
-                  Batch batch, Index tokens) {
+                  Batch batch, Index tokens, prenorm::TiedPolicy tied = prenorm::TiedPolicy::Keep) {
   Fixture& f = fixture();
   using Opt = AdamW<S>;
   if constexpr (A == Arch::PreRMSNorm || A == Arch::PreCRMSNorm) {
-    auto trainer = std::make_shared<prenorm::ReparamTrainer<A, Model, Opt>>(init, Opt(adamw()));
+    auto trainer = std::make_shared<prenorm::ReparamTrainer<A, Model, Opt>>(
+        init, Opt(adamw()), prenorm::ReparamOptions{.tied = tied});
     trainer->step(batch);  // warm-up: first-step allocations
     trainer->timing = true;
     f.step = [t = trainer.get(), batch] { return t->step(batch); };
@@ -115,10 +123,15 @@ struct TokenData {
   std::vector<int> ids, targets;
 };
 
+// Arguments: batch, seq, and (reparameterized, tied) keep: 1 TiedPolicy::Keep, 0 Untie.
 template <Arch A>
-void BM_gpt(benchmark::State& state, const std::string& name, prenorm::GptConfig config) {
+void BM_gpt(benchmark::State& state, const std::string& name, prenorm::GptConfig config,
+            bool has_policy) {
   const Index B = state.range(0), T = state.range(1);
-  const std::string key = std::string(prenorm::arch_name(A)) + "/" + name;
+  const prenorm::TiedPolicy tied = has_policy && state.range(2) == 0 ? prenorm::TiedPolicy::Untie
+                                                                     : prenorm::TiedPolicy::Keep;
+  const std::string key = std::string(prenorm::arch_name(A)) + "/" + name +
+                          (has_policy ? "/keep:" + std::to_string(state.range(2)) : "");
   if (fixture().key != key) {
     fixture() = Fixture{};  // free the previous model first
     prenorm::Gpt<Arch::PreLN, S> init(config);
@@ -129,7 +142,7 @@ void BM_gpt(benchmark::State& state, const std::string& name, prenorm::GptConfig
     for (Index i = 0; i < B * T; ++i) data->ids.push_back(tok(rng));
     for (Index i = 0; i < B * T; ++i) data->targets.push_back(tok(rng));
     const prenorm::GptBatch batch{prenorm::TokenBatch(data->ids, B, T), data->targets};
-    make_fixture<A>(key, init, data, batch, B * T);
+    make_fixture<A>(key, init, data, batch, B * T, tied);
   }
   run(state);
 }
@@ -161,15 +174,15 @@ void BM_vit(benchmark::State& state, const std::string& name, prenorm::VitConfig
   run(state);
 }
 
-void gpt_args(benchmark::internal::Benchmark* b, int64_t batch, int64_t seq) {
-  b->ArgNames({"batch", "seq"})->Args({batch, seq})->UseRealTime()->Unit(benchmark::kMillisecond);
-}
-
 template <Arch A>
 void register_gpt(const std::string& name, const prenorm::GptConfig& config, int64_t batch,
                   int64_t seq) {
   const std::string full = std::string(prenorm::arch_name(A)) + "/" + name;
-  gpt_args(benchmark::RegisterBenchmark(full.c_str(), BM_gpt<A>, name, config), batch, seq);
+  const bool policy = (A == Arch::PreRMSNorm || A == Arch::PreCRMSNorm) && config.tied;
+  auto* b = benchmark::RegisterBenchmark(full.c_str(), BM_gpt<A>, name, config, policy);
+  b->UseRealTime()->Unit(benchmark::kMillisecond);
+  if (policy) b->ArgNames({"batch", "seq", "keep"})->Args({batch, seq, 1})->Args({batch, seq, 0});
+  else b->ArgNames({"batch", "seq"})->Args({batch, seq});
 }
 
 template <Arch A>
@@ -190,9 +203,31 @@ void for_each_arch(F&& f) {
   f(std::integral_constant<Arch, Arch::NoNorm>{});
 }
 
+// N MiB of non-temporal stores, as phi's writes in the fused conversion.
+void BM_stream_store(benchmark::State& state) {
+  const Index n = state.range(0) * (Index(1) << 20) / Index(sizeof(S)), row = 768;
+  std::vector<S> src(row, S(1));
+  std::unique_ptr<S[]> dst(new S[std::size_t(n)]);
+  for (Index i = 0; i < n; ++i) dst[std::size_t(i)] = S(0);  // touch the pages
+  for (auto _ : state) {
+    for (Index i = 0; i + row <= n; i += row) prenorm::detail::stream_copy(src.data(), dst.get() + i, row);
+    prenorm::detail::stream_fence();
+    benchmark::DoNotOptimize(dst.get());
+    benchmark::ClobberMemory();
+  }
+  // Bytes written per iteration: n / row rows of row floats.
+  state.counters["bytes_per_s"] = benchmark::Counter(
+      double(n / row * row) * sizeof(S) * double(state.iterations()), benchmark::Counter::kIsRate);
+}
+
 // Model by model, the four architectures next to each other, so that the
 // ratios within a model come from neighbouring measurements.
 const bool registered = [] {
+  benchmark::RegisterBenchmark("stream_store", BM_stream_store)
+      ->ArgNames({"mib"})
+      ->Arg(512)
+      ->UseRealTime()
+      ->Unit(benchmark::kMillisecond);
   for_each_arch([](auto a) { register_gpt<a.value>("gpt3_small", prenorm::presets::gpt3_small, 4, 64); });
   for_each_arch([](auto a) { register_gpt<a.value>("gpt_w256", gpt_w256(50257), 8, 128); });
   for_each_arch([](auto a) { register_gpt<a.value>("gpt_w256_v256", gpt_w256(256), 8, 128); });

@@ -1,16 +1,21 @@
 // Tests of training through the converter (include/prenorm/convert/model_adjoint.hpp,
 // include/prenorm/train/trainer.hpp):
-// - convert_into (preallocated, in the model's scalar) equals convert<To>(theta, {Untie});
+// - convert_into (preallocated, in the model's scalar) equals convert<To>(theta, {tied}),
+//   for both tied policies (Untie, and Keep for a tied theta);
 // - the model-level adjoint: <convert(theta + delta) - convert(theta - delta), g> / 2
 //   = <delta, adjoint(g)> for random g and delta, over the whole model and tensor by
-//   tensor (gamma and beta alone check the product rule of the folding);
+//   tensor (gamma and beta alone check the product rule of the folding), both policies;
 // - in double, from one initialization and one batch sequence, Pre-LN training and
 //   reparameterized Pre-RMSNorm / Pre-CRMSNorm training give the same losses step
 //   by step and the same theta after 20 steps (relative difference <= 1e-10), with
-//   SGD + momentum and with AdamW + weight decay, tied and untied GPT; ViT too;
+//   SGD + momentum and with AdamW + weight decay, untied GPT and tied GPT with the
+//   head untied or kept tied in phi; ViT too;
 // - in float, the losses agree to 1e-4 relative over the 20 steps;
+// - the first step's gradient, tensor by tensor, is the Pre-LN gradient (the tied
+//   table's and gamma_f, beta_f's included: the head's part and the product rule);
 // - updating phi directly with AdamW does NOT stay equivalent;
-// - a training step allocates nothing after the first one for a given shape.
+// - a training step allocates nothing after the first one for a given shape;
+// - layouts that do not go together are refused, naming operation, expected and found.
 
 // Eigen reports heap allocations while set_is_malloc_allowed(false) through
 // eigen_assert; this one counts them instead of aborting.
@@ -92,6 +97,9 @@ template <class S>
 using VitLN = prenorm::Vit<Arch::PreLN, S>;
 
 constexpr prenorm::ConvertOptions kUntie{.tied = TiedPolicy::Untie};
+constexpr prenorm::ConvertOptions kKeep{.tied = TiedPolicy::Keep};
+
+std::string policy_name(TiedPolicy p) { return p == TiedPolicy::Keep ? "keep" : "untie"; }
 
 prenorm::GptConfig tiny_gpt(bool tied) {
   return prenorm::GptConfig{.vocab = 11, .context = 8, .width = 8, .heads = 2, .layers = 2,
@@ -169,24 +177,30 @@ Model axpy(const Model& a, double s, const Model& b) {
 // ---------------------------------------------------------------------------
 
 template <Arch To, class S>
-void check_convert_into_gpt(bool tied, double tolerance) {
-  GptLN<S> theta(tiny_gpt(tied));
+void check_convert_into_gpt(bool tied, TiedPolicy policy, bool head_bias, double tolerance) {
+  prenorm::GptConfig c = tiny_gpt(tied);
+  c.head_bias = head_bias;
+  GptLN<S> theta(c);
   theta.init_random(1, 0.3, true);
-  const auto reference = prenorm::convert<To>(theta, kUntie);
+  const auto reference = prenorm::convert<To>(theta, {.tied = policy});
+  ASSERT_EQ(reference.tied_affine(), tied && policy == TiedPolicy::Keep);
   auto phi = reference;
   randomize(phi, 2);  // garbage to overwrite
   prenorm::convert_into(theta, phi);
   EXPECT_LE(max_relative_difference(phi, reference), tolerance)
-      << prenorm::arch_name(To) << (tied ? " tied" : " untied");
+      << prenorm::arch_name(To) << (tied ? " tied " : " untied ") << policy_name(policy)
+      << (head_bias ? " head_bias" : "");
 }
 
 TEST(ConvertInto, EqualsConvert) {
-  for (bool tied : {true, false}) {
-    check_convert_into_gpt<Arch::PreRMSNorm, double>(tied, 1e-14);
-    check_convert_into_gpt<Arch::PreCRMSNorm, double>(tied, 1e-14);
-    check_convert_into_gpt<Arch::PreRMSNorm, float>(tied, 1e-6);
-    check_convert_into_gpt<Arch::PreCRMSNorm, float>(tied, 1e-6);
-  }
+  for (bool tied : {true, false})
+    for (TiedPolicy policy : {TiedPolicy::Untie, TiedPolicy::Keep})
+      for (bool head_bias : {false, true}) {
+        check_convert_into_gpt<Arch::PreRMSNorm, double>(tied, policy, head_bias, 1e-14);
+        check_convert_into_gpt<Arch::PreCRMSNorm, double>(tied, policy, head_bias, 1e-14);
+        check_convert_into_gpt<Arch::PreRMSNorm, float>(tied, policy, head_bias, 1e-6);
+        check_convert_into_gpt<Arch::PreCRMSNorm, float>(tied, policy, head_bias, 1e-6);
+      }
   VitLN<double> vit(tiny_vit());
   vit.init_random(3, 0.3, true);
   const auto ref = prenorm::convert<Arch::PreCRMSNorm>(vit);
@@ -196,12 +210,43 @@ TEST(ConvertInto, EqualsConvert) {
   EXPECT_LE(max_relative_difference(phi, ref), 1e-14);
 }
 
+// f() throws prenorm::Error (a std::invalid_argument) whose message has every part.
+template <class F>
+void expect_error(F&& f, const std::vector<std::string>& parts) {
+  try {
+    f();
+    ADD_FAILURE() << "no exception; expected one with \"" << parts.front() << "\"";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(dynamic_cast<const prenorm::Error*>(&e), nullptr);
+    const std::string message = e.what();
+    for (const std::string& part : parts)
+      EXPECT_NE(message.find(part), std::string::npos) << "\"" << part << "\" not in: " << message;
+  }
+}
+
 TEST(ConvertInto, RefusesAnotherLayout) {
-  GptLN<double> theta(tiny_gpt(true));
-  auto keep = prenorm::convert<Arch::PreRMSNorm>(theta, {.tied = TiedPolicy::Keep});
-  EXPECT_THROW(prenorm::convert_into(theta, keep), prenorm::Error);
-  prenorm::Gpt<Arch::PreRMSNorm, double> other(tiny_gpt(false));  // no head bias
-  EXPECT_THROW(prenorm::convert_into(theta, other), prenorm::Error);
+  GptLN<double> tied(tiny_gpt(true)), untied(tiny_gpt(false));
+  // A keep-tied phi (a tied Pre-RMSNorm config) for an untied theta.
+  prenorm::Gpt<Arch::PreRMSNorm, double> keep(tiny_gpt(true));
+  ASSERT_TRUE(keep.tied_affine());
+  expect_error([&] { prenorm::convert_into(untied, keep); },
+               {"convert_into(Gpt)", "phi is keep-tied", "expected untied", "theta is untied"});
+  prenorm::Gpt<Arch::PreRMSNorm, double> keep_grad(tiny_gpt(true));
+  GptLN<double> grad(untied.config);
+  expect_error([&] { prenorm::convert_adjoint(untied, keep_grad, grad); },
+               {"convert_adjoint(Gpt)", "phi is keep-tied", "expected untied", "theta is untied"});
+  // An untied phi without a head bias: neither policy's layout.
+  prenorm::Gpt<Arch::PreRMSNorm, double> other(tiny_gpt(false));
+  expect_error([&] { prenorm::convert_into(tied, other); },
+               {"convert_into(Gpt)", "untied without a head bias", "expected", "TiedPolicy::Keep"});
+  expect_error([&] { prenorm::convert_into(untied, other); },
+               {"convert_into(Gpt)", "untied without a head bias", "expected", "TiedPolicy::Untie"});
+  // A keep-tied phi with a head bias that theta does not have.
+  prenorm::GptConfig c = tiny_gpt(true);
+  c.head_bias = true;
+  prenorm::Gpt<Arch::PreCRMSNorm, double> biased(c);
+  expect_error([&] { prenorm::convert_into(tied, biased); },
+               {"convert_into(Gpt)", "keep-tied with a head bias", "expected without"});
 }
 
 // ---------------------------------------------------------------------------
@@ -209,11 +254,15 @@ TEST(ConvertInto, RefusesAnotherLayout) {
 // ---------------------------------------------------------------------------
 
 // <convert(theta + delta) - convert(theta - delta), g> / 2 and <delta, adjoint(g)>.
+// The conversion is convert<To>(., {policy}), policy read from g's layout.
 template <class Model, class Target>
 std::pair<double, double> adjoint_sides(const Model& theta, const Model& delta, const Target& g) {
   constexpr Arch To = Target::arch;
-  const Target plus = prenorm::convert<To>(axpy(theta, 1.0, delta), kUntie);
-  const Target minus = prenorm::convert<To>(axpy(theta, -1.0, delta), kUntie);
+  prenorm::ConvertOptions options = kUntie;
+  if constexpr (requires { g.tied_affine(); })
+    if (g.tied_affine()) options = kKeep;
+  const Target plus = prenorm::convert<To>(axpy(theta, 1.0, delta), options);
+  const Target minus = prenorm::convert<To>(axpy(theta, -1.0, delta), options);
   const double lhs = (inner(plus, g) - inner(minus, g)) / 2;
   Model grad(theta.config);
   prenorm::convert_adjoint(theta, g, grad);
@@ -221,8 +270,9 @@ std::pair<double, double> adjoint_sides(const Model& theta, const Model& delta, 
 }
 
 template <Arch To, class Model>
-void check_adjoint(const Model& theta, const std::string& what) {
-  auto g = prenorm::convert<To>(theta, kUntie);
+void check_adjoint(const Model& theta, const std::string& what,
+                   const prenorm::ConvertOptions& options = kUntie) {
+  auto g = prenorm::convert<To>(theta, options);
   randomize(g, 11);
   // Whole model.
   Model delta = theta;
@@ -257,6 +307,10 @@ TEST(ConvertAdjoint, MatchesCentralDifferences) {
       const std::string what = std::string(tied ? "tied" : "untied") + (head_bias ? " head_bias" : "");
       check_adjoint<Arch::PreRMSNorm>(theta, "pre_rmsnorm " + what);
       check_adjoint<Arch::PreCRMSNorm>(theta, "pre_crmsnorm " + what);
+      if (tied) {  // the keep-tied layout
+        check_adjoint<Arch::PreRMSNorm>(theta, "pre_rmsnorm keep " + what, kKeep);
+        check_adjoint<Arch::PreCRMSNorm>(theta, "pre_crmsnorm keep " + what, kKeep);
+      }
     }
   }
   VitLN<double> vit(tiny_vit());
@@ -366,28 +420,44 @@ Optimizer make_optimizer() {
 
 // The ways of training through the converter: the adjoint inside the
 // backward or explicit, the conversion inside the optimizer or separate.
+// (Explicit with the conversion in the optimizer writes a keep-tied phi's E
+// there: phi's own backward reads it.)
 const prenorm::ReparamOptions kModes[] = {
     {prenorm::AdjointMode::InBackward, prenorm::ConvertMode::InOptimizer},
     {prenorm::AdjointMode::Explicit, prenorm::ConvertMode::Separate},
-    {prenorm::AdjointMode::InBackward, prenorm::ConvertMode::Separate}};
+    {prenorm::AdjointMode::InBackward, prenorm::ConvertMode::Separate},
+    {prenorm::AdjointMode::Explicit, prenorm::ConvertMode::InOptimizer}};
+
+// GPT layouts: untied, and tied with phi's head untied or kept tied.
+struct Layout {
+  bool tied;
+  TiedPolicy policy;  // ignored when untied
+};
+constexpr Layout kLayouts[] = {{false, TiedPolicy::Keep}, {true, TiedPolicy::Untie}, {true, TiedPolicy::Keep}};
 
 std::string mode_name(const prenorm::ReparamOptions& o) {
   return std::string(o.adjoint == prenorm::AdjointMode::InBackward ? "adj-in-bwd" : "adj-explicit") +
          (o.convert == prenorm::ConvertMode::InOptimizer ? "+conv-in-opt" : "+conv-separate");
 }
+std::string layout_name(const Layout& l) { return l.tied ? "tied " + policy_name(l.policy) : "untied"; }
 
 template <Arch To, class S, class Optimizer>
-void check_equivalent_training(bool tied, double loss_tolerance, double theta_tolerance,
-                               const prenorm::ReparamOptions& mode) {
+void check_equivalent_training(const Layout& layout, double loss_tolerance, double theta_tolerance,
+                               prenorm::ReparamOptions mode) {
+  const bool tied = layout.tied;
+  mode.tied = layout.policy;
   GptLN<S> init(tiny_gpt(tied));
   init.init_random(21, 0.3, true);
   const Batches batches(kSteps, init.config.vocab, 22);
   prenorm::Trainer<GptLN<S>, Optimizer> ln(init, make_optimizer<Optimizer>());
   prenorm::ReparamTrainer<To, GptLN<S>, Optimizer> re(init, make_optimizer<Optimizer>(), mode);
-  const std::string what = std::string(prenorm::arch_name(To)) + (tied ? " tied " : " untied ") +
+  const std::string what = std::string(prenorm::arch_name(To)) + " " + layout_name(layout) + " " +
                            (std::is_same_v<S, float> ? "float " : "double ") +
                            (std::is_same_v<Optimizer, prenorm::Sgd<S>> ? "sgd " : "adamw ") +
                            mode_name(mode);
+  if constexpr (std::is_same_v<S, double>) {  // the layout the trainer was asked for
+    EXPECT_EQ(re.phi().tied_affine(), tied && layout.policy == TiedPolicy::Keep) << what;
+  }
   double worst = 0;
   for (int s = 0; s < kSteps; ++s) {
     const double a = ln.step(batches[std::size_t(s)]);
@@ -398,7 +468,9 @@ void check_equivalent_training(bool tied, double loss_tolerance, double theta_to
   // The loss went down: the optimizer did something.
   prenorm::GptTrainEngine<Arch::PreLN, S> engine;
   const double initial = engine.forward_loss(init, batches[0]);
-  EXPECT_LT(ln.evaluate(batches[0]), initial) << what;
+  const double trained = ln.evaluate(batches[0]);
+  EXPECT_LT(trained, initial) << what;
+  EXPECT_LE(std::abs(re.evaluate(batches[0]) - trained), loss_tolerance * trained) << what << ": evaluate";
   if (theta_tolerance > 0) {
     const double d = max_relative_difference(re.theta(), ln.model());
     EXPECT_LE(d, theta_tolerance) << what << ": theta after " << kSteps << " steps";
@@ -411,55 +483,61 @@ void check_equivalent_training(bool tied, double loss_tolerance, double theta_to
 
 TEST(EquivalentTraining, DoubleSgdMomentum) {
   for (auto mode : kModes)
-    for (bool tied : {true, false}) {
-      check_equivalent_training<Arch::PreRMSNorm, double, prenorm::Sgd<double>>(tied, 1e-10, 1e-10, mode);
-      check_equivalent_training<Arch::PreCRMSNorm, double, prenorm::Sgd<double>>(tied, 1e-10, 1e-10, mode);
+    for (const Layout& layout : kLayouts) {
+      check_equivalent_training<Arch::PreRMSNorm, double, prenorm::Sgd<double>>(layout, 1e-10, 1e-10, mode);
+      check_equivalent_training<Arch::PreCRMSNorm, double, prenorm::Sgd<double>>(layout, 1e-10, 1e-10, mode);
     }
 }
 
 TEST(EquivalentTraining, DoubleAdamWWithWeightDecay) {
   for (auto mode : kModes)
-    for (bool tied : {true, false}) {
-      check_equivalent_training<Arch::PreRMSNorm, double, prenorm::AdamW<double>>(tied, 1e-10, 1e-10, mode);
-      check_equivalent_training<Arch::PreCRMSNorm, double, prenorm::AdamW<double>>(tied, 1e-10, 1e-10, mode);
+    for (const Layout& layout : kLayouts) {
+      check_equivalent_training<Arch::PreRMSNorm, double, prenorm::AdamW<double>>(layout, 1e-10, 1e-10, mode);
+      check_equivalent_training<Arch::PreCRMSNorm, double, prenorm::AdamW<double>>(layout, 1e-10, 1e-10, mode);
     }
 }
 
 TEST(EquivalentTraining, FloatLossesAgree) {
   for (auto mode : kModes)
-    for (bool tied : {true, false}) {
-      check_equivalent_training<Arch::PreRMSNorm, float, prenorm::Sgd<float>>(tied, 1e-4, 0, mode);
-      check_equivalent_training<Arch::PreCRMSNorm, float, prenorm::Sgd<float>>(tied, 1e-4, 0, mode);
-      check_equivalent_training<Arch::PreRMSNorm, float, prenorm::AdamW<float>>(tied, 1e-4, 0, mode);
-      check_equivalent_training<Arch::PreCRMSNorm, float, prenorm::AdamW<float>>(tied, 1e-4, 0, mode);
+    for (const Layout& layout : kLayouts) {
+      check_equivalent_training<Arch::PreRMSNorm, float, prenorm::Sgd<float>>(layout, 1e-4, 0, mode);
+      check_equivalent_training<Arch::PreCRMSNorm, float, prenorm::Sgd<float>>(layout, 1e-4, 0, mode);
+      check_equivalent_training<Arch::PreRMSNorm, float, prenorm::AdamW<float>>(layout, 1e-4, 0, mode);
+      check_equivalent_training<Arch::PreCRMSNorm, float, prenorm::AdamW<float>>(layout, 1e-4, 0, mode);
     }
 }
 
 // The fused adjoint (inside the backward) and the explicit one (convert_adjoint
 // of a materialized dL/dphi) give the same dL/dtheta.
 template <Arch To, class Model, class Batch>
-void check_fused_equals_explicit(const Model& init, const Batch& batch, const std::string& what) {
+void check_fused_equals_explicit(const Model& init, const Batch& batch, const std::string& what,
+                                 TiedPolicy policy = TiedPolicy::Keep) {
   using Opt = prenorm::Sgd<double>;
-  prenorm::ReparamTrainer<To, Model, Opt> fused(init, Opt());
-  prenorm::ReparamTrainer<To, Model, Opt> expl(init, Opt(), {.adjoint = prenorm::AdjointMode::Explicit});
+  prenorm::ReparamTrainer<To, Model, Opt> fused(init, Opt(), {.tied = policy});
+  prenorm::ReparamTrainer<To, Model, Opt> expl(init, Opt(),
+                                               {.adjoint = prenorm::AdjointMode::Explicit, .tied = policy});
   EXPECT_NEAR(fused.compute_gradients(batch), expl.compute_gradients(batch), 1e-14);
   EXPECT_LE(max_relative_difference(fused.grad_theta(), expl.grad_theta()), 1e-13) << what;
   EXPECT_THROW(fused.grad_phi(), prenorm::Error);
 }
 
 // With the conversion inside the optimizer step (and GPT's token rows
-// converted lazily), phi() is convert(theta) of the trained theta.
+// converted lazily, or a keep-tied E not written at all), phi() is
+// convert(theta, {policy}) of the trained theta.
 TEST(EquivalentTraining, PhiIsTheConversionOfTheta) {
-  for (bool tied : {true, false}) {
-    GptLN<double> init(tiny_gpt(tied));
-    init.init_random(31, 0.3, true);
-    const Batches batches(5, init.config.vocab, 32);
-    prenorm::ReparamTrainer<Arch::PreCRMSNorm, GptLN<double>, prenorm::AdamW<double>> re(
-        init, prenorm::AdamW<double>(adamw_options()));
-    for (int s = 0; s < 5; ++s) re.step(batches[std::size_t(s)]);
-    const auto reference = prenorm::convert<Arch::PreCRMSNorm>(re.theta(), kUntie);
-    EXPECT_LE(max_relative_difference(re.phi(), reference), 1e-14) << (tied ? "tied" : "untied");
-  }
+  for (const Layout& layout : kLayouts)
+    for (auto adjoint : {prenorm::AdjointMode::InBackward, prenorm::AdjointMode::Explicit}) {
+      GptLN<double> init(tiny_gpt(layout.tied));
+      init.init_random(31, 0.3, true);
+      const Batches batches(5, init.config.vocab, 32);
+      prenorm::ReparamTrainer<Arch::PreCRMSNorm, GptLN<double>, prenorm::AdamW<double>> re(
+          init, prenorm::AdamW<double>(adamw_options()), {.adjoint = adjoint, .tied = layout.policy});
+      for (int s = 0; s < 5; ++s) re.step(batches[std::size_t(s)]);
+      const auto reference = prenorm::convert<Arch::PreCRMSNorm>(re.theta(), {.tied = layout.policy});
+      EXPECT_EQ(re.phi().tied_affine(), reference.tied_affine());
+      EXPECT_LE(max_relative_difference(re.phi(), reference), 1e-14)
+          << layout_name(layout) << (adjoint == prenorm::AdjointMode::Explicit ? " explicit" : "");
+    }
   VitLN<double> vit(tiny_vit());
   vit.init_random(33, 0.3, true);
   std::vector<double> pixels(2 * 2 * 4 * 4, 0.25);
@@ -479,9 +557,12 @@ TEST(EquivalentTraining, FusedAdjointEqualsExplicitAdjoint) {
       GptLN<double> init(c);
       init.init_random(27, 0.3, true);
       const Batches batches(1, c.vocab, 28);
-      const std::string what = std::string(tied ? "tied" : "untied") + (head_bias ? " head_bias" : "");
-      check_fused_equals_explicit<Arch::PreRMSNorm>(init, batches[0], "pre_rmsnorm " + what);
-      check_fused_equals_explicit<Arch::PreCRMSNorm>(init, batches[0], "pre_crmsnorm " + what);
+      for (TiedPolicy policy : {TiedPolicy::Keep, TiedPolicy::Untie}) {
+        const std::string what = std::string(tied ? "tied " + policy_name(policy) : "untied") +
+                                 (head_bias ? " head_bias" : "");
+        check_fused_equals_explicit<Arch::PreRMSNorm>(init, batches[0], "pre_rmsnorm " + what, policy);
+        check_fused_equals_explicit<Arch::PreCRMSNorm>(init, batches[0], "pre_crmsnorm " + what, policy);
+      }
     }
   VitLN<double> vit(tiny_vit());
   vit.init_random(29, 0.3, true);
@@ -493,19 +574,59 @@ TEST(EquivalentTraining, FusedAdjointEqualsExplicitAdjoint) {
   check_fused_equals_explicit<Arch::PreCRMSNorm>(vit, batch, "vit pre_crmsnorm");
 }
 
-// The first step's gradient: the adjoint of the target's gradient is the Pre-LN gradient.
-TEST(EquivalentTraining, GradientsAreThePreLnGradients) {
-  for (bool tied : {true, false}) {
-    GptLN<double> init(tiny_gpt(tied));
-    init.init_random(23, 0.3, true);
-    const Batches batches(1, init.config.vocab, 24);
-    prenorm::Trainer<GptLN<double>, prenorm::Sgd<double>> ln(init, prenorm::Sgd<double>());
-    prenorm::ReparamTrainer<Arch::PreCRMSNorm, GptLN<double>, prenorm::Sgd<double>> re(
-        init, prenorm::Sgd<double>(), {.adjoint = prenorm::AdjointMode::Explicit});
-    ln.compute_gradients(batches[0]);
-    re.compute_gradients(batches[0]);
-    EXPECT_LE(max_relative_difference(re.grad_theta(), ln.grads()), 1e-12) << (tied ? "tied" : "untied");
+// max |a - b| / max |b| over the tensor `name` of two models.
+template <class Model>
+double tensor_relative_difference(const Model& a, const Model& b, const std::string& name) {
+  std::vector<double> ta, tb;
+  const auto pick = [&](const Model& m, std::vector<double>& out) {
+    m.visit_parameters([&](const std::string& n, const auto& t) {
+      if (n == name) out.assign(t.data(), t.data() + t.size());
+    });
+  };
+  pick(a, ta);
+  pick(b, tb);
+  EXPECT_EQ(ta.size(), tb.size()) << name;
+  double diff = 0, norm = 0;
+  for (std::size_t i = 0; i < std::min(ta.size(), tb.size()); ++i) {
+    diff = std::max(diff, std::abs(ta[i] - tb[i]));
+    norm = std::max(norm, std::abs(tb[i]));
   }
+  return norm > 0 ? diff / norm : diff;
+}
+
+// The first step's gradient: the adjoint of the target's gradient is the
+// Pre-LN gradient, as a whole and, sharper, for the tensors the head reads
+// (the tied table: the head's part and the lookup's; gamma_f and beta_f: the
+// product rule through the head).
+template <Arch To>
+void check_first_gradient(const Layout& layout, bool head_bias, prenorm::AdjointMode adjoint) {
+  prenorm::GptConfig c = tiny_gpt(layout.tied);
+  c.head_bias = head_bias;
+  GptLN<double> init(c);
+  init.init_random(23, 0.3, true);
+  const Batches batches(1, init.config.vocab, 24);
+  prenorm::Trainer<GptLN<double>, prenorm::Sgd<double>> ln(init, prenorm::Sgd<double>());
+  prenorm::ReparamTrainer<To, GptLN<double>, prenorm::Sgd<double>> re(
+      init, prenorm::Sgd<double>(), {.adjoint = adjoint, .tied = layout.policy});
+  const std::string what = std::string(prenorm::arch_name(To)) + " " + layout_name(layout) +
+                           (head_bias ? " head_bias " : " ") +
+                           (adjoint == prenorm::AdjointMode::Explicit ? "explicit" : "in-backward");
+  EXPECT_NEAR(re.compute_gradients(batches[0]), ln.compute_gradients(batches[0]), 1e-13) << what;
+  EXPECT_LE(max_relative_difference(re.grad_theta(), ln.grads()), 1e-12) << what;
+  std::vector<std::string> names{"token_embedding.table", "final_gamma", "final_beta"};
+  if (head_bias) names.push_back("head_bias");
+  if (!layout.tied) names.push_back("head.weight");
+  for (const std::string& name : names)
+    EXPECT_LE(tensor_relative_difference(re.grad_theta(), ln.grads(), name), 1e-12) << what << ": " << name;
+}
+
+TEST(EquivalentTraining, GradientsAreThePreLnGradients) {
+  for (const Layout& layout : kLayouts)
+    for (bool head_bias : {false, true})
+      for (auto adjoint : {prenorm::AdjointMode::InBackward, prenorm::AdjointMode::Explicit}) {
+        check_first_gradient<Arch::PreRMSNorm>(layout, head_bias, adjoint);
+        check_first_gradient<Arch::PreCRMSNorm>(layout, head_bias, adjoint);
+      }
 }
 
 TEST(EquivalentTraining, Vit) {
@@ -599,26 +720,37 @@ Allocations count_allocations(F&& f) {
 }
 
 TEST(TrainStep, DoesNotAllocateAfterTheFirstStep) {
-  for (bool tied : {true, false}) {
+  for (const Layout& layout : kLayouts) {
+    const bool tied = layout.tied;
+    const std::string what = layout_name(layout);
     GptLN<float> init(tiny_gpt(tied));
     init.init_random(31, 0.3, true);
     const Batches batches(3, init.config.vocab, 32);
     prenorm::Trainer<GptLN<float>, prenorm::AdamW<float>> ln(init, prenorm::AdamW<float>());
     prenorm::ReparamTrainer<Arch::PreCRMSNorm, GptLN<float>, prenorm::AdamW<float>> re(
-        init, prenorm::AdamW<float>());
+        init, prenorm::AdamW<float>(), {.tied = layout.policy});
     prenorm::ReparamTrainer<Arch::PreRMSNorm, GptLN<float>, prenorm::AdamW<float>> ex(
         init, prenorm::AdamW<float>(),
-        {.adjoint = prenorm::AdjointMode::Explicit, .convert = prenorm::ConvertMode::Separate});
+        {.adjoint = prenorm::AdjointMode::Explicit, .convert = prenorm::ConvertMode::Separate,
+         .tied = layout.policy});
+    prenorm::ReparamTrainer<Arch::PreRMSNorm, GptLN<float>, prenorm::AdamW<float>> eo(
+        init, prenorm::AdamW<float>(), {.adjoint = prenorm::AdjointMode::Explicit, .tied = layout.policy});
     re.timing = true;
     ln.step(batches[0]);
     re.step(batches[0]);
     ex.step(batches[0]);
+    eo.step(batches[0]);
     Allocations a = count_allocations([&] { ln.step(batches[1]); });
-    EXPECT_EQ(a.eigen + a.news, 0) << "Pre-LN step, " << (tied ? "tied" : "untied");
+    EXPECT_EQ(a.eigen + a.news, 0) << "Pre-LN step, " << what;
     a = count_allocations([&] { re.step(batches[1]); });
-    EXPECT_EQ(a.eigen + a.news, 0) << "reparameterized step, " << (tied ? "tied" : "untied");
+    EXPECT_EQ(a.eigen + a.news, 0) << "reparameterized step, " << what;
+    a = count_allocations([&] { re.evaluate(batches[2]); });
+    EXPECT_EQ(a.eigen + a.news, 0) << "reparameterized evaluate, " << what;
     a = count_allocations([&] { ex.step(batches[1]); });
-    EXPECT_EQ(a.eigen + a.news, 0) << "reparameterized step (explicit adjoint), " << (tied ? "tied" : "untied");
+    EXPECT_EQ(a.eigen + a.news, 0) << "reparameterized step (explicit adjoint), " << what;
+    a = count_allocations([&] { eo.step(batches[1]); });
+    EXPECT_EQ(a.eigen + a.news, 0) << "reparameterized step (explicit adjoint, conversion in the optimizer), "
+                                   << what;
     prenorm::Trainer<prenorm::Gpt<Arch::NoNorm, float>, prenorm::Sgd<float>> nn(
         prenorm::Gpt<Arch::NoNorm, float>(tiny_gpt(tied)), prenorm::Sgd<float>());
     nn.step(batches[0]);
@@ -655,20 +787,24 @@ TEST(TrainStep, ThreadCountDoesNotChangeResults) {
   for (int& t : targets) t = int(rng() % 1000);
   const prenorm::GptBatch batch{prenorm::TokenBatch(ids, 8, 64), targets};
   using Opt = prenorm::AdamW<float>;
-  std::vector<std::vector<std::vector<double>>> thetas;
-  std::vector<double> losses;
-  for (int n : {1, threads}) {
-    prenorm::set_num_threads(n);
-    prenorm::ReparamTrainer<Arch::PreCRMSNorm, GptLN<float>, Opt> re(init, Opt(adamw_options()));
-    double loss = 0;
-    for (int s = 0; s < 3; ++s) loss = re.step(batch);
-    losses.push_back(loss);
-    thetas.push_back(tensors(re.theta()));
+  for (TiedPolicy policy : {TiedPolicy::Keep, TiedPolicy::Untie}) {
+    std::vector<std::vector<std::vector<double>>> thetas;
+    std::vector<double> losses;
+    for (int n : {1, threads}) {
+      prenorm::set_num_threads(n);
+      prenorm::ReparamTrainer<Arch::PreCRMSNorm, GptLN<float>, Opt> re(init, Opt(adamw_options()),
+                                                                       {.tied = policy});
+      double loss = 0;
+      for (int s = 0; s < 3; ++s) loss = re.step(batch);
+      losses.push_back(loss);
+      thetas.push_back(tensors(re.theta()));
+    }
+    EXPECT_EQ(losses[0], losses[1]) << policy_name(policy);
+    EXPECT_TRUE(thetas[0] == thetas[1])
+        << policy_name(policy) << ": theta differs between 1 and " << threads << " threads";
   }
   prenorm::set_num_threads(threads);
   Eigen::setNbThreads(0);  // back to OpenMP's default
-  EXPECT_EQ(losses[0], losses[1]);
-  EXPECT_TRUE(thetas[0] == thetas[1]) << "theta differs between 1 and " << threads << " threads";
 }
 
 // The timing counters add up.
@@ -688,6 +824,95 @@ TEST(TrainStep, TimingsAddUp) {
   EXPECT_GT(t.norm, 0);
   EXPECT_LE(t.norm, t.forward_backward);
   EXPECT_NEAR(t.convert + t.forward_backward + t.adjoint + t.optimizer, t.total, 1e-12);
+}
+
+// A tied GPT trained through a keep-tied phi: phi has no head of its own, and
+// the step leaves phi's copy of E unwritten (it reads theta's); phi() brings
+// it up to date.
+TEST(KeepTied, WritesNoHead) {
+  GptLN<double> init(tiny_gpt(true));
+  init.init_random(61, 0.3, true);
+  const Batches batches(2, init.config.vocab, 62);
+  using Opt = prenorm::AdamW<double>;
+  prenorm::ReparamTrainer<Arch::PreRMSNorm, GptLN<double>, Opt> keep(init, Opt(adamw_options()));
+  EXPECT_EQ(keep.options().tied, TiedPolicy::Keep);  // the default
+  keep.step(batches[0]);
+  keep.step(batches[1]);
+  const auto& phi = keep.phi();
+  EXPECT_TRUE(phi.tied_affine());
+  EXPECT_EQ(phi.head.weight.size(), 0);
+  EXPECT_TRUE(phi.token_embedding.table == keep.theta().token_embedding.table);
+  EXPECT_TRUE(phi.tied_gamma == keep.theta().final_gamma);
+  EXPECT_TRUE(phi.tied_beta == keep.theta().final_beta);
+  // The converted model computes what theta does.
+  prenorm::Gpt<Arch::PreRMSNorm, double> model = phi;
+  GptLN<double> reference = keep.theta();
+  const prenorm::TokenBatch tokens(batches.ids[0], batches.batch, batches.seq);
+  const RowMatrix<double> expected = reference.forward(tokens);
+  EXPECT_LE((model.forward(tokens) - expected).cwiseAbs().maxCoeff(), 1e-12 * expected.cwiseAbs().maxCoeff());
+}
+
+// A keep-tied phi goes with a tied theta only; the engine and the fused
+// update refuse anything else, naming the operation, expected and found.
+TEST(KeepTied, RefusesAnUntiedTheta) {
+  GptLN<double> untied(tiny_gpt(false)), grad(tiny_gpt(false));
+  untied.init_random(63, 0.3, true);
+  prenorm::Gpt<Arch::PreCRMSNorm, double> keep(tiny_gpt(true));  // keep-tied layout
+  ASSERT_TRUE(keep.tied_affine());
+  const Batches batches(1, untied.config.vocab, 64);
+  prenorm::GptTrainEngine<Arch::PreCRMSNorm, double> engine;
+  prenorm::ReparamWorkspace<double> ws;
+  expect_error([&] { engine.forward_backward_reparam(keep, untied, batches[0], grad, ws); },
+               {"GptTrainEngine::forward_backward_reparam", "phi is keep-tied", "expected untied",
+                "theta is untied"});
+  expect_error([&] { engine.forward_loss_reparam(keep, untied, batches[0]); },
+               {"GptTrainEngine::forward_loss_reparam", "phi is keep-tied", "expected untied",
+                "theta is untied"});
+  prenorm::ConvertingUpdate<Arch::PreCRMSNorm, double> update;
+  prenorm::Sgd<double> sgd;
+  expect_error([&] { update.step(sgd, untied, grad, keep); },
+               {"ConvertingUpdate", "phi is keep-tied", "expected untied", "theta is untied"});
+  // TiedPolicy::Keep on an untied theta is ignored, as by convert: phi is untied.
+  prenorm::ReparamTrainer<Arch::PreCRMSNorm, GptLN<double>, prenorm::Sgd<double>> re(
+      untied, prenorm::Sgd<double>(), {.tied = TiedPolicy::Keep});
+  EXPECT_FALSE(re.phi().tied_affine());
+}
+
+// A keep-tied Pre-(C)RMSNorm model trains directly too (not equivalently:
+// see AdamWOnPhiDirectlyIsNotEquivalent): its gradient is that of its own
+// forward, checked here against central differences of the loss.
+TEST(KeepTied, DirectGradientMatchesCentralDifferences) {
+  GptLN<double> init(tiny_gpt(true));
+  init.init_random(65, 0.3, true);
+  auto model = prenorm::convert<Arch::PreCRMSNorm>(init, kKeep);
+  ASSERT_TRUE(model.tied_affine());
+  const Batches batches(1, init.config.vocab, 66);
+  prenorm::GptTrainEngine<Arch::PreCRMSNorm, double> engine;
+  prenorm::Gpt<Arch::PreCRMSNorm, double> grads(model.config);
+  engine.forward_backward(model, batches[0], grads);
+  for (const std::string name : {"token_embedding.table", "tied_gamma", "tied_beta"}) {
+    std::vector<double*> params;
+    std::vector<double> analytic;
+    model.visit_parameters([&](const std::string& n, auto& t) {
+      if (n == name) for (Index i = 0; i < t.size(); ++i) params.push_back(t.data() + i);
+    });
+    grads.visit_parameters([&](const std::string& n, auto& t) {
+      if (n == name) analytic.assign(t.data(), t.data() + t.size());
+    });
+    ASSERT_EQ(params.size(), analytic.size()) << name;
+    double worst = 0, scale = 0;
+    for (std::size_t i = 0; i < params.size(); i += 3) {
+      const double h = 1e-6, saved = *params[i];
+      *params[i] = saved + h;
+      const double plus = engine.forward_loss(model, batches[0]);
+      *params[i] = saved - h;
+      const double minus = engine.forward_loss(model, batches[0]);
+      *params[i] = saved;
+      worst = std::max(worst, std::abs((plus - minus) / (2 * h) - analytic[i]));
+      scale = std::max(scale, std::abs(analytic[i]));
+    }
+    EXPECT_LE(worst, 1e-7 * std::max(scale, 1.0)) << name;
+  }
 }
 
 }  // namespace

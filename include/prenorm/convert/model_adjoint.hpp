@@ -3,12 +3,14 @@
 // exactly equivalent"), for Pre-LN -> Pre-RMSNorm and Pre-LN -> Pre-CRMSNorm,
 // GPT and ViT:
 //
-//   convert_into(theta, phi)      phi = convert<To>(theta, {TiedPolicy::Untie}),
-//                                 written into phi's existing storage, in the
-//                                 model's scalar, one pass per tensor
+//   convert_into(theta, phi)      phi = convert<To>(theta, {tied}), written into
+//                                 phi's existing storage, in the model's scalar,
+//                                 one pass per tensor
 //   convert_adjoint(theta, g_phi, g_theta)
 //                                 g_theta = J^T g_phi, the transposed Jacobian of
 //                                 that conversion at theta
+// phi's layout says which tied policy it was made with (Untie, or Keep:
+// phi.tied_affine()); a tied theta may have either, an untied theta only Untie.
 //
 // Per tensor (the adjoints of transforms.hpp, fused into one pass each):
 //   reader  W'' = C(W diag(gamma)),  b' = b + W beta       C: compress_input or identity
@@ -17,9 +19,14 @@
 //   writer  W'' = K(W - 1 (1^T W)/d),  b'' = K(b - mean(b))  K: compress_output or identity
 //           dW = (I - 1 1^T/d) K^T(dW''),  db likewise
 //   table   rows recentered (and compressed); the adjoint recenters the padded rows
-// A tied theta (one table E for the lookup and the head) is untied: the
-// token table and the head both come from E, and the adjoint sums their
-// gradients into dE.
+// A tied theta (one table E for the lookup and the head):
+//   Untie   the token table and the head both come from E, and the adjoint
+//           sums their gradients into dE.
+//   Keep    phi keeps E, and the final affine as tied_gamma, tied_beta: the
+//           model transforms E per token (convert.hpp), so here the map is the
+//           identity, and so is its adjoint. The head's gradient and the
+//           gamma_f, beta_f product rule are in phi's backward (dE, dtied_gamma,
+//           dtied_beta), or in the fused one (reparam_backward.hpp).
 //
 // Arithmetic is in the model's scalar. Reductions over rows use a fixed number
 // of row chunks, so results do not depend on the thread count.
@@ -234,17 +241,28 @@ void expect_shape(const char* op, const char* name, Index rows, Index cols, Inde
                           ") (the shape convert<To>(theta, {TiedPolicy::Untie}) gives)");
 }
 
-// phi has the layout convert<To>(theta, {Untie}) produces.
+// phi has the layout convert<To>(theta, {Untie}) produces, or, for a tied
+// theta, convert<To>(theta, {Keep}).
 template <Arch To, class S>
 void check_converted(const char* op, const Gpt<Arch::PreLN, S>& theta, const Gpt<To, S>& phi) {
   theta.validate(op);
   phi.validate(op);
   const GptConfig &a = theta.config, &b = phi.config;
   if (a.vocab != b.vocab || a.context != b.context || a.width != b.width || a.heads != b.heads ||
-      a.layers != b.layers || a.mlp_width != b.mlp_width || a.head_size() != b.head_size() ||
-      b.tied || !b.head_bias)
-    prenorm::detail::fail(op, "phi does not have the configuration of convert<To>(theta, "
-                              "{TiedPolicy::Untie}) (untied, with a head bias)");
+      a.layers != b.layers || a.mlp_width != b.mlp_width || a.head_size() != b.head_size())
+    prenorm::detail::fail(op, "phi does not have the configuration of theta");
+  if (b.tied && !a.tied)
+    prenorm::detail::fail(op, "phi is keep-tied (the layout of convert<To>(theta, {TiedPolicy::Keep})), "
+                              "expected untied with a head bias (convert<To>(theta, "
+                              "{TiedPolicy::Untie})): theta is untied");
+  if (b.tied && b.head_bias != a.head_bias)
+    prenorm::detail::fail(op, "phi is keep-tied ", b.head_bias ? "with" : "without",
+                          " a head bias, expected ", a.head_bias ? "with" : "without",
+                          " one, as theta");
+  if (!b.tied && !b.head_bias)
+    prenorm::detail::fail(op, "phi is untied without a head bias, expected the layout of "
+                              "convert<To>(theta, {TiedPolicy::Untie}) (untied, with a head bias)",
+                          a.tied ? " or of convert<To>(theta, {TiedPolicy::Keep}) (tied)" : "");
 }
 
 template <Arch To, class S>
@@ -295,11 +313,41 @@ void block_adjoint(const PreNormBlock<Arch::PreLN, S>& theta, const PreNormBlock
 }
 
 }  // namespace detail
+
+// Keep-tied (TiedPolicy::Keep), forward: phi's tied_gamma, tied_beta (d) =
+// theta's final_gamma, final_beta, and its head bias = theta's (vocab) if any.
+// (phi's table is theta's E: see convert_token_table_into.)
+template <Arch To, class S>
+void keep_tied_affine_into(const Gpt<Arch::PreLN, S>& theta, Gpt<To, S>& phi) {
+  phi.tied_gamma = theta.final_gamma;
+  phi.tied_beta = theta.final_beta;
+  if (phi.head_bias.size()) phi.head_bias = theta.head_bias;
+}
+
+// Keep-tied, adjoint: the identity. grad_phi's dE (vocab, d), dtied_gamma,
+// dtied_beta (d) and head bias are theta's dE, dgamma_f, dbeta_f, head bias.
+template <Arch To, class S>
+void keep_tied_adjoint(const Gpt<To, S>& grad_phi, Gpt<Arch::PreLN, S>& grad_theta) {
+  grad_theta.token_embedding.table = grad_phi.token_embedding.table;
+  grad_theta.final_gamma = grad_phi.tied_gamma;
+  grad_theta.final_beta = grad_phi.tied_beta;
+  if (grad_theta.head_bias.size()) grad_theta.head_bias = grad_phi.head_bias;
+}
+
+// phi's token table from theta's E (vocab, d): rows recentered (and
+// compressed) for an untied phi; E itself for a keep-tied one.
+template <Arch To, class S>
+void convert_token_table_into(const Gpt<Arch::PreLN, S>& theta, Gpt<To, S>& phi) {
+  if (phi.tied_affine()) phi.token_embedding.table = theta.token_embedding.table;
+  else recenter_table_into(theta.token_embedding.table, To == Arch::PreCRMSNorm, phi.token_embedding.table);
+}
+
 }  // namespace conversion
 
-// phi = convert<To>(theta, {TiedPolicy::Untie}), written into phi's storage:
-// phi must already have that layout (make it once with convert<To>). Nothing
-// is allocated after the first call.
+// phi = convert<To>(theta, {tied}), written into phi's storage:
+// phi must already have the layout of convert<To>(theta, {tied}) for one
+// tied policy (make it once with convert<To>). Nothing is allocated after the
+// first call.
 template <Arch To, class S>
 void convert_into(const Gpt<Arch::PreLN, S>& theta, Gpt<To, S>& phi, ConvertWorkspace<S>& ws) {
   conversion::detail::check_training_direction<To>();
@@ -307,10 +355,14 @@ void convert_into(const Gpt<Arch::PreLN, S>& theta, Gpt<To, S>& phi, ConvertWork
   using namespace conversion;
   constexpr bool c = To == Arch::PreCRMSNorm;
   const RowMatrix<S>& E = theta.token_embedding.table;
-  recenter_table_into(E, c, phi.token_embedding.table);
+  convert_token_table_into(theta, phi);
   recenter_table_into(theta.position_embedding.table, c, phi.position_embedding.table);
   for (std::size_t i = 0; i < theta.blocks.size(); ++i)
     conversion::detail::convert_block_into(theta.blocks[i], phi.blocks[i], ws);
+  if (phi.tied_affine()) {
+    keep_tied_affine_into(theta, phi);
+    return;
+  }
   const RowMatrix<S>& head = theta.config.tied ? E : theta.head.weight;
   fold_reader_into(head, theta.head_bias, theta.final_gamma, theta.final_beta, c, phi.head.weight,
                    phi.head_bias);
@@ -323,8 +375,9 @@ void convert_into(const Gpt<Arch::PreLN, S>& theta, Gpt<To, S>& phi) {
 }
 
 // grad_theta = J^T grad_phi, J the Jacobian of phi = convert<To>(theta,
-// {Untie}) at theta. grad_phi has phi's layout, grad_theta theta's. Every
-// tensor of grad_theta is written (see AdjointOptions for the token table).
+// {tied}) at theta, the tied policy read from grad_phi's layout. grad_phi has
+// phi's layout, grad_theta theta's. Every tensor of grad_theta is written (see
+// AdjointOptions for the token table).
 template <Arch To, class S>
 void convert_adjoint(const Gpt<Arch::PreLN, S>& theta, const Gpt<To, S>& grad_phi,
                      Gpt<Arch::PreLN, S>& grad_theta, ConvertWorkspace<S>& ws,
@@ -344,6 +397,10 @@ void convert_adjoint(const Gpt<Arch::PreLN, S>& theta, const Gpt<To, S>& grad_ph
     conversion::detail::block_adjoint(theta.blocks[i], grad_phi.blocks[i], grad_theta.blocks[i], ws);
   recenter_table_adjoint(grad_phi.position_embedding.table, c, grad_theta.position_embedding.table,
                          GradWrite::Overwrite);
+  if (grad_phi.tied_affine()) {  // E, gamma_f, beta_f kept as they are: dense, whatever the options
+    keep_tied_adjoint(grad_phi, grad_theta);
+    return;
+  }
   // The head (E when tied): dW, dgamma_f, dbeta_f, and the head bias.
   const RowMatrix<S>& head = tied ? theta.token_embedding.table : theta.head.weight;
   RowMatrix<S>& g_head = tied ? grad_theta.token_embedding.table : grad_theta.head.weight;

@@ -63,6 +63,34 @@ struct KvCache {
   void clear() { length = 0; }
 };
 
+namespace detail {
+
+// The keep-tied lookup (TiedPolicy::Keep), one token: out [m] = the first m
+// coordinates of row - mean(row), plus pos. row [d] is the original table's
+// row (mean over all d), pos [m] the position row; m = d or d - 1.
+template <class S, class Row, class Pos, class Out>
+void tied_lookup_row(const Row& row, const Pos& pos, Out&& out) {
+  const Index m = out.size();
+  const S mean = row.sum() / S(row.size());
+  out = (row.head(m).array() - mean).matrix() + pos;
+}
+
+// The keep-tied head's input: u [N x d] = gamma * decompress(x) + beta, for
+// the normalized main branch x [N x m] (m = d - 1: x_d = -sum(x); m = d: x).
+// gamma, beta (d): the final LayerNorm's affine, folded out of the blocks.
+template <class S>
+void tied_head_input(const ConstRowsRef<S>& x, const Vector<S>& gamma, const Vector<S>& beta,
+                     RowsRef<S> u) {
+  const Index N = x.rows(), m = x.cols(), d = u.cols();
+  for_each_row(N, d, [&](Index r) {
+    u.row(r).head(m) = x.row(r);
+    if (m < d) u(r, d - 1) = -x.row(r).sum();
+    u.row(r) = u.row(r).cwiseProduct(gamma.transpose()) + beta.transpose();
+  });
+}
+
+}  // namespace detail
+
 template <Arch A, class S>
 class Gpt {
  public:
@@ -371,18 +399,14 @@ class Gpt {
 
   // h_ [tokens x main] = token rows + position rows. Token t of a sequence is at position past + t.
   void embed(const int* ids, Index T, Index past) {
-    const Index m = main(), d = config.width;
+    const Index m = main();
     const auto& E = token_embedding.table;
     const auto& P = position_embedding.table;
     const bool recenter = tied_affine();
     detail::for_each_row(h_.rows(), m, [&](Index r) {
       const Index pos = past + r % T;
-      if (recenter) {  // the original row, minus its mean over d, first m coordinates
-        const S mean = E.row(ids[r]).sum() / S(d);
-        h_.row(r) = (E.row(ids[r]).head(m).array() - mean).matrix() + P.row(pos);
-      } else {
-        h_.row(r) = E.row(ids[r]) + P.row(pos);
-      }
+      if (recenter) detail::tied_lookup_row<S>(E.row(ids[r]), P.row(pos), h_.row(r));
+      else h_.row(r) = E.row(ids[r]) + P.row(pos);
     });
   }
 
@@ -394,13 +418,8 @@ class Gpt {
     const auto& E = token_embedding.table;
     if (tied_affine()) {
       // u = tied_gamma * decompress(x) + tied_beta, then logits = u E^T.
-      const Index m = main(), d = config.width;
-      u_.resize(N, d);
-      detail::for_each_row(N, d, [&](Index r) {
-        u_.row(r).head(m) = x.row(r);
-        if (m < d) u_(r, d - 1) = -x.row(r).sum();
-        u_.row(r) = u_.row(r).cwiseProduct(tied_gamma.transpose()) + tied_beta.transpose();
-      });
+      u_.resize(N, config.width);
+      detail::tied_head_input<S>(x, tied_gamma, tied_beta, u_);
       logits_.noalias() = u_ * E.transpose();
     } else if (config.tied) {
       logits_.noalias() = x * E.transpose();

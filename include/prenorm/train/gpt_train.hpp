@@ -11,8 +11,14 @@
 //
 // Tied heads: PreLN and NoNorm models with config.tied read E twice (lookup
 // and head); its gradient is the sum. A Pre-(C)RMSNorm model in the
-// keep-tied layout (tied_affine()) is for inference: train the Pre-LN model
-// through the converter with TiedPolicy::Untie instead (ReparamTrainer).
+// keep-tied layout (tied_affine(), TiedPolicy::Keep) transforms E per token,
+// as Gpt's own forward does: its lookup recenters (and compresses) the row,
+// its head reads u = tied_gamma * decompress(x) + tied_beta; the backward is
+// that of a reader and a table through the converter (reparam_backward.hpp),
+// so dE sums both parts and the product rule gives dtied_gamma, dtied_beta.
+// Training through the converter (forward_backward_reparam) reads the tied
+// head, E, gamma_f and beta_f, from theta: phi's copy of E need not be
+// written each step.
 
 #include <Eigen/Core>
 
@@ -45,6 +51,10 @@ class GptTrainEngine {
   using Batch = GptBatch;
 
   NormClock norm_clock;  // time in the normalization kernels, when enabled
+  // Time in a keep-tied model's transforms at the boundaries (the lookup,
+  // embedding sum included, and the head's input u), when enabled: the part
+  // of the conversion done per token.
+  NormClock tied_clock;
 
   // Runs the forward and the backward of the mean cross-entropy; writes the
   // gradient of every parameter into grads (a model of the same config).
@@ -52,7 +62,8 @@ class GptTrainEngine {
   double forward_backward(const Model& model, const GptBatch& batch, Model& grads) {
     constexpr const char* op = "GptTrainEngine::forward_backward";
     check_grads(op, model, grads);
-    forward(op, model, batch);
+    const TiedHead head = tied_head_of(model);
+    forward(op, model, batch, head);
     Vector<S>* dbias = grads.head_bias.size() ? &grads.head_bias : nullptr;
     const double loss =
         softmax_cross_entropy_forward_backward<S>(logits_, batch.targets, ce_, model.head_bias, dbias);
@@ -61,43 +72,54 @@ class GptTrainEngine {
       zero_all(grads);
       return loss;
     }
-    // Head: dW = dlogits^T x_f, dx_f = dlogits W.
-    const bool tied = model.config.tied;
+    const bool tied = model.config.tied, keep = model.tied_affine();
     RowMatrix<S>& dweight = tied ? grads.token_embedding.table : grads.head.weight;
-    const RowMatrix<S>& weight = tied ? model.token_embedding.table : model.head.weight;
-    dweight.noalias() = logits_.transpose() * final_input();
     dxf_.resize(N, m);
-    dxf_.noalias() = logits_ * weight;
+    if (keep) {
+      // Keep-tied head: logits = u E^T, u = tied_gamma * decompress(x_f) + tied_beta.
+      reader_backward_reparam<S>(logits_, final_input(), *head.table, *head.gamma, *head.beta, kCompress,
+                                 dweight, nullptr, grads.tied_gamma, grads.tied_beta, dxf_, ws_);
+    } else {
+      // Head: dW = dlogits^T x_f, dx_f = dlogits W.
+      const RowMatrix<S>& weight = tied ? model.token_embedding.table : model.head.weight;
+      dweight.noalias() = logits_.transpose() * final_input();
+      dxf_.noalias() = logits_ * weight;
+    }
     backward_body(model, batch, &grads.final_gamma, &grads.final_beta,
                   [&](Index l) { return BlockGrad<A, S>{model.blocks[l], grads.blocks[l]}; });
     // Embeddings.
     grads.position_embedding.table.setZero();
     embedding_backward<S>(dh_, positions_, grads.position_embedding.table);
     if (!tied) clear_token_rows(grads.token_embedding.table, &grads);
-    embedding_backward<S>(dh_, batch.inputs.ids, grads.token_embedding.table);
+    if (keep) table_backward_reparam<S>(dh_, batch.inputs.ids, kCompress, dweight, ws_);
+    else embedding_backward<S>(dh_, batch.inputs.ids, grads.token_embedding.table);
     remember_rows(batch.inputs.ids, model.config.vocab);
     return loss;
   }
 
   // Training through the converter, with the adjoint applied inside the
-  // backward (reparam_backward.hpp): phi = convert<A>(theta, {Untie}) is this
+  // backward (reparam_backward.hpp): phi = convert<A>(theta, {tied}) is this
   // engine's model (A is PreRMSNorm or PreCRMSNorm); the gradient with respect
-  // to theta (Pre-LN) is written into grad_theta. Returns the loss.
+  // to theta (Pre-LN) is written into grad_theta. A keep-tied phi's lookup and
+  // head read theta's E, gamma_f, beta_f (phi's copy of E may be stale).
+  // Returns the loss.
   template <Arch From = Arch::PreLN>
   double forward_backward_reparam(const Model& phi, const Gpt<From, S>& theta, const GptBatch& batch,
                                   Gpt<From, S>& grad_theta, ReparamWorkspace<S>& ws) {
     static_assert(From == Arch::PreLN && (A == Arch::PreRMSNorm || A == Arch::PreCRMSNorm),
                   "prenorm: training through the converter: theta Pre-LN, phi Pre-(C)RMSNorm");
     constexpr const char* op = "GptTrainEngine::forward_backward_reparam";
-    constexpr bool c = A == Arch::PreCRMSNorm;
+    constexpr bool c = kCompress;
     theta.validate(op);
     grad_theta.validate(op);
     if (phi.blocks.size() != theta.blocks.size() || grad_theta.blocks.size() != theta.blocks.size() ||
-        phi.config.vocab != theta.config.vocab || phi.config.tied ||
-        grad_theta.config.tied != theta.config.tied ||
+        phi.config.vocab != theta.config.vocab || grad_theta.config.tied != theta.config.tied ||
         grad_theta.config.head_bias != theta.config.head_bias || &grad_theta == &theta)
-      detail::fail(op, "phi must be convert<To>(theta, {Untie}) and grad_theta have theta's layout");
-    forward(op, phi, batch);
+      detail::fail(op, "phi must be convert<To>(theta) and grad_theta have theta's layout");
+    if (phi.config.tied && !theta.config.tied)
+      detail::fail(op, "phi is keep-tied (TiedPolicy::Keep), expected untied (TiedPolicy::Untie): "
+                       "theta is untied");
+    forward(op, phi, batch, tied_head_of(phi, &theta));
     Vector<S>* dbias = theta.config.head_bias ? &grad_theta.head_bias : nullptr;
     const double loss =
         softmax_cross_entropy_forward_backward<S>(logits_, batch.targets, ce_, phi.head_bias, dbias);
@@ -126,8 +148,21 @@ class GptTrainEngine {
 
   // The mean loss, without gradients; logits() holds the logits afterwards.
   double forward_loss(const Model& model, const GptBatch& batch) {
-    forward("GptTrainEngine::forward_loss", model, batch);
+    forward("GptTrainEngine::forward_loss", model, batch, tied_head_of(model));
     return softmax_cross_entropy_forward<S>(logits_, batch.targets, model.head_bias);
+  }
+
+  // The same for phi = convert<A>(theta): a keep-tied phi's head read from
+  // theta, as in forward_backward_reparam.
+  template <Arch From = Arch::PreLN>
+  double forward_loss_reparam(const Model& phi, const Gpt<From, S>& theta, const GptBatch& batch) {
+    constexpr const char* op = "GptTrainEngine::forward_loss_reparam";
+    theta.validate(op);
+    if (phi.config.tied && !theta.config.tied)
+      detail::fail(op, "phi is keep-tied (TiedPolicy::Keep), expected untied (TiedPolicy::Untie): "
+                       "theta is untied");
+    forward(op, phi, batch, tied_head_of(phi, &theta));
+    return softmax_cross_entropy_forward<S>(logits_, batch.targets, phi.head_bias);
   }
 
   // Logits [batch*seq x vocab] of the last forward_loss (without the head
@@ -139,10 +174,28 @@ class GptTrainEngine {
   std::span<const int> token_rows() const { return token_rows_; }
 
  private:
+  static constexpr bool kCompress = A == Arch::PreCRMSNorm;
+
+  // What a keep-tied model's lookup and head read: E (vocab, d), gamma, beta
+  // (d). All null for other models.
+  struct TiedHead {
+    const RowMatrix<S>* table = nullptr;
+    const Vector<S>* gamma = nullptr;
+    const Vector<S>* beta = nullptr;
+  };
+  // The model's own, or theta's (E, final_gamma, final_beta) when given.
+  template <class Theta = Model>
+  static TiedHead tied_head_of(const Model& model, const Theta* theta = nullptr) {
+    if (!model.tied_affine()) return {};
+    if (theta) return {&theta->token_embedding.table, &theta->final_gamma, &theta->final_beta};
+    return {&model.token_embedding.table, &model.tied_gamma, &model.tied_beta};
+  }
+
   std::vector<RowMatrix<S>> h_;  // [layers+1] of [N x main]: block inputs, h_[L] the last output
   std::vector<BlockActivations<A, S>> acts_;  // [layers]
   RowMatrix<S> x_f_;                          // [N x main]: NormF(h_L)
   NormSaved<A, S> final_saved_;
+  RowMatrix<S> u_;                            // [N x d]: a keep-tied head's input
   RowMatrix<S> logits_;                       // [N x vocab]
   CrossEntropyWorkspace<S> ce_;
   RowMatrix<S> dxf_, dh_;                     // [N x main]
@@ -150,6 +203,7 @@ class GptTrainEngine {
   std::vector<int> positions_;                // [N]: position of each row
   std::vector<int> token_rows_;               // distinct ids of the last backward
   std::vector<unsigned char> seen_;           // [vocab]
+  ReparamWorkspace<S> ws_;                    // a keep-tied model's head and lookup backward
   const void* last_grads_ = nullptr;  // the gradient container of the last step
 
   static Index layers(const Model& model) { return Index(model.blocks.size()); }
@@ -208,12 +262,10 @@ class GptTrainEngine {
       }
   }
 
-  void forward(const char* op, const Model& model, const GptBatch& batch) {
+  // tied: what a keep-tied model's lookup and head read (see tied_head_of).
+  void forward(const char* op, const Model& model, const GptBatch& batch, const TiedHead& tied) {
     const TokenBatch& t = batch.inputs;
     model.validate(op);
-    if (model.tied_affine())
-      detail::fail(op, "a Pre-(C)RMSNorm model in the keep-tied layout is for inference; train the "
-                       "Pre-LN model with ReparamTrainer (TiedPolicy::Untie)");
     if (t.batch < 0 || t.seq < 0 || Index(t.ids.size()) != t.batch * t.seq)
       detail::fail(op, "the token batch has ", t.ids.size(), " ids, expected batch ", t.batch,
                    " x seq ", t.seq);
@@ -233,10 +285,17 @@ class GptTrainEngine {
     for (Index r = 0; r < N; ++r) positions_[std::size_t(r)] = int(r % T);
     if (N == 0) return;
 
-    const auto& E = model.token_embedding.table;
+    const bool keep = tied.table != nullptr;
+    const auto& E = keep ? *tied.table : model.token_embedding.table;
     const auto& P = model.position_embedding.table;
     RowMatrix<S>& h0 = h_[0];
-    detail::for_each_row(N, m, [&](Index r) { h0.row(r) = E.row(t.ids[r]) + P.row(r % T); });
+    if (keep)
+      tied_clock.time([&] {
+        detail::for_each_row(N, m, [&](Index r) {
+          detail::tied_lookup_row<S>(E.row(t.ids[r]), P.row(r % T), h0.row(r));
+        });
+      });
+    else detail::for_each_row(N, m, [&](Index r) { h0.row(r) = E.row(t.ids[r]) + P.row(r % T); });
 
     const S eps = S(model.config.epsilon);
     if (L == 0) {
@@ -262,6 +321,12 @@ class GptTrainEngine {
                                        x_f_, eps, final_saved_);
         });
       }
+    }
+    if (keep) {
+      u_.resize(N, model.width());
+      tied_clock.time([&] { detail::tied_head_input<S>(final_input(), *tied.gamma, *tied.beta, u_); });
+      logits_.noalias() = u_ * E.transpose();
+      return;
     }
     const RowMatrix<S>& weight = model.config.tied ? E : model.head.weight;
     logits_.noalias() = final_input() * weight.transpose();

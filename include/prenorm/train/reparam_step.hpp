@@ -14,7 +14,10 @@
 //      block, then it is converted row by row --
 //        tables  (token, position) rows recentered (and compressed)
 //        readers (qkv, fc, head)   rows folded: C(w * gamma), b + w . beta
-//        a tied E                  both: its token rows and its head rows
+//        a tied E                  both: its token rows and its head rows;
+//                                  kept tied (TiedPolicy::Keep): nothing, phi's
+//                                  E is theta's, read from theta in training
+//                                  (its gamma_f, beta_f copied in step 1)
 //        writers (attn out, mlp proj, ViT patch) the column sums of the block;
 //                once the matrix is done, a second pass writes its rows minus
 //                the column means.
@@ -112,24 +115,29 @@ class ConvertingUpdate {
   // GPT: leave phi's token table to convert_token_rows (the rows a batch
   // looks up, before its forward) and convert_token_table (all of it, when
   // phi is wanted as a whole). A step reads only its batch's rows, so the
-  // other vocab - batch rows need not be written every step.
+  // other vocab - batch rows need not be written every step. A keep-tied
+  // phi's table is theta's E, which training reads from theta: with lazy
+  // rows it is not written at all (convert_token_table copies it).
   bool lazy_token_rows = true;
 
   // phi's token-table rows `ids` from theta's (duplicates are fine).
   template <class Ids>
   void convert_token_rows(const Gpt<Arch::PreLN, S>& theta, Gpt<To, S>& phi, const Ids& ids) {
     timed(0, [&] {
-      for (int id : ids)
-        conversion::recenter_table_row<S>(theta.token_embedding.table.row(id), compress,
-                                          phi.token_embedding.table.row(id));
+      for (int id : ids) {
+        if (phi.tied_affine()) phi.token_embedding.table.row(id) = theta.token_embedding.table.row(id);
+        else conversion::recenter_table_row<S>(theta.token_embedding.table.row(id), compress,
+                                               phi.token_embedding.table.row(id));
+      }
     });
   }
   void convert_token_table(const Gpt<Arch::PreLN, S>& theta, Gpt<To, S>& phi) {
-    conversion::recenter_table_into(theta.token_embedding.table, compress, phi.token_embedding.table);
+    conversion::convert_token_table_into(theta, phi);
   }
 
   // One optimizer step on theta (gradients in grad_theta), writing phi =
-  // convert<To>(theta, {Untie}) of the updated theta. phi must have that layout.
+  // convert<To>(theta, {tied}) of the updated theta. phi must have the layout
+  // of one tied policy (Untie, or Keep for a tied theta).
   template <class Optimizer, class Model, class Target>
   void step(Optimizer& optimizer, Model& theta, Model& grad_theta, Target& phi) {
     optimizer.begin_step(theta, grad_theta);
@@ -321,7 +329,17 @@ class ConvertingUpdate {
     conversion::detail::check_converted("ConvertingUpdate", t, p);
     start(list);
     const RowMatrix<S>& E = t.token_embedding.table;
-    if (t.config.tied) {
+    if (p.tied_affine()) {
+      // Kept tied: E is phi's table as it is (copied only without lazy rows);
+      // gamma_f, beta_f and the head bias are copied once updated.
+      add_rows(list, E, "token_embedding.table", [this, &t, &p](Index r0, Index r1) {
+        if (lazy_token_rows) return;
+        for (Index r = r0; r < r1; ++r)
+          detail::stream_copy(t.token_embedding.table.row(r).data(), p.token_embedding.table.row(r).data(),
+                              t.token_embedding.table.cols());
+      });
+      vector_jobs_.push_back([&t, &p] { conversion::keep_tied_affine_into(t, p); });
+    } else if (t.config.tied) {
       add_rows(list, E, "token_embedding.table", [this, &t, &p](Index r0, Index r1) {
         const RowMatrix<S>& E = t.token_embedding.table;
         for (Index r = r0; r < r1; ++r) {
