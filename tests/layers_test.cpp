@@ -191,6 +191,27 @@ TYPED_TEST(LayersTest, GeluMatchesFormulas) {
   EXPECT_CLOSE(z, erf_ref, 4 * tol<S>());
 }
 
+// Float GELUs on [-10, 10] in steps of 1/256 against the formulas in double:
+// within a few float ulp of max(1, |x|). Both use Eigen's vectorized
+// approximations (tanh, erf); the two GELUs differ by up to 5e-4, so using
+// one for the other fails here.
+TEST(Activation, FloatGelusAreAccurateOverTheirRange) {
+  const Index n = 20 * 256 + 1;
+  RowMatrix<float> x(1, n), y(1, n);
+  for (Index i = 0; i < n; ++i) x(0, i) = -10.0f + float(i) / 256.0f;
+  for (Activation act : {Activation::GeluTanh, Activation::GeluErf}) {
+    prenorm::activation_forward(act, x, y);
+    double worst = 0, at = 0;
+    for (Index i = 0; i < n; ++i) {
+      const double v = x(0, i);
+      const double ref = act == Activation::GeluTanh ? ref_gelu_tanh(v) : ref_gelu_erf(v);
+      const double err = std::abs(double(y(0, i)) - ref) / std::max(1.0, std::abs(v));
+      if (err > worst) worst = err, at = v;
+    }
+    EXPECT_LE(worst, 5e-7) << prenorm::activation_name(act) << " at x = " << at;
+  }
+}
+
 TEST(Activation, Names) {
   EXPECT_EQ(prenorm::activation_name(Activation::GeluTanh), "gelu_tanh");
   EXPECT_EQ(prenorm::activation_name(Activation::GeluErf), "gelu_erf");

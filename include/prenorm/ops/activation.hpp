@@ -4,6 +4,7 @@
 //   GeluErf:  0.5 x (1 + erf(x / sqrt(2)))                       exact GELU, ViT "gelu"
 
 #include <Eigen/Core>
+#include <unsupported/Eigen/SpecialFunctions>  // Array::erf (part of Eigen 3.4)
 
 #include <cmath>
 #include <string_view>
@@ -42,12 +43,15 @@ void gelu_tanh_inplace(ArrayMap<Scalar> v) {
   v = Scalar(0.5) * v * (Scalar(1) + (k0 * (v + k1 * v.cube())).tanh());
 }
 
-// In place over v [n]. Eigen 3.4 has no erf outside unsupported/, so std::erf
-// per element.
+// In place over v [n]. Eigen's erf (unsupported/SpecialFunctions, shipped
+// with Eigen 3.4) is vectorized for float: a rational approximation within a
+// few ulp, clamped to +-1 beyond |x| = 4 where float's erf is +-1 anyway;
+// for double it calls std::erf. std::erf per element took 17 % of a ViT-Ti
+// forward.
 template <class Scalar>
 void gelu_erf_inplace(ArrayMap<Scalar> v) {
   const Scalar k = Scalar(0.7071067811865476);  // 1/sqrt(2)
-  for (Index i = 0; i < v.size(); ++i) v[i] = Scalar(0.5) * v[i] * (Scalar(1) + std::erf(v[i] * k));
+  v = Scalar(0.5) * v * (Scalar(1) + (k * v).erf());
 }
 
 template <class Scalar>

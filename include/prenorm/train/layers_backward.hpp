@@ -16,6 +16,7 @@
 // depend on the thread count.
 
 #include <Eigen/Core>
+#include <unsupported/Eigen/SpecialFunctions>  // Array::erf
 
 #include <algorithm>
 #include <cmath>
@@ -173,12 +174,13 @@ void gelu_erf_backward(const ConstRowsRef<S>& dy, const ConstRowsRef<S>& x, Rows
   const S k = S(0.7071067811865476), c = S(0.3989422804014327);  // 1/sqrt(2), 1/sqrt(2 pi)
   const Index n = x.cols();
   detail::for_each_row(x.rows(), n, [&](Index r) {
-    const S* xr = x.row(r).data();
-    const S* dyr = dy.row(r).data();
-    S* dxr = dx.row(r).data();
-    for (Index i = 0; i < n; ++i) {
-      const S v = xr[i];
-      dxr[i] = dyr[i] * (S(0.5) * (S(1) + std::erf(v * k)) + v * c * std::exp(S(-0.5) * v * v));
+    // Chunks of at most 64, as in gelu_tanh_backward; erf and exp vectorized (float).
+    using Map = Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>>;
+    for (Index i = 0; i < n; i += 64) {
+      const Index len = std::min<Index>(64, n - i);
+      const Map xs(x.row(r).data() + i, len), dys(dy.row(r).data() + i, len);
+      Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>>(dx.row(r).data() + i, len) =
+          dys * (S(0.5) * (S(1) + (k * xs).erf()) + c * xs * (S(-0.5) * xs.square()).exp());
     }
   });
 }
