@@ -17,59 +17,7 @@
 // - a training step allocates nothing after the first one for a given shape;
 // - layouts that do not go together are refused, naming operation, expected and found.
 
-// Eigen reports heap allocations while set_is_malloc_allowed(false) through
-// eigen_assert; this one counts them instead of aborting.
-#define EIGEN_RUNTIME_NO_MALLOC
-#include <atomic>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <new>
-
-namespace alloc_count {
-inline std::atomic<long> eigen_mallocs{0};
-inline std::atomic<long> news{0};
-inline std::atomic<bool> counting{false};
-inline void eigen_assert_failed(const char* expr, const char* file, int line) {
-  if (std::strstr(expr, "heap allocation is forbidden")) {
-    ++eigen_mallocs;
-    return;
-  }
-  std::fprintf(stderr, "%s:%d: Eigen assertion failed: %s\n", file, line, expr);
-  std::abort();
-}
-}  // namespace alloc_count
-#define eigen_assert(x) \
-  do {                  \
-    if (!(x)) ::alloc_count::eigen_assert_failed(#x, __FILE__, __LINE__); \
-  } while (false)
-
-// GCC sees malloc'ed memory freed by these operator deletes; that is the point.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-#endif
-
-void* operator new(std::size_t n) {
-  if (alloc_count::counting) ++alloc_count::news;
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t n) { return ::operator new(n); }
-void* operator new(std::size_t n, std::align_val_t a) {
-  if (alloc_count::counting) ++alloc_count::news;
-  const std::size_t align = static_cast<std::size_t>(a);
-  if (void* p = std::aligned_alloc(align, (n + align - 1) / align * align)) return p;
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t n, std::align_val_t a) { return ::operator new(n, a); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
-void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+#include "support/alloc_count.hpp"  // first: before any Eigen header
 
 #include <gtest/gtest.h>
 
@@ -703,21 +651,8 @@ TEST(EquivalentTraining, AdamWOnPhiDirectlyIsNotEquivalent) {
 // No allocation after the first step
 // ---------------------------------------------------------------------------
 
-struct Allocations {
-  long eigen = 0, news = 0;
-};
-
-template <class F>
-Allocations count_allocations(F&& f) {
-  alloc_count::eigen_mallocs = 0;
-  alloc_count::news = 0;
-  Eigen::internal::set_is_malloc_allowed(false);
-  alloc_count::counting = true;
-  f();
-  alloc_count::counting = false;
-  Eigen::internal::set_is_malloc_allowed(true);
-  return {alloc_count::eigen_mallocs.load(), alloc_count::news.load()};
-}
+using alloc_count::Allocations;
+using alloc_count::count_allocations;
 
 TEST(TrainStep, DoesNotAllocateAfterTheFirstStep) {
   for (const Layout& layout : kLayouts) {
