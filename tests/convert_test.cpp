@@ -663,39 +663,14 @@ TEST(ConvertGptErrors, WidthBelowTwoIsRefused) {
 
 class ConvertGptProperty : public ::testing::TestWithParam<int> {};
 
+// Three random conversions out of Pre-LN; each model must keep the logits.
 template <class S>
 double random_chain(Gpt<Arch::PreLN, S>& src, const Tokens& tokens, TiedPolicy p, Rng& rng,
                     std::string& path) {
-  const MatD ref = logits(src, tokens);
-  double worst = 0;
-  // Three random steps out of Pre-LN; each model must keep the logits.
-  const auto step_from = [&](auto& model, auto&& self, int left) -> void {
-    using M = std::decay_t<decltype(model)>;
-    constexpr Arch From = M::arch;
-    if (left == 0) return;
-    const int pick = int(rng.uniform(0, 1));
-    const auto go = [&]<Arch To>() {
-      path += std::string(" -> ") + std::string(prenorm::arch_name(To));
-      auto next = prenorm::convert<To>(model, ConvertOptions{.tied = p});
-      EXPECT_TRUE(close_rel(logits(next, tokens), ref, tol<S>(), &worst)) << path;
-      if constexpr (To != Arch::PreLN && std::is_same_v<S, double>) {
-        EXPECT_LE(prenorm::zero_mean_report(next).relative, 1e-12) << path;
-      }
-      self(next, self, left - 1);
-    };
-    if constexpr (From == Arch::PreLN) {
-      if (pick) go.template operator()<Arch::PreRMSNorm>();
-      else go.template operator()<Arch::PreCRMSNorm>();
-    } else if constexpr (From == Arch::PreRMSNorm) {
-      if (pick) go.template operator()<Arch::PreLN>();
-      else go.template operator()<Arch::PreCRMSNorm>();
-    } else {
-      if (pick) go.template operator()<Arch::PreLN>();
-      else go.template operator()<Arch::PreRMSNorm>();
-    }
-  };
-  step_from(src, step_from, 3);
-  return worst;
+  return random_conversion_chain<S>(
+      src, 3, rng,
+      [p]<Arch To>(const auto& model) { return prenorm::convert<To>(model, ConvertOptions{.tied = p}); },
+      [&tokens](auto& model) { return logits(model, tokens); }, path);
 }
 
 TEST_P(ConvertGptProperty, RandomConfigsAndChainsKeepLogits) {

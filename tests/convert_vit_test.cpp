@@ -372,37 +372,12 @@ TEST(ConvertVitErrors, WrongTensorShapesAreNamed) {
 
 class ConvertVitProperty : public ::testing::TestWithParam<int> {};
 
+// Three random conversions out of Pre-LN; each model must keep the logits.
 template <class S>
 double random_chain(Vit<Arch::PreLN, S>& src, const Images<S>& images, Rng& rng, std::string& path) {
-  const MatD ref = logits(src, images);
-  double worst = 0;
-  const auto step_from = [&](auto& model, auto&& self, int left) -> void {
-    using M = std::decay_t<decltype(model)>;
-    constexpr Arch From = M::arch;
-    if (left == 0) return;
-    const bool pick = rng.coin();
-    const auto go = [&]<Arch To>() {
-      path += std::string(" -> ") + std::string(prenorm::arch_name(To));
-      auto next = prenorm::convert<To>(model);
-      EXPECT_TRUE(close_rel(logits(next, images), ref, tol<S>(), &worst)) << path;
-      if constexpr (To != Arch::PreLN && std::is_same_v<S, double>) {
-        EXPECT_LE(prenorm::zero_mean_report(next).relative, 1e-12) << path;
-      }
-      self(next, self, left - 1);
-    };
-    if constexpr (From == Arch::PreLN) {
-      if (pick) go.template operator()<Arch::PreRMSNorm>();
-      else go.template operator()<Arch::PreCRMSNorm>();
-    } else if constexpr (From == Arch::PreRMSNorm) {
-      if (pick) go.template operator()<Arch::PreLN>();
-      else go.template operator()<Arch::PreCRMSNorm>();
-    } else {
-      if (pick) go.template operator()<Arch::PreLN>();
-      else go.template operator()<Arch::PreRMSNorm>();
-    }
-  };
-  step_from(src, step_from, 3);
-  return worst;
+  return random_conversion_chain<S>(
+      src, 3, rng, []<Arch To>(const auto& model) { return prenorm::convert<To>(model); },
+      [&images](auto& model) { return logits(model, images); }, path);
 }
 
 TEST_P(ConvertVitProperty, RandomConfigsAndChainsKeepLogits) {

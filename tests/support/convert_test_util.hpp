@@ -189,4 +189,47 @@ inline double max_relative_row_mean(const MatD& h) {
   return worst;
 }
 
+// ===========================================================================
+// Random conversion chains (the property tests)
+// ===========================================================================
+
+// Converts src `steps` times, each time to one of the two other architectures
+// picked by rng, with convert_to.template operator()<To>(model); every model's
+// logits_of(model) must stay within tol<S>() (relative) of src's, and in double
+// a Pre-(C)RMSNorm model's main branch must be zero-mean. path grows with the
+// architectures visited (for the failure message); returns the worst relative
+// difference.
+template <class S, class Model, class Convert, class Logits>
+double random_conversion_chain(Model& src, int steps, Rng& rng, const Convert& convert_to,
+                               const Logits& logits_of, std::string& path) {
+  const MatD ref = logits_of(src);
+  double worst = 0;
+  const auto step_from = [&](auto& model, auto&& self, int left) -> void {
+    constexpr Arch From = std::decay_t<decltype(model)>::arch;
+    if (left == 0) return;
+    const bool pick = rng.coin();
+    const auto go = [&]<Arch To>() {
+      path += std::string(" -> ") + std::string(prenorm::arch_name(To));
+      auto next = convert_to.template operator()<To>(model);
+      EXPECT_TRUE(close_rel(logits_of(next), ref, tol<S>(), &worst)) << path;
+      if constexpr (To != Arch::PreLN && std::is_same_v<S, double>) {
+        EXPECT_LE(prenorm::zero_mean_report(next).relative, 1e-12) << path;
+      }
+      self(next, self, left - 1);
+    };
+    if constexpr (From == Arch::PreLN) {
+      if (pick) go.template operator()<Arch::PreRMSNorm>();
+      else go.template operator()<Arch::PreCRMSNorm>();
+    } else if constexpr (From == Arch::PreRMSNorm) {
+      if (pick) go.template operator()<Arch::PreLN>();
+      else go.template operator()<Arch::PreCRMSNorm>();
+    } else {
+      if (pick) go.template operator()<Arch::PreLN>();
+      else go.template operator()<Arch::PreRMSNorm>();
+    }
+  };
+  step_from(src, step_from, steps);
+  return worst;
+}
+
 }  // namespace prenorm_test
