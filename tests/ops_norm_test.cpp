@@ -167,6 +167,11 @@ TYPED_TEST(OpsNorm, LayerNormForwardMatchesReference) {
     prenorm::layer_norm_forward(x, gamma, beta, y, this->eps(), &saved);
     EXPECT_CLOSE(y, ref.y, tol);
     EXPECT_CLOSE(saved.mean, ref.mean, tol * (1 + ref.mean.cwiseAbs().maxCoeff()));
+    {  // delta = mean - x_0, from which the backward rebuilds xhat
+      Vector<LD> delta_ref(rows);
+      for (Index r = 0; r < rows; ++r) delta_ref[r] = ref.mean[r] - xl(r, 0);
+      EXPECT_CLOSE(saved.delta, delta_ref, tol * (1 + delta_ref.cwiseAbs().maxCoeff()));
+    }
     {
       const LD err = max_rel_diff(saved.rstd, ref.rstd);
       EXPECT_LE(err, tol) << "max relative |rstd - ref| = " << double(err) << " (d = " << d << ")";
@@ -309,6 +314,7 @@ TYPED_TEST(OpsNorm, NonContiguousInputsAndOutputs) {
       EXPECT_BITWISE(yb, y);
       EXPECT_BITWISE(saved_b.mean, saved.mean);
       EXPECT_BITWISE(saved_b.rstd, saved.rstd);
+      EXPECT_BITWISE(saved_b.delta, saved.delta);
       EXPECT_TRUE(outside_unchanged());
       Mat y_col = make<Mat>(rows, d);
       prenorm::layer_norm_forward(x_col, gamma, beta, y_col, eps, &saved_c);
@@ -500,6 +506,7 @@ TYPED_TEST(OpsNorm, FusedAddNormEqualsAddThenNorm) {
       EXPECT_BITWISE(y, y_ref);
       EXPECT_BITWISE(saved.mean, saved_ref.mean);
       EXPECT_BITWISE(saved.rstd, saved_ref.rstd);
+      EXPECT_BITWISE(saved.delta, saved_ref.delta);
       h = h0;
       prenorm::layer_norm_add_forward(h, branch, y, eps);
       prenorm::layer_norm_forward(h_sum, y_ref, eps);
@@ -726,6 +733,10 @@ TYPED_TEST(OpsNormErrors, WidthMismatchNamesOperatorAndSizes) {
     half.rstd.resize(rows + 1);
     expect_error([&] { prenorm::layer_norm_forward(x, y, eps, &half); },
                  {"prenorm::layer_norm_forward", "saved.rstd", "5", "4"}, "LN saved.rstd");
+    half.rstd.resize(rows);
+    half.delta.resize(rows + 3);
+    expect_error([&] { prenorm::layer_norm_forward(x, y, eps, &half); },
+                 {"prenorm::layer_norm_forward", "saved.delta", "7", "4"}, "LN saved.delta");
   }
   // RMSNorm forward.
   expect_error([&] { prenorm::rms_norm_forward(x, g_short, y, eps); },

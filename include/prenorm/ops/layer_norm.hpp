@@ -64,15 +64,18 @@ struct LayerNormKernel {
   }
 };
 
-// One row of the backward pass, with xhat = (x - mean) * rstd and g = dy * gamma:
+// One row of the backward pass, with g = dy * gamma and xhat = ((x - x_0) - delta)
+// * rstd, as the forward computed it (x - mean with the mean rounded would be
+// off by up to ulp(mean)/2 in every element when |mean| >> std):
 //   dx = rstd * (g - mean(g) - xhat * mean(g * xhat)).
 template <class Scalar>
 void layer_norm_backward_row(const Scalar* dy, const Scalar* x, Scalar* dx, Index d,
-                             const Scalar* gamma, Scalar mean, Scalar rstd, GradWrite write) {
+                             const Scalar* gamma, Scalar delta, Scalar rstd, GradWrite write) {
   using namespace Eigen::internal;
+  const Scalar shift = x[0];
   const auto sums = packet_sums<Scalar, 2>(d, [&](Index i, auto& acc) {
     using T = std::decay_t<decltype(acc[0])>;
-    const T xhat = pmul(psub(load<T>(x + i), pset1<T>(mean)), pset1<T>(rstd));
+    const T xhat = pmul(psub(psub(load<T>(x + i), pset1<T>(shift)), pset1<T>(delta)), pset1<T>(rstd));
     const T g = gamma ? pmul(load<T>(dy + i), load<T>(gamma + i)) : load<T>(dy + i);
     acc[0] = padd(acc[0], g);
     acc[1] = pmadd(g, xhat, acc[1]);
@@ -85,14 +88,14 @@ void layer_norm_backward_row(const Scalar* dy, const Scalar* x, Scalar* dx, Inde
   if (gamma) {
     const ConstRowArrayMap<Scalar> gs(gamma, d);
     if (write == GradWrite::Accumulate)
-      dxs += rstd * (dys * gs - g_mean - (xs - mean) * (rstd * g_xhat_mean));
+      dxs += rstd * (dys * gs - g_mean - ((xs - shift) - delta) * (rstd * g_xhat_mean));
     else
-      dxs = rstd * (dys * gs - g_mean - (xs - mean) * (rstd * g_xhat_mean));
+      dxs = rstd * (dys * gs - g_mean - ((xs - shift) - delta) * (rstd * g_xhat_mean));
   } else {
     if (write == GradWrite::Accumulate)
-      dxs += rstd * (dys - g_mean - (xs - mean) * (rstd * g_xhat_mean));
+      dxs += rstd * (dys - g_mean - ((xs - shift) - delta) * (rstd * g_xhat_mean));
     else
-      dxs = rstd * (dys - g_mean - (xs - mean) * (rstd * g_xhat_mean));
+      dxs = rstd * (dys - g_mean - ((xs - shift) - delta) * (rstd * g_xhat_mean));
   }
 }
 
@@ -107,12 +110,14 @@ void layer_norm_forward_impl(const char* op, const Eigen::MatrixBase<XD>& x,
   if (saved) {
     check_saved(op, "saved.mean", saved->mean, x.rows());
     check_saved(op, "saved.rstd", saved->rstd, x.rows());
+    check_saved(op, "saved.delta", saved->delta, x.rows());
   }
   forward_rows(op, x, y, LayerNormKernel<Scalar>{x.cols(), gamma, beta, epsilon},
                [&](Index r, const LayerNormStats<Scalar>& stats) {
                  if (saved) {
                    saved->mean[r] = stats.mean();
                    saved->rstd[r] = stats.rstd;
+                   saved->delta[r] = stats.delta;
                  }
                });
 }
@@ -128,12 +133,14 @@ void layer_norm_add_forward_impl(const char* op, const Eigen::MatrixBase<HD>& h,
   if (saved) {
     check_saved(op, "saved.mean", saved->mean, h.rows());
     check_saved(op, "saved.rstd", saved->rstd, h.rows());
+    check_saved(op, "saved.delta", saved->delta, h.rows());
   }
   add_forward_rows(op, h, branch, y, LayerNormKernel<Scalar>{h.cols(), gamma, beta, epsilon},
                    [&](Index r, const LayerNormStats<Scalar>& stats) {
                      if (saved) {
                        saved->mean[r] = stats.mean();
                        saved->rstd[r] = stats.rstd;
+                       saved->delta[r] = stats.delta;
                      }
                    });
 }
@@ -229,16 +236,18 @@ void layer_norm_backward(const Eigen::MatrixBase<DYD>& dy, const Eigen::MatrixBa
   Scalar* db = detail::mutable_vector_data(op, "dbeta", dbeta, d);
   detail::check_saved(op, "saved.mean", saved.mean, x.rows());
   detail::check_saved(op, "saved.rstd", saved.rstd, x.rows());
+  detail::check_saved(op, "saved.delta", saved.delta, x.rows());
   detail::backward_rows(op, dy, x, dx, [&](const Scalar* dyr, const Scalar* xr, Scalar* dxr, Index r) {
-    detail::layer_norm_backward_row(dyr, xr, dxr, d, g, saved.mean[r], saved.rstd[r], write);
+    detail::layer_norm_backward_row(dyr, xr, dxr, d, g, saved.delta[r], saved.rstd[r], write);
   });
-  // dgamma += sum_r dy * xhat; dbeta += sum_r dy.
+  // dgamma += sum_r dy * xhat; dbeta += sum_r dy. (xhat as in the forward.)
   detail::column_chunks(dy, x, [&](const auto& dy_rows, const auto& x_rows, Index begin, Index end) {
     const Index n = end - begin;
     detail::RowArrayMap<Scalar> dgs(dg + begin, n), dbs(db + begin, n);
     for (Index r = 0; r < x_rows.rows; ++r) {
       const detail::ConstRowArrayMap<Scalar> xs(x_rows.row(r) + begin, n), dys(dy_rows.row(r) + begin, n);
-      dgs += dys * ((xs - saved.mean[r]) * saved.rstd[r]);
+      const Scalar shift = x_rows.row(r)[0];
+      dgs += dys * (((xs - shift) - saved.delta[r]) * saved.rstd[r]);
       dbs += dys;
     }
   });
@@ -254,8 +263,9 @@ void layer_norm_backward(const Eigen::MatrixBase<DYD>& dy, const Eigen::MatrixBa
   const Index d = x.cols();
   detail::check_saved(op, "saved.mean", saved.mean, x.rows());
   detail::check_saved(op, "saved.rstd", saved.rstd, x.rows());
+  detail::check_saved(op, "saved.delta", saved.delta, x.rows());
   detail::backward_rows(op, dy, x, dx, [&](const Scalar* dyr, const Scalar* xr, Scalar* dxr, Index r) {
-    detail::layer_norm_backward_row<Scalar>(dyr, xr, dxr, d, nullptr, saved.mean[r], saved.rstd[r],
+    detail::layer_norm_backward_row<Scalar>(dyr, xr, dxr, d, nullptr, saved.delta[r], saved.rstd[r],
                                             write);
   });
 }

@@ -6,17 +6,20 @@
 
 namespace prenorm {
 
-// Saved by layer_norm_forward: mean and 1/sqrt(var + eps) of each row.
+// Saved by layer_norm_forward: mean, 1/sqrt(var + eps) and mean - x_0 of each row.
 template <class Scalar>
 struct LayerNormSaved {
-  Vector<Scalar> mean;  // [rows]
-  Vector<Scalar> rstd;  // [rows]
+  Vector<Scalar> mean;   // [rows]
+  Vector<Scalar> rstd;   // [rows]
+  Vector<Scalar> delta;  // [rows]: mean - x_0, the mean of x - x_0 (x_0 the row's first
+                         // element), from which the backward rebuilds the forward's xhat
 
   LayerNormSaved() = default;
-  explicit LayerNormSaved(Index rows) : mean(rows), rstd(rows) {}
+  explicit LayerNormSaved(Index rows) : mean(rows), rstd(rows), delta(rows) {}
   void resize(Index rows) {
     mean.resize(rows);
     rstd.resize(rows);
+    delta.resize(rows);
   }
 };
 
