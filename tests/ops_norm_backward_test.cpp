@@ -778,6 +778,14 @@ TYPED_TEST(OpsNormBackwardErrors, ShapeMismatchNamesOperatorAndSizes) {
                {"prenorm::layer_norm_backward", "saved.mean", "5", "4"}, "LN saved");
   expect_error([&] { prenorm::layer_norm_backward(dy, x, ln_bad, dx); },
                {"prenorm::layer_norm_backward", "saved.mean", "5", "4"}, "LN (no affine) saved");
+  {  // mean and rstd alone (delta, which the backward needs, missing)
+    auto no_delta = ln;
+    no_delta.delta.resize(0);
+    expect_error([&] { prenorm::layer_norm_backward(dy, x, g, no_delta, dx, dg, db); },
+                 {"prenorm::layer_norm_backward", "saved.delta", "0", "4"}, "LN saved.delta");
+    expect_error([&] { prenorm::layer_norm_backward(dy, x, no_delta, dx); },
+                 {"prenorm::layer_norm_backward", "saved.delta", "0", "4"}, "LN (no affine) saved.delta");
+  }
   expect_error([&] { prenorm::layer_norm_backward(dy_short, x, ln, dx); },
                {"prenorm::layer_norm_backward", "dy", "767", "768"}, "LN (no affine) dy");
 

@@ -99,6 +99,14 @@ void layer_norm_backward_row(const Scalar* dy, const Scalar* x, Scalar* dx, Inde
   }
 }
 
+// Throws unless every vector of saved has one element per row.
+template <class S>
+void check_layer_norm_saved(const char* op, const LayerNormSaved<S>& saved, Index rows) {
+  check_saved(op, "saved.mean", saved.mean, rows);
+  check_saved(op, "saved.rstd", saved.rstd, rows);
+  check_saved(op, "saved.delta", saved.delta, rows);
+}
+
 // gamma, beta: [d] or null (absent).
 template <class XD, class YD>
 void layer_norm_forward_impl(const char* op, const Eigen::MatrixBase<XD>& x,
@@ -107,11 +115,7 @@ void layer_norm_forward_impl(const char* op, const Eigen::MatrixBase<XD>& x,
                              LayerNormSaved<typename XD::Scalar>* saved) {
   using Scalar = typename XD::Scalar;
   check_epsilon(op, epsilon);
-  if (saved) {
-    check_saved(op, "saved.mean", saved->mean, x.rows());
-    check_saved(op, "saved.rstd", saved->rstd, x.rows());
-    check_saved(op, "saved.delta", saved->delta, x.rows());
-  }
+  if (saved) check_layer_norm_saved(op, *saved, x.rows());
   forward_rows(op, x, y, LayerNormKernel<Scalar>{x.cols(), gamma, beta, epsilon},
                [&](Index r, const LayerNormStats<Scalar>& stats) {
                  if (saved) {
@@ -130,11 +134,7 @@ void layer_norm_add_forward_impl(const char* op, const Eigen::MatrixBase<HD>& h,
                                  LayerNormSaved<typename HD::Scalar>* saved) {
   using Scalar = typename HD::Scalar;
   check_epsilon(op, epsilon);
-  if (saved) {
-    check_saved(op, "saved.mean", saved->mean, h.rows());
-    check_saved(op, "saved.rstd", saved->rstd, h.rows());
-    check_saved(op, "saved.delta", saved->delta, h.rows());
-  }
+  if (saved) check_layer_norm_saved(op, *saved, h.rows());
   add_forward_rows(op, h, branch, y, LayerNormKernel<Scalar>{h.cols(), gamma, beta, epsilon},
                    [&](Index r, const LayerNormStats<Scalar>& stats) {
                      if (saved) {
@@ -234,9 +234,7 @@ void layer_norm_backward(const Eigen::MatrixBase<DYD>& dy, const Eigen::MatrixBa
   const Scalar* g = detail::vector_data(op, "gamma", gamma, d);
   Scalar* dg = detail::mutable_vector_data(op, "dgamma", dgamma, d);
   Scalar* db = detail::mutable_vector_data(op, "dbeta", dbeta, d);
-  detail::check_saved(op, "saved.mean", saved.mean, x.rows());
-  detail::check_saved(op, "saved.rstd", saved.rstd, x.rows());
-  detail::check_saved(op, "saved.delta", saved.delta, x.rows());
+  detail::check_layer_norm_saved(op, saved, x.rows());
   detail::backward_rows(op, dy, x, dx, [&](const Scalar* dyr, const Scalar* xr, Scalar* dxr, Index r) {
     detail::layer_norm_backward_row(dyr, xr, dxr, d, g, saved.delta[r], saved.rstd[r], write);
   });
@@ -261,9 +259,7 @@ void layer_norm_backward(const Eigen::MatrixBase<DYD>& dy, const Eigen::MatrixBa
   using Scalar = typename XD::Scalar;
   constexpr const char* op = "layer_norm_backward";
   const Index d = x.cols();
-  detail::check_saved(op, "saved.mean", saved.mean, x.rows());
-  detail::check_saved(op, "saved.rstd", saved.rstd, x.rows());
-  detail::check_saved(op, "saved.delta", saved.delta, x.rows());
+  detail::check_layer_norm_saved(op, saved, x.rows());
   detail::backward_rows(op, dy, x, dx, [&](const Scalar* dyr, const Scalar* xr, Scalar* dxr, Index r) {
     detail::layer_norm_backward_row<Scalar>(dyr, xr, dxr, d, nullptr, saved.delta[r], saved.rstd[r],
                                             write);
