@@ -1,4 +1,6 @@
-// prenorm-bench-ops: the normalization operators (include/prenorm/ops/).
+// prenorm-bench-ops: the normalization operators (include/prenorm/ops/), and
+// the product of a linear layer at the model widths d and d - 1
+// (BM_linear_forward, at the end: what a Pre-CRMSNorm main branch costs there).
 //
 // Forward, backward and fused residual-add + norm of LayerNorm, RMSNorm and
 // CRMSNorm, templated on the scalar type, over a shared list of sizes:
@@ -18,19 +20,21 @@
 //   rows/s            rows normalized per second
 //   time/row          seconds per row (shown as e.g. 95.3n)
 //
-// Sizes, chosen to keep the whole run to a few minutes: these 318 benchmarks
-// take 5.3 CPU minutes (420, with double and backward on more sizes, took
-// 7.3), mostly the default 0.5 s minimum time of each, the rest setting up
-// the large matrices:
+// Sizes, chosen to keep the whole run to a few minutes: the 318 benchmarks of
+// the norms take 5.3 CPU minutes (420, with double and backward on more
+// sizes, took 7.3), mostly the default 0.5 s minimum time of each, the rest
+// setting up the large matrices; the 16 products add about 10 s:
 //   float forward and fused add+norm   every size (kWidths x kRows)
 //   float backward                     kSubsetWidths x kSubsetRows
 //   float gamma / padded variants,
 //   naive baselines, copy, all double  kSmallWidths x kSubsetRows
+//   linear forward                     ProductShapes (16)
 // Run single-threaded and pinned for stable numbers:
 //   OMP_NUM_THREADS=1 taskset -c 1 prenorm-bench-ops --benchmark_filter=...
 
 #include <benchmark/benchmark.h>
 
+#include <prenorm/layers/linear.hpp>
 #include <prenorm/ops.hpp>
 
 #include <cstdint>
@@ -440,6 +444,40 @@ void BM_copy_rows(benchmark::State& state) {
 }
 
 // ---------------------------------------------------------------------------
+// The product of a linear layer (prenorm::Linear::forward without bias,
+// y [rows x out] = x [rows x in] W^T) at the shapes of the writers (attention
+// out, MLP proj) and readers (qkv, MLP fc) of ViT-Ti b16 (3152 rows) and
+// GPT-3 Small T=128, each at the width d and at d - 1, the width of a
+// Pre-CRMSNorm main branch. FLOP/s counts 2 rows out in per call.
+// ---------------------------------------------------------------------------
+
+template <class S>
+void BM_linear_forward(benchmark::State& state) {
+  const Index rows = state.range(0), out = state.range(1), in = state.range(2);
+  prenorm::Linear<S> linear(in, out, /*with_bias=*/false);
+  linear.weight = activations<S>(out, in, 2);
+  const RowMatrix<S> x = activations<S>(rows, in, 1);
+  RowMatrix<S> y(rows, out);
+  for (auto _ : state) {
+    linear.forward(x, y);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  state.counters["FLOP/s"] = benchmark::Counter(2.0 * double(rows) * double(out) * double(in),
+                                                benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void ProductShapes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"rows", "out", "in"});
+  for (const int64_t d : {192, 191}) {  // ViT-Ti, batch 16
+    b->Args({3152, d, 192})->Args({3152, d, 768})->Args({3152, 576, d})->Args({3152, 768, d});
+  }
+  for (const int64_t d : {768, 767}) {  // GPT-3 Small, T = 128
+    b->Args({128, d, 768})->Args({128, d, 3072})->Args({128, 2304, d})->Args({128, 3072, d});
+  }
+}
+
+// ---------------------------------------------------------------------------
 // Registration (the sizes of each group: see the top of the file).
 // ---------------------------------------------------------------------------
 
@@ -459,6 +497,7 @@ BENCHMARK_TEMPLATE(BM_naive_layer_norm_forward, float)->Apply(SmallSizes);
 BENCHMARK_TEMPLATE(BM_naive_rms_norm_forward, float)->Apply(SmallSizes);
 BENCHMARK_TEMPLATE(BM_naive_crms_norm_forward, float)->Apply(SmallSizes);
 BENCHMARK_TEMPLATE(BM_copy_rows, float)->Apply(SmallSizes);
+BENCHMARK_TEMPLATE(BM_linear_forward, float)->Apply(ProductShapes);
 
 BENCHMARK_TEMPLATE(BM_layer_norm_forward, double)->Apply(SmallSizes);
 BENCHMARK_TEMPLATE(BM_rms_norm_forward, double)->Apply(SmallSizes);
