@@ -19,6 +19,8 @@
 //                     written in a comment at every benchmark), / time
 //   rows/s            rows normalized per second
 //   time/row          seconds per row (shown as e.g. 95.3n)
+//   FLOP/s            BM_linear_forward only (instead of the three above):
+//                     2 rows out in per call, / time
 //
 // Sizes, chosen to keep the whole run to a few minutes: the 318 benchmarks of
 // the norms take 5.3 CPU minutes (420, with double and backward on more
