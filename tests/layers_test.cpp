@@ -14,6 +14,7 @@
 #include <prenorm/ops/softmax.hpp>
 
 #include <cmath>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -305,6 +306,59 @@ TEST(Linear, Errors) {
   lin.forward(empty_x, empty_y);  // empty input: nothing to do
 }
 
+// forward_padded, as a Pre-CRMSNorm block's d - 1 wide writers use it. 47
+// outputs are one short of a GEMM register block with every x86 SIMD width
+// (48, 24, 12 or 6 rows), so those shapes take the padded product; too few
+// rows, 30 outputs or 48 take Eigen's product. Columns past the outputs are 0.
+TYPED_TEST(LayersTest, LinearPaddedMatchesReference) {
+  using S = TypeParam;
+  using Product = prenorm::detail::PaddedProduct<S>;
+  ASSERT_EQ(Product::padded_outputs(47), 48);
+  ASSERT_EQ(Product::padded_outputs(191), 192);
+  ASSERT_EQ(Product::padded_outputs(767), 768);
+  EXPECT_EQ(Product::padded_outputs(48), 0);
+  EXPECT_EQ(Product::padded_outputs(30), 0);
+  std::mt19937_64 rng(21);
+  struct Shape { Index rows, out, in, y_cols; };
+  const Shape shapes[] = {{40, 47, 33, 48},   {40, 47, 33, 53},  {64, 47, 1000, 48},
+                          {300, 191, 70, 192}, {70, 767, 40, 768}, {3, 47, 33, 48},
+                          {40, 30, 33, 31},    {40, 48, 33, 49}};
+  for (const Shape& sh : shapes)
+    for (bool bias : {true, false}) {
+      prenorm::Linear<S> lin(sh.in, sh.out, bias);
+      fill(lin.weight, rng, 0.3);
+      fill(lin.bias, rng);
+      RowMatrix<S> x(sh.rows, sh.in);
+      fill(x, rng);
+      const Mat ref = ref_linear(to_ref(x), to_ref(lin.weight), to_ref_vector(lin.bias));
+      const double tolerance = 4 * tol<S>() * std::sqrt(double(sh.in));
+      const int threads = prenorm::num_threads();
+      for (int t : {1, 3}) {
+        prenorm::set_num_threads(t);
+        RowMatrix<S> y = RowMatrix<S>::Constant(sh.rows, sh.y_cols, std::numeric_limits<S>::quiet_NaN());
+        lin.forward_padded(x, y);
+        EXPECT_CLOSE(y.leftCols(sh.out), ref, tolerance)
+            << " rows " << sh.rows << " out " << sh.out << " in " << sh.in << " threads " << t;
+        EXPECT_TRUE((y.rightCols(sh.y_cols - sh.out).array() == S(0)).all())
+            << " rows " << sh.rows << " out " << sh.out << ": the padding columns are not 0";
+      }
+      prenorm::set_num_threads(threads);
+    }
+}
+
+TEST(Linear, PaddedErrors) {
+  prenorm::Linear<float> lin(4, 47);
+  RowMatrix<float> x(20, 4), narrow(20, 46), short_y(19, 48), wide_x(20, 5), y(20, 48);
+  expect_error([&] { lin.forward_padded(x, narrow); },
+               "prenorm::Linear::forward_padded: y has 46 columns, expected at least 47");
+  expect_error([&] { lin.forward_padded(x, short_y); },
+               "prenorm::Linear::forward_padded: y has 19 rows, expected 20 (the rows of x)");
+  expect_error([&] { lin.forward_padded(wide_x, y); },
+               "prenorm::Linear::forward_padded: x has 5 columns, expected 4");
+  RowMatrix<float> empty_x(0, 4), empty_y(0, 48);
+  lin.forward_padded(empty_x, empty_y);  // empty input: nothing to do
+}
+
 // ---------------------------------------------------------------------------
 // Embedding
 // ---------------------------------------------------------------------------
@@ -418,6 +472,33 @@ TYPED_TEST(LayersTest, AttentionOnThreadsMatchesReference) {
     EXPECT_CLOSE(y1, ref, 8 * tol<S>()) << " causal " << causal;
     EXPECT_CLOSE(y3, ref, 8 * tol<S>()) << " causal " << causal;
   }
+}
+
+// A y wider than the layer (a Pre-CRMSNorm block's branch buffer of width d
+// for a main branch of d - 1 = 47) gets the output in its first columns and
+// zeros after, through the padded output projection.
+TYPED_TEST(LayersTest, AttentionAndMlpIntoAWiderY) {
+  using S = TypeParam;
+  std::mt19937_64 rng(22);
+  const Index width = 47, batch = 2, T = 20;
+  prenorm::MultiHeadAttention<S> attn(width, 2, 8, /*causal=*/true);
+  prenorm::Mlp<S> mlp(width, 64, Activation::GeluErf);
+  for (auto* m : {&attn.qkv.weight, &attn.out.weight, &mlp.fc.weight, &mlp.proj.weight}) fill(*m, rng, 0.3);
+  for (auto* b : {&attn.qkv.bias, &attn.out.bias, &mlp.fc.bias, &mlp.proj.bias}) fill(*b, rng, 0.3);
+  RowMatrix<S> x(batch * T, width);
+  fill(x, rng);
+  const S nan = std::numeric_limits<S>::quiet_NaN();
+  RowMatrix<S> y = RowMatrix<S>::Constant(batch * T, width + 1, nan);
+  attn.forward(x, batch, y);
+  EXPECT_CLOSE(y.leftCols(width), ref_attention(attn, to_ref(x), batch), 8 * tol<S>());
+  EXPECT_TRUE((y.col(width).array() == S(0)).all());
+  y.setConstant(nan);
+  mlp.forward(x, y);
+  EXPECT_CLOSE(y.leftCols(width), ref_mlp(mlp, to_ref(x)), 8 * tol<S>());
+  EXPECT_TRUE((y.col(width).array() == S(0)).all());
+  RowMatrix<S> narrow(batch * T, width - 1);
+  expect_error([&] { mlp.forward(x, narrow); }, "(tokens x width, or wider)");
+  expect_error([&] { attn.forward(x, batch, narrow); }, "(tokens x width, or wider)");
 }
 
 TEST(Attention, Errors) {

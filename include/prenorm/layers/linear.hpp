@@ -13,6 +13,7 @@
 #include "../core/error.hpp"
 #include "../core/parallel.hpp"
 #include "../core/types.hpp"
+#include "detail/padded_product.hpp"
 
 namespace prenorm {
 namespace detail {
@@ -54,10 +55,46 @@ class Linear {
   template <class XD, class YD>
   void forward(const Eigen::MatrixBase<XD>& x, const Eigen::MatrixBase<YD>& y_const) const {
     auto& y = const_cast<Eigen::MatrixBase<YD>&>(y_const).derived();
-    check_forward(x.rows(), x.cols(), y.rows(), y.cols());
+    check_forward("Linear::forward", x.rows(), x.cols(), y.rows(), y.cols());
     if (x.rows() == 0) return;
     y.noalias() = x * weight.transpose();
     add_bias(y);
+  }
+
+  // y [tokens x padded] with padded >= out: y's first out columns = x W^T + b
+  // and the rest 0. Where y has room for out rounded up to the GEMM's register
+  // block (191 -> 192, 767 -> 768 with AVX-512 or AVX2), the product runs at
+  // that width with zero weight rows instead of finishing in Eigen's slower
+  // kernels (detail/padded_product.hpp); the d - 1 wide writers of a
+  // Pre-CRMSNorm block use it. y must not alias x.
+  void forward_padded(const ConstRowsRef<S>& x, RowsRef<S> y) const {
+    if (y.cols() < out_features())
+      detail::fail("Linear::forward_padded", "y has ", y.cols(), " columns, expected at least ",
+                   out_features(), " (the output features of weight (", weight.rows(), " x ",
+                   weight.cols(), "))");
+    const Index out = out_features();
+    if (y.rows() != x.rows())
+      detail::fail("Linear::forward_padded", "y has ", y.rows(), " rows, expected ", x.rows(),
+                   " (the rows of x)");
+    check_forward("Linear::forward_padded", x.rows(), x.cols(), y.rows(), out);
+    if (x.rows() == 0) return;
+#ifndef EIGEN_USE_BLAS  // with BLAS, Eigen hands the product to sgemm/dgemm
+    const Index padded = detail::PaddedProduct<S>::padded_outputs(out);
+    if (padded != 0 && padded <= y.cols() && x.rows() >= detail::PaddedProduct<S>::kMinRows) {
+      // y = [b 0], then y += x W^T in one padded product.
+      detail::for_each_row(y.rows(), y.cols(), [&](Index r) {
+        if (has_bias()) y.row(r).head(out) = bias.transpose();
+        else y.row(r).head(out).setZero();
+        y.row(r).tail(y.cols() - out).setZero();
+      });
+      detail::PaddedProduct<S>::run(weight.data(), out, in_features(), x.data(), x.outerStride(),
+                                    x.rows(), y.data(), y.outerStride());
+      return;
+    }
+#endif
+    forward(x, y.leftCols(out));
+    detail::for_each_row(y.rows(), y.cols() - out,
+                         [&](Index r) { y.row(r).tail(y.cols() - out).setZero(); });
   }
 
   // y [tokens x out] += bias (no-op without a bias).
@@ -83,15 +120,15 @@ class Linear {
   }
 
  private:
-  void check_forward(Index x_rows, Index x_cols, Index y_rows, Index y_cols) const {
+  void check_forward(const char* op, Index x_rows, Index x_cols, Index y_rows, Index y_cols) const {
     if (bias.size() != 0 && bias.size() != weight.rows())
-      detail::fail("Linear::forward", "bias has ", bias.size(), " elements, expected ",
+      detail::fail(op, "bias has ", bias.size(), " elements, expected ",
                    weight.rows(), " (the rows of weight)");
     if (x_cols != weight.cols())
-      detail::fail("Linear::forward", "x has ", x_cols, " columns, expected ", weight.cols(),
+      detail::fail(op, "x has ", x_cols, " columns, expected ", weight.cols(),
                    " (the input features of weight (", weight.rows(), " x ", weight.cols(), "))");
     if (y_rows != x_rows || y_cols != weight.rows())
-      detail::fail("Linear::forward", "y is ", y_rows, " x ", y_cols, ", expected ", x_rows, " x ",
+      detail::fail(op, "y is ", y_rows, " x ", y_cols, ", expected ", x_rows, " x ",
                    weight.rows(), " (tokens x output features)");
   }
 };

@@ -1,0 +1,129 @@
+#pragma once
+// y = x W^T with W's output rows padded to Eigen's register block.
+//
+// Eigen computes a row-major y [N x out] = x W^T as the column-major product
+// y^T = W x^T and walks W's rows in register blocks of mr = 3 packets (48
+// floats with AVX-512, 24 with AVX2). A Pre-CRMSNorm writer has out = d - 1
+// outputs (191, 767): its last block is one row short and runs in Eigen's
+// 2-packet, half-packet and scalar kernels, which costs +17 % on ViT-Ti's
+// 191-output products (bench/README.md). Here that block is packed with zero
+// rows, so all of W runs in the full kernel and writes the padded columns too,
+// which the caller provides (y's row stride >= out rounded up to mr).
+//
+// Otherwise the loops are those of Eigen's sequential GEMM
+// (Eigen/src/Core/products/GeneralMatrixMatrix.h), with its blocking sizes,
+// packing routines and kernel: Eigen 3.4 internals, which the Debian package
+// pins. With OpenMP, threads take disjoint blocks of rows of x and y.
+
+#include <Eigen/Core>
+
+#include <algorithm>
+
+#include "../../core/parallel.hpp"
+#include "../../core/types.hpp"
+
+namespace prenorm::detail {
+
+template <class S>
+struct PaddedProduct {
+  using Traits = Eigen::internal::gebp_traits<S, S>;
+  static constexpr Index kBlockRows = Traits::mr;      // W rows per register block
+  static constexpr Index kPacket = Traits::LhsProgress;  // W rows per packet
+  // Below this many rows of x, packing W costs more than the full kernel
+  // saves (and Eigen runs a single row as a matrix-vector product).
+  static constexpr Index kMinRows = 16;
+
+  // The output count the product is padded to, or 0 where padding does not
+  // pay: out a multiple of the register block already, or short of one by a
+  // packet or more (Eigen's smaller kernels then do full-packet work).
+  static constexpr Index padded_outputs(Index out) {
+    const Index short_by = (kBlockRows - out % kBlockRows) % kBlockRows;
+    return short_by > 0 && short_by < kPacket ? out + short_by : 0;
+  }
+
+  // y [n x padded_outputs(out)] (row stride y_stride) += x [n x k] (row
+  // stride x_stride) W^T, W [out x k] row-major and contiguous. Columns
+  // [out, padded) get += 0. One thread.
+  static void run_serial(const S* w, Index out, Index k, const S* x, Index x_stride, Index n, S* y,
+                         Index y_stride) {
+    using namespace Eigen::internal;
+    using LhsMapper = const_blas_data_mapper<S, Index, Eigen::RowMajor>;  // W
+    using RhsMapper = const_blas_data_mapper<S, Index, Eigen::ColMajor>;  // x^T [k x n]
+    using ResMapper = blas_data_mapper<S, Index, Eigen::ColMajor, Eigen::Unaligned, 1>;  // y^T
+    constexpr Index mr = kBlockRows;
+    const Index rows = padded_outputs(out);
+    const LhsMapper lhs(w, k);
+    const RhsMapper rhs(x, x_stride);
+    const ResMapper res(y, y_stride);
+
+    Index kc = k, mc = rows, nc = n;
+    computeProductBlockingSizes<S, S>(kc, mc, nc, Index(1));
+    mc = std::max(mr, mc - mc % mr);  // blocks of whole register blocks
+
+    // Packing buffers: grow-only, one pair per thread, so that a forward
+    // allocates nothing once it has seen its largest shape.
+    thread_local Vector<S> block_a, block_b;
+    if (block_a.size() < kc * mc) block_a.resize(kc * mc);
+    if (block_b.size() < kc * nc) block_b.resize(kc * nc);
+
+    gemm_pack_lhs<S, Index, LhsMapper, mr, Traits::LhsProgress,
+                  typename Traits::LhsPacket4Packing, Eigen::RowMajor>
+        pack_lhs;
+    gemm_pack_rhs<S, Index, RhsMapper, Traits::nr, Eigen::ColMajor> pack_rhs;
+    gebp_kernel<S, S, Index, ResMapper, mr, Traits::nr, false, false> gebp;
+
+    const bool pack_rhs_once = mc != rows && kc == k && nc == n;
+    for (Index i2 = 0; i2 < rows; i2 += mc) {
+      const Index block = std::min(i2 + mc, rows) - i2;
+      // W rows [i2, i2 + whole) pack as they are; a last, short register
+      // block is packed by hand with zero rows.
+      const Index whole = i2 + block <= out ? block : (out - i2) / mr * mr;
+      for (Index k2 = 0; k2 < k; k2 += kc) {
+        const Index depth = std::min(k2 + kc, k) - k2;
+        S* packed = block_a.data();
+        if (whole > 0) pack_lhs(packed, lhs.getSubMapper(i2, k2), depth, whole);
+        if (whole < block) pack_short_block(w, out, k, i2 + whole, k2, depth, packed + whole * depth);
+        for (Index j2 = 0; j2 < n; j2 += nc) {
+          const Index cols = std::min(j2 + nc, n) - j2;
+          if (!pack_rhs_once || i2 == 0) pack_rhs(block_b.data(), rhs.getSubMapper(k2, j2), depth, cols);
+          gebp(res.getSubMapper(i2, j2), packed, block_b.data(), block, depth, cols, S(1));
+        }
+      }
+    }
+  }
+
+  // The same, the rows of x and y split among threads when the work is large enough.
+  static void run(const S* w, Index out, Index k, const S* x, Index x_stride, Index n, S* y,
+                  Index y_stride) {
+#ifdef _OPENMP
+    const double flops = 2.0 * double(n) * double(out) * double(k);
+    if (n >= 2 * kMinRows && flops >= 4e6 && omp_get_max_threads() > 1 && !omp_in_parallel()) {
+#pragma omp parallel
+      {
+        const Index threads = omp_get_num_threads(), t = omp_get_thread_num();
+        const Index r0 = n * t / threads, r1 = n * (t + 1) / threads;
+        if (r0 < r1)
+          run_serial(w, out, k, x + r0 * x_stride, x_stride, r1 - r0, y + r0 * y_stride, y_stride);
+      }
+      return;
+    }
+#endif
+    run_serial(w, out, k, x, x_stride, n, y, y_stride);
+  }
+
+ private:
+  // Packs W rows [row0, row0 + mr) x columns [k2, k2 + depth) into one
+  // register block as gemm_pack_lhs does (for each column, the block's mr
+  // values), with zeros for the rows >= out.
+  static void pack_short_block(const S* w, Index out, Index k, Index row0, Index k2, Index depth,
+                               S* packed) {
+    constexpr Index mr = kBlockRows;
+    for (Index i = 0; i < mr; ++i) {
+      const Index row = row0 + i;
+      const S* src = w + row * k + k2;
+      for (Index c = 0; c < depth; ++c) packed[c * mr + i] = row < out ? src[c] : S(0);
+    }
+  }
+};
+
+}  // namespace prenorm::detail
