@@ -689,6 +689,59 @@ TYPED_TEST(ModelsTest, RepeatedForwardDoesNotAllocate) {
   EXPECT_EQ(a.eigen + a.news, 0) << "allocations in a repeated ViT forward";
 }
 
+// At width 48, the Pre-CRMSNorm main branch (47) is one short of a GEMM
+// register block on every x86 SIMD width: the blocks' writers then run
+// padded into a branch buffer of width 48 (Linear::forward_padded). The models
+// still match the reference, the KV cache the full forward, and a repeated
+// forward allocates nothing (on one thread: at these sizes Eigen's own
+// parallel GEMM takes its shared packing buffer from the heap per product).
+TYPED_TEST(ModelsTest, WritersPaddedToTheRegisterBlockMatchReference) {
+  constexpr Arch A = TypeParam::A;
+  using S = typename TypeParam::S;
+  const int threads = prenorm::num_threads();
+  prenorm::set_num_threads(1);
+  GptConfig gc = small_gpt(false, true);
+  gc.width = 48;
+  gc.heads = 4;
+  gc.mlp_width = 64;
+  Gpt<A, S> g(gc);
+  g.init_random(31, 0.2, true);
+  EXPECT_EQ(g.blocks[0].branch_width(), A == Arch::PreCRMSNorm ? 48 : g.main());
+  std::mt19937_64 rng(32);
+  const Index B = 2, T = 10;
+  const auto tokens = random_tokens(B, T, 37, rng);
+  const RowMatrix<S> full = g.forward(tokens);
+  EXPECT_CLOSE(full, ref_gpt(g, tokens), tol<S>());
+  Allocations a = count_allocations([&] { g.forward(tokens); });
+  EXPECT_EQ(a.eigen + a.news, 0) << "allocations in a repeated GPT forward";
+
+  auto cache = g.make_cache(B, T);
+  std::vector<int> prompt_ids;
+  const Index prompt = 9;  // B * prompt = 18 rows: the padded product
+  for (const auto& seq : tokens) prompt_ids.insert(prompt_ids.end(), seq.begin(), seq.begin() + prompt);
+  const RowMatrix<S> first = g.prefill(cache, TokenBatch{prompt_ids, B, prompt});
+  for (Index b = 0; b < B; ++b)
+    EXPECT_CLOSE(first.middleRows(b * prompt, prompt), to_ref(full.middleRows(b * T, prompt)), tol<S>());
+  const std::vector<int> next{tokens[0][prompt], tokens[1][prompt]};
+  const RowMatrix<S>& step = g.step(cache, next);
+  for (Index b = 0; b < B; ++b) EXPECT_CLOSE(step.row(b), to_ref(full.row(b * T + prompt)), tol<S>());
+
+  VitConfig vc = small_vit();
+  vc.width = 48;
+  vc.heads = 4;
+  vc.patch_size = 2;  // 16 patches + cls: 34 rows for 2 images
+  Vit<A, S> v(vc);
+  v.init_random(33, 0.2, true);
+  std::vector<S> pixels(B * 3 * 8 * 8);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  for (S& p : pixels) p = S(normal(rng));
+  const ImageBatch<S> images{pixels, B, 3, 8, 8};
+  EXPECT_CLOSE(v.forward(images), ref_vit(v, pixels, B), tol<S>());
+  a = count_allocations([&] { v.forward(images); });
+  EXPECT_EQ(a.eigen + a.news, 0) << "allocations in a repeated ViT forward";
+  prenorm::set_num_threads(threads);
+}
+
 // ---------------------------------------------------------------------------
 // Bad input
 // ---------------------------------------------------------------------------

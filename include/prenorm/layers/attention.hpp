@@ -57,6 +57,8 @@ class MultiHeadAttention {
   Index width() const { return qkv.in_features(); }
 
   // y [batch*T x width] = Attn(x [batch*T x width]); sequence b is rows [b*T, (b+1)*T).
+  // A wider y gets the output in its first width columns and zeros in the
+  // rest, and lets the output projection run padded (Linear::forward_padded).
   void forward(const ConstRowsRef<S>& x, Index batch, RowsRef<S> y, AttentionWorkspace<S>& ws) const {
     const Index tokens = check_forward("MultiHeadAttention::forward", x, batch, y);
     if (tokens == 0) return;
@@ -66,7 +68,7 @@ class MultiHeadAttention {
     ws.context.resize(tokens, I);
     const S* q = ws.qkv.data();
     attend(q, 3 * I, q + I, q + 2 * I, 3 * I, T, batch, T, 0, T, ws);
-    out.forward(ws.context, y);
+    project(ws.context, y);
   }
   void forward(const ConstRowsRef<S>& x, Index batch, RowsRef<S> y) {
     forward(x, batch, y, workspace);
@@ -75,7 +77,7 @@ class MultiHeadAttention {
   // Incremental decoding. x [batch*T x width] holds T new tokens per sequence,
   // at positions [past, past+T). keys, values [batch*capacity x heads*head_dim]
   // hold position p of sequence b in row b*capacity + p: the new rows are
-  // written, then the queries attend to positions [0, past+T).
+  // written, then the queries attend to positions [0, past+T). y: as in forward.
   void forward_cached(const ConstRowsRef<S>& x, Index batch, Index past, RowMatrix<S>& keys,
                       RowMatrix<S>& values, RowsRef<S> y, AttentionWorkspace<S>& ws) const {
     constexpr const char* op = "MultiHeadAttention::forward_cached";
@@ -97,7 +99,7 @@ class MultiHeadAttention {
     }
     ws.context.resize(tokens, I);
     attend(ws.qkv.data(), 3 * I, keys.data(), values.data(), I, capacity, batch, T, past, capacity, ws);
-    out.forward(ws.context, y);
+    project(ws.context, y);
   }
 
   // Throws unless qkv is (3*heads*head_dim, width) and out is (width, heads*head_dim).
@@ -118,12 +120,18 @@ class MultiHeadAttention {
     const Index tokens = x.rows();
     if (x.cols() != width())
       detail::fail(op, "x has ", x.cols(), " columns, expected ", width(), " (the width of qkv)");
-    if (y.rows() != tokens || y.cols() != out.out_features())
+    if (y.rows() != tokens || y.cols() < out.out_features())
       detail::fail(op, "y is ", y.rows(), " x ", y.cols(), ", expected ", tokens, " x ",
-                   out.out_features(), " (tokens x width)");
+                   out.out_features(), " (tokens x width, or wider)");
     if (tokens != 0 && (batch <= 0 || tokens % batch != 0))
       detail::fail(op, "x has ", tokens, " rows, not a multiple of the batch ", batch);
     return tokens;
+  }
+
+  // y = out(context): padded when y is wider than the layer.
+  void project(const RowMatrix<S>& context, RowsRef<S> y) const {
+    if (y.cols() > out.out_features()) out.forward_padded(context, y);
+    else out.forward(context, y);
   }
 
   // ws.context [batch*T x heads*head_dim] = attention of the queries (row b*T+t

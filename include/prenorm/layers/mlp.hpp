@@ -32,13 +32,15 @@ class Mlp {
   Index inner() const { return fc.out_features(); }
 
   // y [tokens x width] = MLP(x [tokens x width]); hidden: [tokens x inner] scratch.
+  // A wider y gets the output in its first width columns and zeros in the
+  // rest, and lets the output projection run padded (Linear::forward_padded).
   void forward(const ConstRowsRef<S>& x, RowsRef<S> y, RowMatrix<S>& hidden) const {
     if (x.cols() != width())
       detail::fail("Mlp::forward", "x has ", x.cols(), " columns, expected ", width(),
                    " (the width of fc)");
-    if (y.rows() != x.rows() || y.cols() != proj.out_features())
+    if (y.rows() != x.rows() || y.cols() < proj.out_features())
       detail::fail("Mlp::forward", "y is ", y.rows(), " x ", y.cols(), ", expected ", x.rows(),
-                   " x ", proj.out_features(), " (tokens x width)");
+                   " x ", proj.out_features(), " (tokens x width, or wider)");
     if (fc.has_bias() && fc.bias.size() != inner())
       detail::fail("Mlp::forward", "fc.bias has ", fc.bias.size(), " elements, expected ", inner());
     if (x.rows() == 0) return;
@@ -51,7 +53,8 @@ class Mlp {
       if (fc.has_bias()) row += fc.bias.array();
       detail::activation_inplace(activation, row);
     });
-    proj.forward(hidden, y);
+    if (y.cols() > proj.out_features()) proj.forward_padded(hidden, y);
+    else proj.forward(hidden, y);
   }
   void forward(const ConstRowsRef<S>& x, RowsRef<S> y) { forward(x, y, workspace); }
 

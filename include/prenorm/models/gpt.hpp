@@ -271,7 +271,8 @@ class Gpt {
 
  private:
   BlockWorkspace<S> workspace_;
-  RowMatrix<S> h_, x_, branch_;  // [tokens x main]: main branch, normalized, pending branch output
+  RowMatrix<S> h_, x_;   // [tokens x main]: main branch, normalized
+  RowMatrix<S> branch_;  // [tokens x branch_width()]: pending branch output in its first main columns
   RowMatrix<S> u_;               // [tokens x d]: the tied head's input
   RowMatrix<S> logits_;          // [tokens x vocab]
   std::vector<int> ids_;         // the gathered batch
@@ -366,7 +367,8 @@ class Gpt {
     const Index B = t.batch, T = t.seq, N = B * T, m = main();
     h_.resize(N, m);
     x_.resize(N, m);
-    branch_.resize(N, m);
+    // Wider than main where that lets the writers' products run padded.
+    branch_.resize(N, blocks.empty() ? m : blocks[0].branch_width());
     if (N == 0) return;
     embed(t.ids.data(), T, past);
     if (hook) (*hook)(-1, h_);
@@ -380,14 +382,14 @@ class Gpt {
       else
         blocks[i].forward_fused(h_, x_, branch_, B, workspace_);
       if (hook) {  // complete the residual add, show it, then normalize unfused
-        h_ += branch_;
+        h_ += branch_.leftCols(m);
         (*hook)(i, h_);
         if (i + 1 < L) blocks[i + 1].norm1(h_, x_);
         else final_norm();
       } else if (i + 1 < L) {
-        blocks[i + 1].add_norm1(h_, branch_, x_);
+        blocks[i + 1].add_norm1(h_, branch_.leftCols(m), x_);
       } else {
-        pre_norm_add_forward<A>(h_, branch_, final_gamma, final_beta, x_, S(config.epsilon));
+        pre_norm_add_forward<A>(h_, branch_.leftCols(m), final_gamma, final_beta, x_, S(config.epsilon));
       }
     }
   }

@@ -165,7 +165,8 @@ class Vit {
  private:
   BlockWorkspace<S> workspace_;
   RowMatrix<S> patches_;         // [batch*(1+patches) x C*p*p]; the cls rows are zero
-  RowMatrix<S> h_, x_, branch_;  // [batch*(1+patches) x main]
+  RowMatrix<S> h_, x_;   // [batch*(1+patches) x main]
+  RowMatrix<S> branch_;  // [batch*(1+patches) x branch_width()]: a branch output in its first main columns
   RowMatrix<S> x_cls_;           // [batch x main]
   RowMatrix<S> logits_;          // [batch x classes]
 
@@ -263,19 +264,20 @@ class Vit {
     const Index T = config.tokens(), N = B * T, m = main();
     h_.resize(N, m);
     x_.resize(N, m);
-    branch_.resize(N, m);
+    // Wider than main where that lets the writers' products run padded.
+    branch_.resize(N, blocks.empty() ? m : blocks[0].branch_width());
     x_cls_.resize(B, m);
     logits_.resize(B, config.classes);
     if (N == 0) return;
 
     // h = patch linear of every row (one GEMM; the zero cls rows cost 1/T),
-    // then the cls token, the bias and the positions.
-    h_.noalias() = patches_ * patch.weight.transpose();
+    // then the cls token and the positions. The product goes through branch_,
+    // which is wide enough for it to run padded where that pays (Pre-CRMSNorm).
+    patch.forward_padded(patches_, branch_);
     detail::for_each_row(N, m, [&](Index r) {
       const Index t = r % T;
       if (t == 0) h_.row(r) = cls_token.transpose() + position_embedding.row(0);
-      else if (patch.has_bias()) h_.row(r) += patch.bias.transpose() + position_embedding.row(t);
-      else h_.row(r) += position_embedding.row(t);
+      else h_.row(r) = branch_.row(r).head(m) + position_embedding.row(t);
     });
     if (hook) (*hook)(-1, h_);
 
@@ -284,18 +286,18 @@ class Vit {
     for (Index i = 0; i < L; ++i) {
       blocks[i].forward_fused(h_, x_, branch_, B, workspace_);
       if (hook) {
-        h_ += branch_;
+        h_ += branch_.leftCols(m);
         (*hook)(i, h_);
         if (i + 1 < L) blocks[i + 1].norm1(h_, x_);
       } else if (i + 1 < L) {
-        blocks[i + 1].add_norm1(h_, branch_, x_);
+        blocks[i + 1].add_norm1(h_, branch_.leftCols(m), x_);
       }
     }
     // The head reads the cls rows only: the last add and the final norm touch only them.
     const auto h_cls = cls_rows(h_);
     const S eps = S(config.epsilon);
     if (L > 0 && !hook)
-      pre_norm_add_forward<A>(h_cls, cls_rows(branch_), final_gamma, final_beta, x_cls_, eps);
+      pre_norm_add_forward<A>(h_cls, cls_rows(branch_).leftCols(m), final_gamma, final_beta, x_cls_, eps);
     else
       pre_norm_forward<A>(h_cls, final_gamma, final_beta, x_cls_, eps);
     if constexpr (A == Arch::NoNorm) x_cls_ = h_cls;  // no norm: the head reads h
