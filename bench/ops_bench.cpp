@@ -1,6 +1,7 @@
 // prenorm-bench-ops: the normalization operators (include/prenorm/ops/), and
 // the product of a linear layer at the model widths d and d - 1
-// (BM_linear_forward, at the end: what a Pre-CRMSNorm main branch costs there).
+// (BM_linear_forward, at the end: what a Pre-CRMSNorm main branch costs there;
+// BM_linear_forward_padded: its writers as the blocks run them, padded to d).
 //
 // Forward, backward and fused residual-add + norm of LayerNorm, RMSNorm and
 // CRMSNorm, templated on the scalar type, over a shared list of sizes:
@@ -19,18 +20,19 @@
 //                     written in a comment at every benchmark), / time
 //   rows/s            rows normalized per second
 //   time/row          seconds per row (shown as e.g. 95.3n)
-//   FLOP/s            BM_linear_forward only (instead of the three above):
+//   FLOP/s            BM_linear_forward(_padded) only (instead of the three above):
 //                     2 rows out in per call, / time
 //
 // Sizes, chosen to keep the whole run to a few minutes: the 318 benchmarks of
 // the norms take 5.3 CPU minutes (420, with double and backward on more
 // sizes, took 7.3), mostly the default 0.5 s minimum time of each, the rest
-// setting up the large matrices; the 16 products add about 10 s:
+// setting up the large matrices; the 20 products add about 12 s:
 //   float forward and fused add+norm   every size (kWidths x kRows)
 //   float backward                     kSubsetWidths x kSubsetRows
 //   float gamma / padded variants,
 //   naive baselines, copy, all double  kSmallWidths x kSubsetRows
 //   linear forward                     ProductShapes (16)
+//   linear forward, padded writers     WriterShapes (4)
 // Run single-threaded and pinned for stable numbers:
 //   OMP_NUM_THREADS=1 taskset -c 1 prenorm-bench-ops --benchmark_filter=...
 
@@ -469,6 +471,32 @@ void BM_linear_forward(benchmark::State& state) {
                                                 benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// The d - 1 writers (out = d - 1) as a Pre-CRMSNorm block runs them:
+// Linear::forward_padded into a branch buffer of width d (the product padded
+// to d outputs with a zero weight row). The same FLOP count as above (the
+// real outputs only), so the FLOP/s of the two compare directly.
+template <class S>
+void BM_linear_forward_padded(benchmark::State& state) {
+  const Index rows = state.range(0), out = state.range(1), in = state.range(2);
+  prenorm::Linear<S> linear(in, out, /*with_bias=*/false);
+  linear.weight = activations<S>(out, in, 2);
+  const RowMatrix<S> x = activations<S>(rows, in, 1);
+  RowMatrix<S> y(rows, out + 1);
+  for (auto _ : state) {
+    linear.forward_padded(x, y);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  state.counters["FLOP/s"] = benchmark::Counter(2.0 * double(rows) * double(out) * double(in),
+                                                benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void WriterShapes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"rows", "out", "in"});
+  b->Args({3152, 191, 192})->Args({3152, 191, 768});  // ViT-Ti, batch 16
+  b->Args({128, 767, 768})->Args({128, 767, 3072});   // GPT-3 Small, T = 128
+}
+
 void ProductShapes(benchmark::internal::Benchmark* b) {
   b->ArgNames({"rows", "out", "in"});
   for (const int64_t d : {192, 191}) {  // ViT-Ti, batch 16
@@ -500,6 +528,7 @@ BENCHMARK_TEMPLATE(BM_naive_rms_norm_forward, float)->Apply(SmallSizes);
 BENCHMARK_TEMPLATE(BM_naive_crms_norm_forward, float)->Apply(SmallSizes);
 BENCHMARK_TEMPLATE(BM_copy_rows, float)->Apply(SmallSizes);
 BENCHMARK_TEMPLATE(BM_linear_forward, float)->Apply(ProductShapes);
+BENCHMARK_TEMPLATE(BM_linear_forward_padded, float)->Apply(WriterShapes);
 
 BENCHMARK_TEMPLATE(BM_layer_norm_forward, double)->Apply(SmallSizes);
 BENCHMARK_TEMPLATE(BM_rms_norm_forward, double)->Apply(SmallSizes);
