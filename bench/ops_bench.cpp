@@ -452,18 +452,22 @@ void BM_copy_rows(benchmark::State& state) {
 // y [rows x out] = x [rows x in] W^T) at the shapes of the writers (attention
 // out, MLP proj) and readers (qkv, MLP fc) of ViT-Ti b16 (3152 rows) and
 // GPT-3 Small T=128, each at the width d and at d - 1, the width of a
-// Pre-CRMSNorm main branch. FLOP/s counts 2 rows out in per call.
+// Pre-CRMSNorm main branch. FLOP/s counts 2 rows out in per call (the real
+// outputs only, so that the padded variant compares directly).
 // ---------------------------------------------------------------------------
 
+// y = x W^T through Linear::forward, or (padded) Linear::forward_padded into
+// a buffer one column wider.
 template <class S>
-void BM_linear_forward(benchmark::State& state) {
+void run_linear_forward(benchmark::State& state, bool padded) {
   const Index rows = state.range(0), out = state.range(1), in = state.range(2);
   prenorm::Linear<S> linear(in, out, /*with_bias=*/false);
   linear.weight = activations<S>(out, in, 2);
   const RowMatrix<S> x = activations<S>(rows, in, 1);
-  RowMatrix<S> y(rows, out);
+  RowMatrix<S> y(rows, padded ? out + 1 : out);
   for (auto _ : state) {
-    linear.forward(x, y);
+    if (padded) linear.forward_padded(x, y);
+    else linear.forward(x, y);
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
   }
@@ -471,24 +475,17 @@ void BM_linear_forward(benchmark::State& state) {
                                                 benchmark::Counter::kIsIterationInvariantRate);
 }
 
+template <class S>
+void BM_linear_forward(benchmark::State& state) {
+  run_linear_forward<S>(state, false);
+}
+
 // The d - 1 writers (out = d - 1) as a Pre-CRMSNorm block runs them:
 // Linear::forward_padded into a branch buffer of width d (the product padded
-// to d outputs with a zero weight row). The same FLOP count as above (the
-// real outputs only), so the FLOP/s of the two compare directly.
+// to d outputs with a zero weight row).
 template <class S>
 void BM_linear_forward_padded(benchmark::State& state) {
-  const Index rows = state.range(0), out = state.range(1), in = state.range(2);
-  prenorm::Linear<S> linear(in, out, /*with_bias=*/false);
-  linear.weight = activations<S>(out, in, 2);
-  const RowMatrix<S> x = activations<S>(rows, in, 1);
-  RowMatrix<S> y(rows, out + 1);
-  for (auto _ : state) {
-    linear.forward_padded(x, y);
-    benchmark::DoNotOptimize(y.data());
-    benchmark::ClobberMemory();
-  }
-  state.counters["FLOP/s"] = benchmark::Counter(2.0 * double(rows) * double(out) * double(in),
-                                                benchmark::Counter::kIsIterationInvariantRate);
+  run_linear_forward<S>(state, true);
 }
 
 void WriterShapes(benchmark::internal::Benchmark* b) {
