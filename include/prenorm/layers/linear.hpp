@@ -93,8 +93,9 @@ class Linear {
     }
 #endif
     forward(x, y.leftCols(out));
-    detail::for_each_row(y.rows(), y.cols() - out,
-                         [&](Index r) { y.row(r).tail(y.cols() - out).setZero(); });
+    if (y.cols() > out)
+      detail::for_each_row(y.rows(), y.cols() - out,
+                           [&](Index r) { y.row(r).tail(y.cols() - out).setZero(); });
   }
 
   // y [tokens x out] += bias (no-op without a bias).

@@ -271,11 +271,11 @@ class Gpt {
 
  private:
   BlockWorkspace<S> workspace_;
-  RowMatrix<S> h_, x_;   // [tokens x main]: main branch, normalized
-  RowMatrix<S> branch_;  // [tokens x branch_width()]: pending branch output in its first main columns
-  RowMatrix<S> u_;               // [tokens x d]: the tied head's input
-  RowMatrix<S> logits_;          // [tokens x vocab]
-  std::vector<int> ids_;         // the gathered batch
+  RowMatrix<S> h_, x_;    // [tokens x main]: main branch, normalized
+  RowMatrix<S> branch_;   // [tokens x branch_width()]: pending branch output in its first main columns
+  RowMatrix<S> u_;        // [tokens x d]: the tied head's input
+  RowMatrix<S> logits_;   // [tokens x vocab]
+  std::vector<int> ids_;  // the gathered batch
 
   static void check_vector(const char* op, const char* name, const Vector<S>& v, Index expected) {
     if (v.size() != expected)

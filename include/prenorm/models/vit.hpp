@@ -164,11 +164,11 @@ class Vit {
 
  private:
   BlockWorkspace<S> workspace_;
-  RowMatrix<S> patches_;         // [batch*(1+patches) x C*p*p]; the cls rows are zero
-  RowMatrix<S> h_, x_;   // [batch*(1+patches) x main]
-  RowMatrix<S> branch_;  // [batch*(1+patches) x branch_width()]: a branch output in its first main columns
-  RowMatrix<S> x_cls_;           // [batch x main]
-  RowMatrix<S> logits_;          // [batch x classes]
+  RowMatrix<S> patches_;  // [batch*(1+patches) x C*p*p]; the cls rows are zero
+  RowMatrix<S> h_, x_;    // [batch*(1+patches) x main]
+  RowMatrix<S> branch_;   // [batch*(1+patches) x branch_width()]: a branch output in its first main columns
+  RowMatrix<S> x_cls_;    // [batch x main]
+  RowMatrix<S> logits_;   // [batch x classes]
 
   static void check_vector(const char* op, const char* name, const Vector<S>& v, Index expected) {
     if (v.size() != expected)
