@@ -68,7 +68,7 @@ class MultiHeadAttention {
     ws.context.resize(tokens, I);
     const S* q = ws.qkv.data();
     attend(q, 3 * I, q + I, q + 2 * I, 3 * I, T, batch, T, 0, T, ws);
-    project(ws.context, y);
+    out.forward_padded(ws.context, y);
   }
   void forward(const ConstRowsRef<S>& x, Index batch, RowsRef<S> y) {
     forward(x, batch, y, workspace);
@@ -99,7 +99,7 @@ class MultiHeadAttention {
     }
     ws.context.resize(tokens, I);
     attend(ws.qkv.data(), 3 * I, keys.data(), values.data(), I, capacity, batch, T, past, capacity, ws);
-    project(ws.context, y);
+    out.forward_padded(ws.context, y);
   }
 
   // Throws unless qkv is (3*heads*head_dim, width) and out is (width, heads*head_dim).
@@ -126,12 +126,6 @@ class MultiHeadAttention {
     if (tokens != 0 && (batch <= 0 || tokens % batch != 0))
       detail::fail(op, "x has ", tokens, " rows, not a multiple of the batch ", batch);
     return tokens;
-  }
-
-  // y = out(context): padded when y is wider than the layer.
-  void project(const RowMatrix<S>& context, RowsRef<S> y) const {
-    if (y.cols() > out.out_features()) out.forward_padded(context, y);
-    else out.forward(context, y);
   }
 
   // ws.context [batch*T x heads*head_dim] = attention of the queries (row b*T+t

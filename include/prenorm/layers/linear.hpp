@@ -66,13 +66,14 @@ class Linear {
   // block (191 -> 192, 767 -> 768 with AVX-512 or AVX2), the product runs at
   // that width with zero weight rows instead of finishing in Eigen's slower
   // kernels (detail/padded_product.hpp); the d - 1 wide writers of a
-  // Pre-CRMSNorm block use it. y must not alias x.
+  // Pre-CRMSNorm block use it. A y of exactly out columns gets forward's
+  // product. y must not alias x.
   void forward_padded(const ConstRowsRef<S>& x, RowsRef<S> y) const {
-    if (y.cols() < out_features())
-      detail::fail("Linear::forward_padded", "y has ", y.cols(), " columns, expected at least ",
-                   out_features(), " (the output features of weight (", weight.rows(), " x ",
-                   weight.cols(), "))");
     const Index out = out_features();
+    if (y.cols() < out)
+      detail::fail("Linear::forward_padded", "y has ", y.cols(), " columns, expected at least ",
+                   out, " (the output features of weight (", weight.rows(), " x ", weight.cols(),
+                   "))");
     if (y.rows() != x.rows())
       detail::fail("Linear::forward_padded", "y has ", y.rows(), " rows, expected ", x.rows(),
                    " (the rows of x)");

@@ -53,8 +53,7 @@ class Mlp {
       if (fc.has_bias()) row += fc.bias.array();
       detail::activation_inplace(activation, row);
     });
-    if (y.cols() > proj.out_features()) proj.forward_padded(hidden, y);
-    else proj.forward(hidden, y);
+    proj.forward_padded(hidden, y);
   }
   void forward(const ConstRowsRef<S>& x, RowsRef<S> y) { forward(x, y, workspace); }
 
