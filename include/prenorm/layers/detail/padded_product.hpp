@@ -120,8 +120,12 @@ struct PaddedProduct {
     constexpr Index mr = kBlockRows;
     for (Index i = 0; i < mr; ++i) {
       const Index row = row0 + i;
+      if (row >= out) {  // a zero row: W has no row here to point into
+        for (Index c = 0; c < depth; ++c) packed[c * mr + i] = S(0);
+        continue;
+      }
       const S* src = w + row * k + k2;
-      for (Index c = 0; c < depth; ++c) packed[c * mr + i] = row < out ? src[c] : S(0);
+      for (Index c = 0; c < depth; ++c) packed[c * mr + i] = src[c];
     }
   }
 };
