@@ -306,10 +306,14 @@ TEST(Linear, Errors) {
   lin.forward(empty_x, empty_y);  // empty input: nothing to do
 }
 
-// forward_padded, as a Pre-CRMSNorm block's d - 1 wide writers use it. 47
-// outputs are one short of a GEMM register block with every x86 SIMD width
-// (48, 24, 12 or 6 rows), so those shapes take the padded product; too few
-// rows, 30 outputs or 48 take Eigen's product. Columns past the outputs are 0.
+// forward_padded and product_padded, as a Pre-CRMSNorm block's d - 1 wide
+// writers and its readers use them. 47 outputs are one short of a GEMM
+// register block with every x86 SIMD width (48, 24, 12 or 6 rows), so those
+// shapes with 16 rows or more take the padded product; too few rows, 30
+// outputs or 48 take Eigen's product. A single row of x whose depth is not a
+// whole number of packets (767, 191, 33, 17, 8201 with a row over 32 KB)
+// takes the masked-tail matrix-vector product, through its 8-, 4- and 1-row
+// loops (47 = 5 x 8 + 4 + 3 outputs). Columns past the outputs are 0.
 TYPED_TEST(LayersTest, LinearPaddedMatchesReference) {
   using S = TypeParam;
   using Product = prenorm::detail::PaddedProduct<S>;
@@ -318,11 +322,16 @@ TYPED_TEST(LayersTest, LinearPaddedMatchesReference) {
   ASSERT_EQ(Product::padded_outputs(767), 768);
   EXPECT_EQ(Product::padded_outputs(48), 0);
   EXPECT_EQ(Product::padded_outputs(30), 0);
+  using Gemv = prenorm::detail::MaskedTailGemv<S>;
+  for (Index k : {767, 191, 33, 17, 8201}) ASSERT_TRUE(Gemv::applies(k)) << k;
+  EXPECT_FALSE(Gemv::applies(768));
   std::mt19937_64 rng(21);
   struct Shape { Index rows, out, in, y_cols; };
-  const Shape shapes[] = {{40, 47, 33, 48},   {40, 47, 33, 53},  {64, 47, 1000, 48},
-                          {300, 191, 70, 192}, {70, 767, 40, 768}, {3, 47, 33, 48},
-                          {40, 30, 33, 31},    {40, 48, 33, 49}};
+  const Shape shapes[] = {{40, 47, 33, 48},   {40, 47, 33, 53},    {64, 47, 1000, 48},
+                          {300, 191, 70, 192}, {70, 767, 40, 768},  {3, 47, 33, 48},
+                          {40, 30, 33, 31},    {40, 48, 33, 49},    {1, 47, 767, 48},
+                          {1, 13, 191, 13},    {1, 9, 33, 9},       {1, 5, 17, 5},
+                          {1, 3, 8201, 3},     {1, 48, 768, 48}};
   for (const Shape& sh : shapes)
     for (bool bias : {true, false}) {
       prenorm::Linear<S> lin(sh.in, sh.out, bias);
@@ -331,19 +340,46 @@ TYPED_TEST(LayersTest, LinearPaddedMatchesReference) {
       RowMatrix<S> x(sh.rows, sh.in);
       fill(x, rng);
       const Mat ref = ref_linear(to_ref(x), to_ref(lin.weight), to_ref_vector(lin.bias));
+      const Mat ref_no_bias = ref_linear(to_ref(x), to_ref(lin.weight), {});
       const double tolerance = 4 * tol<S>() * std::sqrt(double(sh.in));
       const int threads = prenorm::num_threads();
       for (int t : {1, 3}) {
         prenorm::set_num_threads(t);
+        const auto where = [&] {
+          return testing::Message() << " rows " << sh.rows << " out " << sh.out << " in " << sh.in
+                                    << " y_cols " << sh.y_cols << " threads " << t;
+        };
         RowMatrix<S> y = RowMatrix<S>::Constant(sh.rows, sh.y_cols, std::numeric_limits<S>::quiet_NaN());
         lin.forward_padded(x, y);
-        EXPECT_CLOSE(y.leftCols(sh.out), ref, tolerance)
-            << " rows " << sh.rows << " out " << sh.out << " in " << sh.in << " threads " << t;
+        EXPECT_CLOSE(y.leftCols(sh.out), ref, tolerance) << where();
         EXPECT_TRUE((y.rightCols(sh.y_cols - sh.out).array() == S(0)).all())
-            << " rows " << sh.rows << " out " << sh.out << ": the padding columns are not 0";
+            << where() << ": the padding columns are not 0";
+        y.setConstant(std::numeric_limits<S>::quiet_NaN());
+        lin.product_padded(x, y);
+        EXPECT_CLOSE(y.leftCols(sh.out), ref_no_bias, tolerance) << where() << " (no bias)";
+        EXPECT_TRUE((y.rightCols(sh.y_cols - sh.out).array() == S(0)).all())
+            << where() << ": the padding columns are not 0 (no bias)";
       }
       prenorm::set_num_threads(threads);
     }
+}
+
+// The masked-tail product masks W's lanes that the whole packets already
+// summed, not only x's: an infinite weight there gives an infinite output as
+// in the plain product (0 * inf would make it NaN).
+TYPED_TEST(LayersTest, LinearMaskedTailKeepsInfiniteWeights) {
+  using S = TypeParam;
+  using Gemv = prenorm::detail::MaskedTailGemv<S>;
+  const Index in = 767, overlap = in - Gemv::kPacket;  // in the last whole packet and the tail's
+  ASSERT_TRUE(Gemv::applies(in));
+  prenorm::Linear<S> lin(in, 8, false);
+  lin.weight.setConstant(S(1));
+  lin.weight(3, overlap) = std::numeric_limits<S>::infinity();
+  const RowMatrix<S> x = RowMatrix<S>::Constant(1, in, S(0.5));
+  RowMatrix<S> y(1, 8);
+  lin.forward_padded(x, y);
+  EXPECT_EQ(y(0, 3), std::numeric_limits<S>::infinity());
+  EXPECT_EQ(y(0, 2), S(383.5));
 }
 
 TEST(Linear, PaddedErrors) {
@@ -355,6 +391,8 @@ TEST(Linear, PaddedErrors) {
                "prenorm::Linear::forward_padded: y has 19 rows, expected 20 (the rows of x)");
   expect_error([&] { lin.forward_padded(wide_x, y); },
                "prenorm::Linear::forward_padded: x has 5 columns, expected 4");
+  expect_error([&] { lin.product_padded(x, narrow); },
+               "prenorm::Linear::product_padded: y has 46 columns, expected at least 47");
   RowMatrix<float> empty_x(0, 4), empty_y(0, 48);
   lin.forward_padded(empty_x, empty_y);  // empty input: nothing to do
 }

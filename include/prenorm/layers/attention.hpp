@@ -64,7 +64,7 @@ class MultiHeadAttention {
     if (tokens == 0) return;
     const Index T = tokens / batch, I = inner();
     ws.qkv.resize(tokens, 3 * I);
-    qkv.forward(x, ws.qkv);
+    qkv.forward_padded(x, ws.qkv);
     ws.context.resize(tokens, I);
     const S* q = ws.qkv.data();
     attend(q, 3 * I, q + I, q + 2 * I, 3 * I, T, batch, T, 0, T, ws);
@@ -92,7 +92,7 @@ class MultiHeadAttention {
     if (past < 0 || past + T > capacity)
       detail::fail(op, "positions [", past, ", ", past + T, ") do not fit the cache capacity ", capacity);
     ws.qkv.resize(tokens, 3 * I);
-    qkv.forward(x, ws.qkv);
+    qkv.forward_padded(x, ws.qkv);
     for (Index b = 0; b < batch; ++b) {
       keys.middleRows(b * capacity + past, T) = ws.qkv.block(b * T, I, T, I);
       values.middleRows(b * capacity + past, T) = ws.qkv.block(b * T, 2 * I, T, I);

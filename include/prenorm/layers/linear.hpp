@@ -13,6 +13,7 @@
 #include "../core/error.hpp"
 #include "../core/parallel.hpp"
 #include "../core/types.hpp"
+#include "detail/masked_tail_gemv.hpp"
 #include "detail/padded_product.hpp"
 
 namespace prenorm {
@@ -62,41 +63,23 @@ class Linear {
   }
 
   // y [tokens x padded] with padded >= out: y's first out columns = x W^T + b
-  // and the rest 0. Where y has room for out rounded up to the GEMM's register
-  // block (191 -> 192, 767 -> 768 with AVX-512 or AVX2), the product runs at
-  // that width with zero weight rows instead of finishing in Eigen's slower
-  // kernels (detail/padded_product.hpp); the d - 1 wide writers of a
-  // Pre-CRMSNorm block use it. A y of exactly out columns gets forward's
-  // product. y must not alias x.
+  // and the rest 0. Two shapes of a Pre-CRMSNorm block run in kernels of
+  // their own:
+  //   - out just short of the GEMM's register block (191 -> 192, 767 -> 768:
+  //     its d - 1 wide writers), with y that wide and at least 16 rows of x:
+  //     W is padded with zero rows (detail/padded_product.hpp);
+  //   - a single row of x (decoding) whose depth is not a whole number of
+  //     packets (d - 1 = 767: its readers): each row of W ends in one masked
+  //     packet instead of a scalar loop (detail/masked_tail_gemv.hpp).
+  // Elsewhere it is forward's product. y must not alias x.
   void forward_padded(const ConstRowsRef<S>& x, RowsRef<S> y) const {
-    const Index out = out_features();
-    if (y.cols() < out)
-      detail::fail("Linear::forward_padded", "y has ", y.cols(), " columns, expected at least ",
-                   out, " (the output features of weight (", weight.rows(), " x ", weight.cols(),
-                   "))");
-    if (y.rows() != x.rows())
-      detail::fail("Linear::forward_padded", "y has ", y.rows(), " rows, expected ", x.rows(),
-                   " (the rows of x)");
-    check_forward("Linear::forward_padded", x.rows(), x.cols(), y.rows(), out);
-    if (x.rows() == 0) return;
-#ifndef EIGEN_USE_BLAS  // with BLAS, Eigen hands the product to sgemm/dgemm
-    const Index padded = detail::PaddedProduct<S>::padded_outputs(out);
-    if (padded != 0 && padded <= y.cols() && x.rows() >= detail::PaddedProduct<S>::kMinRows) {
-      // y = [b 0], then y += x W^T in one padded product.
-      detail::for_each_row(y.rows(), y.cols(), [&](Index r) {
-        if (has_bias()) y.row(r).head(out) = bias.transpose();
-        else y.row(r).head(out).setZero();
-        y.row(r).tail(y.cols() - out).setZero();
-      });
-      detail::PaddedProduct<S>::run(weight.data(), out, in_features(), x.data(), x.outerStride(),
-                                    x.rows(), y.data(), y.outerStride());
-      return;
-    }
-#endif
-    forward(x, y.leftCols(out));
-    if (y.cols() > out)
-      detail::for_each_row(y.rows(), y.cols() - out,
-                           [&](Index r) { y.row(r).tail(y.cols() - out).setZero(); });
+    padded_product("Linear::forward_padded", x, y, /*with_bias=*/true);
+  }
+
+  // The same without the bias, for a caller that adds it in a later pass of
+  // its own (Mlp adds fc's bias with the activation).
+  void product_padded(const ConstRowsRef<S>& x, RowsRef<S> y) const {
+    padded_product("Linear::product_padded", x, y, /*with_bias=*/false);
   }
 
   // y [tokens x out] += bias (no-op without a bias).
@@ -122,6 +105,44 @@ class Linear {
   }
 
  private:
+  void padded_product(const char* op, const ConstRowsRef<S>& x, RowsRef<S> y,
+                      bool with_bias) const {
+    const Index out = out_features();
+    if (y.cols() < out)
+      detail::fail(op, "y has ", y.cols(), " columns, expected at least ", out,
+                   " (the output features of weight (", weight.rows(), " x ", weight.cols(), "))");
+    if (y.rows() != x.rows())
+      detail::fail(op, "y has ", y.rows(), " rows, expected ", x.rows(), " (the rows of x)");
+    check_forward(op, x.rows(), x.cols(), y.rows(), out);
+    if (x.rows() == 0) return;
+    with_bias = with_bias && has_bias();
+#ifndef EIGEN_USE_BLAS  // with BLAS, Eigen hands the product to sgemm/dgemm
+    using Product = detail::PaddedProduct<S>;
+    using Gemv = detail::MaskedTailGemv<S>;
+    const Index padded_out = Product::padded_outputs(out);
+    const bool padded = x.rows() >= Product::kMinRows && padded_out != 0 && padded_out <= y.cols();
+    const bool gemv = x.rows() == 1 && Gemv::applies(in_features());
+    if (padded || gemv) {
+      // y = [b 0], then y += x W^T.
+      detail::for_each_row(y.rows(), y.cols(), [&](Index r) {
+        if (with_bias) y.row(r).head(out) = bias.transpose();
+        else y.row(r).head(out).setZero();
+        y.row(r).tail(y.cols() - out).setZero();
+      });
+      if (gemv) Gemv::run(weight.data(), out, in_features(), x.data(), y.data());
+      else
+        Product::run(weight.data(), out, in_features(), x.data(), x.outerStride(), x.rows(),
+                     y.data(), y.outerStride());
+      return;
+    }
+#endif
+    y.leftCols(out).noalias() = x * weight.transpose();
+    if (with_bias) add_bias(y.leftCols(out));
+    if (y.cols() > out)
+      detail::for_each_row(y.rows(), y.cols() - out,
+                           [&](Index r) { y.row(r).tail(y.cols() - out).setZero(); });
+  }
+
   void check_forward(const char* op, Index x_rows, Index x_cols, Index y_rows, Index y_cols) const {
     if (bias.size() != 0 && bias.size() != weight.rows())
       detail::fail(op, "bias has ", bias.size(), " elements, expected ",

@@ -45,7 +45,7 @@ class Mlp {
       detail::fail("Mlp::forward", "fc.bias has ", fc.bias.size(), " elements, expected ", inner());
     if (x.rows() == 0) return;
     hidden.resize(x.rows(), inner());
-    hidden.noalias() = x * fc.weight.transpose();
+    fc.product_padded(x, hidden);
     // Bias and activation in one pass over the hidden row, while it is in L1.
     const Index n = inner();
     detail::for_each_row(hidden.rows(), n, [&](Index r) {

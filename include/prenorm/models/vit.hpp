@@ -301,7 +301,7 @@ class Vit {
     else
       pre_norm_forward<A>(h_cls, final_gamma, final_beta, x_cls_, eps);
     if constexpr (A == Arch::NoNorm) x_cls_ = h_cls;  // no norm: the head reads h
-    head.forward(x_cls_, logits_);
+    head.forward_padded(x_cls_, logits_);
   }
 };
 
