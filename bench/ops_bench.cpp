@@ -1,7 +1,8 @@
 // prenorm-bench-ops: the normalization operators (include/prenorm/ops/), and
 // the product of a linear layer at the model widths d and d - 1
 // (BM_linear_forward, at the end: what a Pre-CRMSNorm main branch costs there;
-// BM_linear_forward_padded: its writers as the blocks run them, padded to d).
+// BM_linear_forward_padded: its writers and decoding readers as the blocks
+// run them).
 //
 // Forward, backward and fused residual-add + norm of LayerNorm, RMSNorm and
 // CRMSNorm, templated on the scalar type, over a shared list of sizes:
@@ -451,7 +452,8 @@ void BM_copy_rows(benchmark::State& state) {
 // The product of a linear layer (prenorm::Linear::forward without bias,
 // y [rows x out] = x [rows x in] W^T) at the shapes of the writers (attention
 // out, MLP proj) and readers (qkv, MLP fc) of ViT-Ti b16 (3152 rows) and
-// GPT-3 Small T=128, each at the width d and at d - 1, the width of a
+// GPT-3 Small T=128, and at those of a GPT-3 Small decoding step (one row:
+// readers and head), each at the width d and at d - 1, the width of a
 // Pre-CRMSNorm main branch. FLOP/s counts 2 rows out in per call (the real
 // outputs only, so that the padded variant compares directly).
 // ---------------------------------------------------------------------------
@@ -480,9 +482,11 @@ void BM_linear_forward(benchmark::State& state) {
   run_linear_forward<S>(state, false);
 }
 
-// The d - 1 writers (out = d - 1) as a Pre-CRMSNorm block runs them:
-// Linear::forward_padded into a branch buffer of width d (the product padded
-// to d outputs with a zero weight row).
+// The products of a Pre-CRMSNorm block as it runs them, through
+// Linear::forward_padded: the d - 1 writers (out = d - 1) into a branch
+// buffer of width d (the product padded to d outputs with a zero weight row),
+// and a decoding step's readers (one row, in = d - 1: each row of W ends in
+// a masked packet instead of a scalar loop).
 template <class S>
 void BM_linear_forward_padded(benchmark::State& state) {
   run_linear_forward<S>(state, true);
@@ -494,6 +498,13 @@ void WriterShapes(benchmark::internal::Benchmark* b) {
   b->Args({128, 767, 768})->Args({128, 767, 3072});   // GPT-3 Small, T = 128
 }
 
+// The readers of one GPT-3 Small decoding step (a single row): qkv, MLP fc
+// and the untied head, at depth d - 1.
+void DecodeReaderShapes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"rows", "out", "in"});
+  b->Args({1, 2304, 767})->Args({1, 3072, 767})->Args({1, 50257, 767});
+}
+
 void ProductShapes(benchmark::internal::Benchmark* b) {
   b->ArgNames({"rows", "out", "in"});
   for (const int64_t d : {192, 191}) {  // ViT-Ti, batch 16
@@ -501,6 +512,9 @@ void ProductShapes(benchmark::internal::Benchmark* b) {
   }
   for (const int64_t d : {768, 767}) {  // GPT-3 Small, T = 128
     b->Args({128, d, 768})->Args({128, d, 3072})->Args({128, 2304, d})->Args({128, 3072, d});
+  }
+  for (const int64_t d : {768, 767}) {  // GPT-3 Small, a decoding step
+    b->Args({1, 2304, d})->Args({1, 3072, d})->Args({1, 50257, d});
   }
 }
 
@@ -525,7 +539,7 @@ BENCHMARK_TEMPLATE(BM_naive_rms_norm_forward, float)->Apply(SmallSizes);
 BENCHMARK_TEMPLATE(BM_naive_crms_norm_forward, float)->Apply(SmallSizes);
 BENCHMARK_TEMPLATE(BM_copy_rows, float)->Apply(SmallSizes);
 BENCHMARK_TEMPLATE(BM_linear_forward, float)->Apply(ProductShapes);
-BENCHMARK_TEMPLATE(BM_linear_forward_padded, float)->Apply(WriterShapes);
+BENCHMARK_TEMPLATE(BM_linear_forward_padded, float)->Apply(WriterShapes)->Apply(DecodeReaderShapes);
 
 BENCHMARK_TEMPLATE(BM_layer_norm_forward, double)->Apply(SmallSizes);
 BENCHMARK_TEMPLATE(BM_rms_norm_forward, double)->Apply(SmallSizes);
