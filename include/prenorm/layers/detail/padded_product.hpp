@@ -3,12 +3,13 @@
 //
 // Eigen computes a row-major y [N x out] = x W^T as the column-major product
 // y^T = W x^T and walks W's rows in register blocks of mr = 3 packets (48
-// floats with AVX-512, 24 with AVX2). A Pre-CRMSNorm writer has out = d - 1
-// outputs (191, 767): its last block is one row short and runs in Eigen's
-// 2-packet, half-packet and scalar kernels, which costs +17 % on ViT-Ti's
-// 191-output products (bench/README.md). Here that block is packed with zero
-// rows, so all of W runs in the full kernel and writes the padded columns too,
-// which the caller provides (y's row stride >= out rounded up to mr).
+// floats with AVX-512, 24 with AVX2; 2 packets without FMA). A Pre-CRMSNorm
+// writer has out = d - 1 outputs (191, 767): its last block is one row short
+// and runs in Eigen's 2-packet, half-packet and scalar kernels, which costs
+// +17 % on ViT-Ti's 191-output products (bench/README.md). Here that block is
+// copied with zero rows after it and packed as a whole one, so all of W runs
+// in the full kernel and writes the padded columns too, which the caller
+// provides (y's row stride >= out rounded up to mr).
 //
 // Otherwise the loops are those of Eigen's sequential GEMM
 // (Eigen/src/Core/products/GeneralMatrixMatrix.h), with its blocking sizes,
@@ -62,9 +63,18 @@ struct PaddedProduct {
 
     // Packing buffers: grow-only, one pair per thread, so that a forward
     // allocates nothing once it has seen its largest shape.
-    thread_local Vector<S> block_a, block_b;
+    thread_local Vector<S> block_a, block_b, short_block;
     if (block_a.size() < kc * mc) block_a.resize(kc * mc);
     if (block_b.size() < kc * nc) block_b.resize(kc * nc);
+
+    // The last, short register block of W, rows [last, out), copied (rows of
+    // W are contiguous) with zero rows after them, so that Eigen's vectorized
+    // packing takes it as a whole block: short_block [mr x k] row-major.
+    const Index last = out / mr * mr;
+    if (short_block.size() < mr * k) short_block.resize(mr * k);
+    std::copy(w + last * k, w + out * k, short_block.data());
+    std::fill(short_block.data() + (out - last) * k, short_block.data() + mr * k, S(0));
+    const LhsMapper short_lhs(short_block.data(), k);
 
     gemm_pack_lhs<S, Index, LhsMapper, mr, Traits::LhsProgress,
                   typename Traits::LhsPacket4Packing, Eigen::RowMajor>
@@ -72,21 +82,21 @@ struct PaddedProduct {
     gemm_pack_rhs<S, Index, RhsMapper, Traits::nr, Eigen::ColMajor> pack_rhs;
     gebp_kernel<S, S, Index, ResMapper, mr, Traits::nr, false, false> gebp;
 
+    const S alpha = opaque_one();
     const bool pack_rhs_once = mc != rows && kc == k && nc == n;
     for (Index i2 = 0; i2 < rows; i2 += mc) {
       const Index block = std::min(i2 + mc, rows) - i2;
-      // W rows [i2, i2 + whole) pack as they are; a last, short register
-      // block is packed by hand with zero rows.
-      const Index whole = i2 + block <= out ? block : (out - i2) / mr * mr;
+      // W rows [i2, i2 + whole) pack from W, the short block from its copy.
+      const Index whole = std::min(i2 + block, last) - i2;
       for (Index k2 = 0; k2 < k; k2 += kc) {
         const Index depth = std::min(k2 + kc, k) - k2;
         S* packed = block_a.data();
         if (whole > 0) pack_lhs(packed, lhs.getSubMapper(i2, k2), depth, whole);
-        if (whole < block) pack_short_block(w, out, k, i2 + whole, k2, depth, packed + whole * depth);
+        if (whole < block) pack_lhs(packed + whole * depth, short_lhs.getSubMapper(0, k2), depth, mr);
         for (Index j2 = 0; j2 < n; j2 += nc) {
           const Index cols = std::min(j2 + nc, n) - j2;
           if (!pack_rhs_once || i2 == 0) pack_rhs(block_b.data(), rhs.getSubMapper(k2, j2), depth, cols);
-          gebp(res.getSubMapper(i2, j2), packed, block_b.data(), block, depth, cols, S(1));
+          gebp(res.getSubMapper(i2, j2), packed, block_b.data(), block, depth, cols, alpha);
         }
       }
     }
@@ -112,22 +122,12 @@ struct PaddedProduct {
   }
 
  private:
-  // Packs W rows [row0, row0 + mr) x columns [k2, k2 + depth) into one
-  // register block as gemm_pack_lhs does (for each column, the block's mr
-  // values), with zeros for the rows >= out.
-  static void pack_short_block(const S* w, Index out, Index k, Index row0, Index k2, Index depth,
-                               S* packed) {
-    constexpr Index mr = kBlockRows;
-    for (Index i = 0; i < mr; ++i) {
-      const Index row = row0 + i;
-      if (row >= out) {  // a zero row: W has no row here to point into
-        for (Index c = 0; c < depth; ++c) packed[c * mr + i] = S(0);
-        continue;
-      }
-      const S* src = w + row * k + k2;
-      for (Index c = 0; c < depth; ++c) packed[c * mr + i] = src[c];
-    }
-  }
+  // 1, which the optimizer cannot see through. Called with a literal alpha of
+  // 1, gebp_kernel gets a constant-propagated clone of its own, which GCC 12
+  // compiles to more instructions than the clone that Eigen's GEMM calls with
+  // its run-time alpha (+0.3 % on ViT-Ti's products under callgrind, the
+  // same shapes and blocking).
+  [[gnu::noipa]] static S opaque_one() { return S(1); }
 };
 
 }  // namespace prenorm::detail
