@@ -63,16 +63,14 @@ class Linear {
   }
 
   // y [tokens x padded] with padded >= out: y's first out columns = x W^T + b
-  // and the rest 0. The d - 1 widths of a Pre-CRMSNorm block run in kernels
-  // of their own:
-  //   - with at least 16 rows of x, the product is padded to the blocks of
-  //     Eigen's GEMM kernel (detail/padded_product.hpp): W's rows rounded up
-  //     to the register block where y has room for it (191 -> 192, 767 -> 768
-  //     outputs: the block's writers), and the depth to the kernel's depth
-  //     step (191 -> 192, 767 -> 768 inputs: its readers);
+  // and the rest 0. Two shapes of a Pre-CRMSNorm block run in kernels of
+  // their own:
+  //   - out just short of the GEMM's register block (191 -> 192, 767 -> 768:
+  //     its d - 1 wide writers), with y that wide and at least 16 rows of x:
+  //     W is padded with zero rows (detail/padded_product.hpp);
   //   - a single row of x (decoding) whose depth is not a whole number of
-  //     packets (767: the readers): each row of W ends in one masked packet
-  //     instead of a scalar loop (detail/masked_tail_gemv.hpp).
+  //     packets (d - 1 = 767: its readers): each row of W ends in one masked
+  //     packet instead of a scalar loop (detail/masked_tail_gemv.hpp).
   // Elsewhere it is forward's product. y must not alias x.
   void forward_padded(const ConstRowsRef<S>& x, RowsRef<S> y) const {
     padded_product("Linear::forward_padded", x, y, /*with_bias=*/true);
@@ -121,8 +119,8 @@ class Linear {
 #ifndef EIGEN_USE_BLAS  // with BLAS, Eigen hands the product to sgemm/dgemm
     using Product = detail::PaddedProduct<S>;
     using Gemv = detail::MaskedTailGemv<S>;
-    const bool padded =
-        x.rows() >= Product::kMinRows && Product::pays(out, in_features(), y.cols());
+    const Index padded_out = Product::padded_outputs(out);
+    const bool padded = x.rows() >= Product::kMinRows && padded_out != 0 && padded_out <= y.cols();
     const bool gemv = x.rows() == 1 && Gemv::applies(in_features());
     if (padded || gemv) {
       // y = [b 0], then y += x W^T.
@@ -134,7 +132,7 @@ class Linear {
       if (gemv) Gemv::run(weight.data(), out, in_features(), x.data(), y.data());
       else
         Product::run(weight.data(), out, in_features(), x.data(), x.outerStride(), x.rows(),
-                     y.data(), y.outerStride(), y.cols());
+                     y.data(), y.outerStride());
       return;
     }
 #endif
