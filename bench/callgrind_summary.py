@@ -8,7 +8,8 @@ forwards) and prints
   - Ir per forward for every row and architecture, the ratio to pre_ln, and
     the share of normalization 1 - no_norm / pre_ln;
   - with --breakdown, for the rows named, where the Ir of one forward go:
-    Eigen's matrix products (gebp kernel and packing; gemv), the
+    Eigen's matrix products (gebp kernel and packing, with prenorm's padded
+    driver; gemv, with the masked-tail one), the
     normalization kernels (with the residual add fused into them; for
     no_norm, the residual add alone), GELU, attention (softmax and the rest of
     MultiHeadAttention), memset/memcpy (mostly Eigen zeroing a product's
@@ -37,8 +38,8 @@ ARCHS = ["pre_ln", "pre_rmsnorm", "pre_crmsnorm", "no_norm"]
 # (category, regex on the function name), first match wins.
 CATEGORIES = [
     ("gemm", re.compile(r"gebp_kernel|gemm_pack_lhs|gemm_pack_rhs|lhs_process_one_packet|"
-                        r"general_matrix_matrix_product|gemm_functor")),
-    ("gemv", re.compile(r"general_matrix_vector_product")),
+                        r"general_matrix_matrix_product|gemm_functor|PaddedProduct")),
+    ("gemv", re.compile(r"general_matrix_vector_product|MaskedTailGemv")),
     ("norm", re.compile(r"layer_norm|rms_norm|LayerNorm|RmsNorm|CrmsNorm|normalize_rows")),
     ("residual add", re.compile(r"pre_norm_add_forward<\(prenorm::Arch\)3")),
     ("gelu", re.compile(r"\berff\b|Mlp<float>::forward|gelu")),
