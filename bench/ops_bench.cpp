@@ -539,7 +539,9 @@ BENCHMARK_TEMPLATE(BM_naive_rms_norm_forward, float)->Apply(SmallSizes);
 BENCHMARK_TEMPLATE(BM_naive_crms_norm_forward, float)->Apply(SmallSizes);
 BENCHMARK_TEMPLATE(BM_copy_rows, float)->Apply(SmallSizes);
 BENCHMARK_TEMPLATE(BM_linear_forward, float)->Apply(ProductShapes);
-BENCHMARK_TEMPLATE(BM_linear_forward_padded, float)->Apply(WriterShapes)->Apply(DecodeReaderShapes);
+BENCHMARK_TEMPLATE(BM_linear_forward_padded, float)
+    ->Apply(WriterShapes)
+    ->Apply(DecodeReaderShapes);
 
 BENCHMARK_TEMPLATE(BM_layer_norm_forward, double)->Apply(SmallSizes);
 BENCHMARK_TEMPLATE(BM_rms_norm_forward, double)->Apply(SmallSizes);

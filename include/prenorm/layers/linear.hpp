@@ -120,7 +120,8 @@ class Linear {
     using Product = detail::PaddedProduct<S>;
     using Gemv = detail::MaskedTailGemv<S>;
     const Index padded_out = Product::padded_outputs(out);
-    const bool padded = x.rows() >= Product::kMinRows && padded_out != 0 && padded_out <= y.cols();
+    const bool padded =
+        x.rows() >= Product::kMinRows && padded_out != 0 && padded_out <= y.cols();
     const bool gemv = x.rows() == 1 && Gemv::applies(in_features());
     if (padded || gemv) {
       // y = [b 0], then y += x W^T.

@@ -426,7 +426,7 @@ class Gpt {
     } else if (config.tied) {
       logits_.noalias() = x * E.transpose();
     } else {
-      head.product_padded(x, logits_);  // depth d - 1 for Pre-CRMSNorm: padded
+      head.product_padded(x, logits_);  // a decoding row at depth d - 1: masked tail
     }
     if (head_bias.size() != 0)
       detail::for_each_row(N, config.vocab, [&](Index r) { logits_.row(r) += head_bias.transpose(); });

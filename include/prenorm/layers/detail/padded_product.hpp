@@ -61,8 +61,8 @@ struct PaddedProduct {
     computeProductBlockingSizes<S, S>(kc, mc, nc, Index(1));
     mc = std::max(mr, mc - mc % mr);  // blocks of whole register blocks
 
-    // Packing buffers: grow-only, one pair per thread, so that a forward
-    // allocates nothing once it has seen its largest shape.
+    // Packing buffers and the short block's copy: grow-only, per thread, so
+    // that a forward allocates nothing once it has seen its largest shape.
     thread_local Vector<S> block_a, block_b, short_block;
     if (block_a.size() < kc * mc) block_a.resize(kc * mc);
     if (block_b.size() < kc * nc) block_b.resize(kc * nc);
@@ -92,7 +92,8 @@ struct PaddedProduct {
         const Index depth = std::min(k2 + kc, k) - k2;
         S* packed = block_a.data();
         if (whole > 0) pack_lhs(packed, lhs.getSubMapper(i2, k2), depth, whole);
-        if (whole < block) pack_lhs(packed + whole * depth, short_lhs.getSubMapper(0, k2), depth, mr);
+        if (whole < block)
+          pack_lhs(packed + whole * depth, short_lhs.getSubMapper(0, k2), depth, mr);
         for (Index j2 = 0; j2 < n; j2 += nc) {
           const Index cols = std::min(j2 + nc, n) - j2;
           if (!pack_rhs_once || i2 == 0) pack_rhs(block_b.data(), rhs.getSubMapper(k2, j2), depth, cols);
