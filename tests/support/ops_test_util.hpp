@@ -151,7 +151,7 @@ class NormFixture : public ::testing::Test {
   // Model widths d to test. Width 1 is dynamic only (fixed width 1 is unsupported).
   static std::vector<Index> widths() {
     if constexpr (W == Dynamic) {
-      return {1, 2, 3, 7, 64, 767, 768, 4096};
+      return {1, 2, 3, 7, 9, 17, 64, 191, 767, 768, 4096};
     } else {
       return {W};
     }
