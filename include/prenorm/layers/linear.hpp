@@ -7,12 +7,14 @@
 
 #include <Eigen/Core>
 
+#include <algorithm>
 #include <string>
 #include <type_traits>
 
 #include "../core/error.hpp"
 #include "../core/parallel.hpp"
 #include "../core/types.hpp"
+#include "../ops/detail/reduce.hpp"
 #include "detail/masked_tail_gemv.hpp"
 #include "detail/padded_product.hpp"
 
@@ -124,11 +126,17 @@ class Linear {
         x.rows() >= Product::kMinRows && padded_out != 0 && padded_out <= y.cols();
     const bool gemv = x.rows() == 1 && Gemv::applies(in_features());
     if (padded || gemv) {
-      // y = [b 0], then y += x W^T.
+      // y = [b 0], then y += x W^T. The bias goes in unaligned packets, the
+      // last one overlapping (out = d - 1 is odd): Eigen's assignment would
+      // align them with up to P - 1 scalar steps at each end of every row.
+      const S* b = with_bias ? bias.data() : nullptr;
       detail::for_each_row(y.rows(), y.cols(), [&](Index r) {
-        if (with_bias) y.row(r).head(out) = bias.transpose();
-        else y.row(r).head(out).setZero();
-        y.row(r).tail(y.cols() - out).setZero();
+        S* row = y.data() + r * y.outerStride();
+        detail::write_packets(out, row, [b](Index i, auto type) {
+          using T = std::remove_pointer_t<decltype(type)>;
+          return b ? detail::load<T>(b + i) : Eigen::internal::pset1<T>(S(0));
+        });
+        std::fill(row + out, row + y.cols(), S(0));
       });
       if (gemv) Gemv::run(weight.data(), out, in_features(), x.data(), y.data());
       else
