@@ -14,7 +14,6 @@
 #include "../core/error.hpp"
 #include "../core/parallel.hpp"
 #include "../core/types.hpp"
-#include "../ops/detail/reduce.hpp"
 #include "detail/masked_tail_gemv.hpp"
 #include "detail/padded_product.hpp"
 
@@ -126,17 +125,10 @@ class Linear {
         x.rows() >= Product::kMinRows && padded_out != 0 && padded_out <= y.cols();
     const bool gemv = x.rows() == 1 && Gemv::applies(in_features());
     if (padded || gemv) {
-      // y = [b 0], then y += x W^T. The bias goes in unaligned packets, the
-      // last one overlapping (out = d - 1 is odd): Eigen's assignment would
-      // align them with up to P - 1 scalar steps at each end of every row.
+      // y = [b 0], then y += x W^T.
       const S* b = with_bias ? bias.data() : nullptr;
       detail::for_each_row(y.rows(), y.cols(), [&](Index r) {
-        S* row = y.data() + r * y.outerStride();
-        detail::write_packets(out, row, [b](Index i, auto type) {
-          using T = std::remove_pointer_t<decltype(type)>;
-          return b ? detail::load<T>(b + i) : Eigen::internal::pset1<T>(S(0));
-        });
-        std::fill(row + out, row + y.cols(), S(0));
+        fill_row(y.data() + r * y.outerStride(), b, out, y.cols());
       });
       if (gemv) Gemv::run(weight.data(), out, in_features(), x.data(), y.data());
       else
@@ -150,6 +142,26 @@ class Linear {
     if (y.cols() > out)
       detail::for_each_row(y.rows(), y.cols() - out,
                            [&](Index r) { y.row(r).tail(y.cols() - out).setZero(); });
+  }
+
+  // row [cols] = [b 0], b [out] (zeros where b is null). In unaligned packets,
+  // the last of b's ending at out, over the one before when out is odd (d - 1):
+  // Eigen's row assignment would align them with up to P - 1 scalar steps at
+  // each end of every row (0.5 M instructions of a ViT-Ti forward, 0.1 %).
+  static void fill_row(S* row, const S* b, Index out, Index cols) {
+    using namespace Eigen::internal;
+    using Packet = typename packet_traits<S>::type;
+    constexpr Index kPacket = unpacket_traits<Packet>::size;
+    Index i = 0;
+    if (kPacket > 1 && out >= kPacket) {
+      for (; i + kPacket <= out; i += kPacket)
+        pstoreu(row + i, b ? ploadu<Packet>(b + i) : pset1<Packet>(S(0)));
+      const Index last = out - kPacket;
+      if (i < out) pstoreu(row + last, b ? ploadu<Packet>(b + last) : pset1<Packet>(S(0)));
+      i = out;
+    }
+    for (; i < out; ++i) row[i] = b ? b[i] : S(0);
+    std::fill(row + out, row + cols, S(0));
   }
 
   void check_forward(const char* op, Index x_rows, Index x_cols, Index y_rows, Index y_cols) const {

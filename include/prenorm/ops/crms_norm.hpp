@@ -43,10 +43,10 @@ struct CrmsNormKernel {
     // contraction makes a row's result depend on the code path it took.
     return S(1) / std::sqrt(Eigen::internal::pmadd(sums[0], sums[0], sums[1]) / S(d) + epsilon);
   }
-  auto output(const S* x, S rrms) const {
-    return [x, rrms](Index i, auto type) {
+  auto writer(const S* x, S* y, S rrms) const {
+    return [x, y, rrms](Index i, auto type) {
       using T = std::remove_pointer_t<decltype(type)>;
-      return Eigen::internal::pmul(load<T>(x + i), Eigen::internal::pset1<T>(rrms));
+      store(y + i, Eigen::internal::pmul(load<T>(x + i), Eigen::internal::pset1<T>(rrms)));
     };
   }
 };

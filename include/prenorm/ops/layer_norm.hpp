@@ -51,15 +51,15 @@ struct LayerNormKernel {
     const S var = sum_sq_centered(x, d, shift, delta) / S(d);
     return {shift, delta, S(1) / std::sqrt(var + epsilon)};
   }
-  auto output(const S* x, const Stats& s) const {
-    return [x, s, gamma = gamma, beta = beta](Index i, auto type) {
+  auto writer(const S* x, S* y, const Stats& s) const {
+    return [x, y, s, gamma = gamma, beta = beta](Index i, auto type) {
       using T = std::remove_pointer_t<decltype(type)>;
       using namespace Eigen::internal;
       const T xhat = pmul(psub(psub(load<T>(x + i), pset1<T>(s.shift)), pset1<T>(s.delta)),
                           pset1<T>(s.rstd));
       // An explicit FMA: a compiler contraction of xhat * gamma + beta could differ
       // between the pipelined and the last row of a block (it did, across OpenMP).
-      return gamma ? pmadd(xhat, load<T>(gamma + i), load<T>(beta + i)) : xhat;
+      store(y + i, gamma ? pmadd(xhat, load<T>(gamma + i), load<T>(beta + i)) : xhat);
     };
   }
 };

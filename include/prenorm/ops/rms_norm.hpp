@@ -38,13 +38,13 @@ struct RmsNormKernel {
   S stats(const S*, const std::array<S, kSums>& sums) const {
     return S(1) / std::sqrt(sums[0] / S(d) + epsilon);
   }
-  auto output(const S* x, S rrms) const {
-    return [x, rrms, gamma = gamma](Index i, auto type) {
+  auto writer(const S* x, S* y, S rrms) const {
+    return [x, y, rrms, gamma = gamma](Index i, auto type) {
       using T = std::remove_pointer_t<decltype(type)>;
       using namespace Eigen::internal;
       T v = pmul(load<T>(x + i), pset1<T>(rrms));
       if (gamma) v = pmul(v, load<T>(gamma + i));
-      return v;
+      store(y + i, v);
     };
   }
 };

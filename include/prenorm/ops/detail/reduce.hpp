@@ -4,14 +4,9 @@
 // GCC does not vectorize a plain floating-point reduction without -ffast-math
 // (it may not reorder the additions), and Eigen's whole-matrix rowwise()
 // reductions do not vectorize either: both cost 4-7x. So each sum here keeps
-// four packet accumulators per quantity. The order of the additions depends on
-// the row length only, never on the thread or alignment, which keeps results
-// bitwise reproducible.
-//
-// A row whose length n is not a whole number of packets ends in one more
-// packet, the one that ends at n (when n >= P), instead of a scalar loop: the
-// compressed rows of Pre-CRMSNorm are d - 1 wide (191, 767), which left up to
-// P - 1 scalar steps (15 with AVX-512) in each pass over each row.
+// four packet accumulators per quantity, then a scalar tail. The order of the
+// additions depends on the row length only, never on the thread or alignment,
+// which keeps results bitwise reproducible.
 
 #include <Eigen/Core>
 
@@ -48,53 +43,21 @@ EIGEN_STRONG_INLINE void store(Scalar* p, const T& v) {
   }
 }
 
-// Whether a row of n elements ends in a packet that overlaps the whole
-// packets before it: n is not a whole number of packets and holds at least one.
-template <class Scalar>
-constexpr bool has_overlapping_rest(Index n) {
+// Calls fn(i, (T*)nullptr) for the packets (T = Packet) and then the scalars
+// (T = Scalar) that cover [0, n): an elementwise pass. (A pointer names T: a
+// template argument would drop the packet type's alignment attribute.)
+template <class Scalar, class Fn>
+EIGEN_STRONG_INLINE void for_each_packet(Index n, Fn&& fn) {
   constexpr Index kP = kPacketSize<Scalar>;
-  return kP > 1 && n > kP && n % kP != 0;
-}
-
-// The lanes of the packet [n - P, n) that the whole packets [0, n / P * P) did
-// not cover, the last n % P: all bits set there, zero in the others.
-template <class Scalar>
-EIGEN_STRONG_INLINE Packet<Scalar> rest_mask(Index n) {
-  using namespace Eigen::internal;
-  using P = Packet<Scalar>;
-  constexpr Index kP = kPacketSize<Scalar>;
-  // lane >= P - n % P, compared as exact small integers in the packet's type.
-  return pcmp_le(pset1<P>(Scalar(kP - n % kP)), plset<P>(Scalar(0)));
-}
-
-// y[i] = value(i) for i in [0, n): value(i, (T*)nullptr) returns the packet
-// (T = Packet) or the scalar (T = Scalar) at i. (A pointer names T: a template
-// argument would drop the packet type's alignment attribute.) A rest of n % P
-// elements is stored as the packet that ends at n, computed before any store,
-// so that y may be the input that value reads (the overlapping lanes get the
-// same values twice).
-template <class Scalar, class Value>
-EIGEN_STRONG_INLINE void write_packets(Index n, Scalar* y, Value value) {
-  using P = Packet<Scalar>;
-  constexpr Index kP = kPacketSize<Scalar>;
-  const Index body = n / kP * kP;  // whole packets: [0, body)
-  if (has_overlapping_rest<Scalar>(n)) {  // false unless P > 1
-    const P rest = value(n - kP, static_cast<P*>(nullptr));
-    for (Index i = 0; i < body; i += kP) store(y + i, value(i, static_cast<P*>(nullptr)));
-    store(y + n - kP, rest);
-    return;
-  }
-  for (Index i = 0; i < body; i += kP) store(y + i, value(i, static_cast<P*>(nullptr)));
-  for (Index i = body; i < n; ++i) store(y + i, value(i, static_cast<Scalar*>(nullptr)));
+  Index i = 0;
+  for (; i + kP <= n; i += kP) fn(i, static_cast<Packet<Scalar>*>(nullptr));
+  for (; i < n; ++i) fn(i, static_cast<Scalar*>(nullptr));
 }
 
 // Returns the NumSums sums over i in [0, n) of the terms that add_terms adds.
 // add_terms(i, acc) is a generic callable: it is called with T = Packet (terms
-// i..i+P-1 added lane-wise) and, for a row shorter than a packet, with
-// T = Scalar, and adds term k into acc[k] with Eigen's padd/pmadd (which also
-// work on scalars). A rest of n % P terms is added as the packet [n - P, n)
-// into zero accumulators, its lanes that the whole packets summed already
-// masked to zero (bitwise, whatever they hold) before they join the sums.
+// i..i+P-1 added lane-wise) and with T = Scalar (the tail), and adds term k
+// into acc[k] with Eigen's padd/pmadd (which also work on scalars).
 template <class Scalar, int NumSums, class AddTerms>
 EIGEN_STRONG_INLINE std::array<Scalar, NumSums> packet_sums(Index n, AddTerms add_terms) {
   using P = Packet<Scalar>;
@@ -114,17 +77,6 @@ EIGEN_STRONG_INLINE std::array<Scalar, NumSums> packet_sums(Index n, AddTerms ad
     add_terms(i + 3 * kP, acc3);
   }
   for (; i + kP <= n; i += kP) add_terms(i, acc0);
-  if constexpr (kP > 1) {
-    if (has_overlapping_rest<Scalar>(n)) {
-      P rest[NumSums];
-      for (int k = 0; k < NumSums; ++k) rest[k] = pset1<P>(Scalar(0));
-      add_terms(n - kP, rest);
-      const P mask = rest_mask<Scalar>(n);
-      for (int k = 0; k < NumSums; ++k)
-        acc0[k] = padd(acc0[k], Eigen::internal::pand(rest[k], mask));
-      i = n;
-    }
-  }
 
   Scalar tail[NumSums] = {};
   for (; i < n; ++i) add_terms(i, tail);

@@ -27,8 +27,7 @@ inline constexpr bool same_scalar = std::is_same_v<typename A::Scalar, typename 
 //   Kernel::Scalar, Kernel::Stats, Kernel::kSums
 //   first_pass(x)         packet_sums terms (kSums sums) over row x
 //   stats(x, sums)        the row's statistics (after any further pass over x)
-//   output(x, stats)      value(i, (T*)p) returning y[i..] computed from x[i..]
-//                         (T a packet or the scalar; see write_packets)
+//   writer(x, y, stats)   fn(i, (T*)p) writing y[i..] from x[i..] (T a packet or the scalar)
 // x_at(r) gives input row r, y_at(r) its output row, and on_stats(r, stats)
 // receives the statistics.
 //
@@ -41,31 +40,21 @@ template <class Kernel, class XAt, class YAt, class OnStats>
 void normalize_rows(const Kernel& kernel, Index d, Index begin, Index end, XAt x_at, YAt y_at,
                     OnStats on_stats) {
   using Scalar = typename Kernel::Scalar;
-  using P = Packet<Scalar>;
-  constexpr Index kP = kPacketSize<Scalar>;
-  const bool overlapping_rest = has_overlapping_rest<Scalar>(d);
   const Scalar* x = x_at(begin);
   auto stats = kernel.stats(x, packet_sums<Scalar, Kernel::kSums>(d, kernel.first_pass(x)));
   for (Index r = begin;; ++r) {
     on_stats(r, stats);
-    const auto value = kernel.output(x, stats);
-    Scalar* y = y_at(r);
+    const auto write = kernel.writer(x, y_at(r), stats);
     if (r + 1 == end) {
-      write_packets(d, y, value);
+      for_each_packet<Scalar>(d, write);
       return;
     }
-    // packet_sums below ends with the packet [d - P, d), which may read what
-    // it already wrote when y is x: that packet is stored again from here,
-    // computed before the loop, as write_packets does.
-    const P rest = overlapping_rest ? value(d - kP, static_cast<P*>(nullptr))
-                                    : Eigen::internal::pset1<P>(Scalar(0));
     const Scalar* next = x_at(r + 1);
     const auto next_pass = kernel.first_pass(next);
     const auto sums = packet_sums<Scalar, Kernel::kSums>(d, [&](Index i, auto& acc) {
-      store(y + i, value(i, &acc[0]));  // the packet type, as a pointer
+      write(i, &acc[0]);  // the packet type, as a pointer (see for_each_packet)
       next_pass(i, acc);
     });
-    if (overlapping_rest) store(y + d - kP, rest);
     stats = kernel.stats(next, sums);
     x = next;
   }
@@ -118,16 +107,9 @@ void add_forward_rows(const char* op, const Eigen::MatrixBase<HD>& h,
           [&](Index r) {
             // The add runs as its own pass just before the row's first pass, while
             // the row is in L1. (Folding it into that pass was 30 % slower: with the
-            // previous row's writes, that loop stored two streams.) Unaligned
-            // packets: Eigen's own loop would align them with scalar steps at
-            // both ends, as rows of an odd width start anywhere.
-            Scalar* hr = h_rows.row(r);
-            const Scalar* br = b_rows.row(r);
-            write_packets(d, hr, [hr, br](Index i, auto type) {
-              using T = std::remove_pointer_t<decltype(type)>;
-              return Eigen::internal::padd(load<T>(hr + i), load<T>(br + i));
-            });
-            return static_cast<const Scalar*>(hr);
+            // previous row's writes, that loop stored two streams.)
+            RowArrayMap<Scalar>(h_rows.row(r), d) += ConstRowArrayMap<Scalar>(b_rows.row(r), d);
+            return static_cast<const Scalar*>(h_rows.row(r));
           },
           [&](Index r) { return y_rows.row(r); }, on_stats);
     });
