@@ -27,13 +27,13 @@
 // Sizes, chosen to keep the whole run to a few minutes: the 318 benchmarks of
 // the norms take 5.3 CPU minutes (420, with double and backward on more
 // sizes, took 7.3), mostly the default 0.5 s minimum time of each, the rest
-// setting up the large matrices; the 20 products add about 12 s:
+// setting up the large matrices; the 35 products add about a minute:
 //   float forward and fused add+norm   every size (kWidths x kRows)
 //   float backward                     kSubsetWidths x kSubsetRows
 //   float gamma / padded variants,
 //   naive baselines, copy, all double  kSmallWidths x kSubsetRows
-//   linear forward                     ProductShapes (16)
-//   linear forward, padded writers     WriterShapes (4)
+//   linear forward                     ProductShapes (28)
+//   linear forward, padded             WriterShapes (4), DecodeReaderShapes (3)
 // Run single-threaded and pinned for stable numbers:
 //   OMP_NUM_THREADS=1 taskset -c 1 prenorm-bench-ops --benchmark_filter=...
 
@@ -452,8 +452,9 @@ void BM_copy_rows(benchmark::State& state) {
 // The product of a linear layer (prenorm::Linear::forward without bias,
 // y [rows x out] = x [rows x in] W^T) at the shapes of the writers (attention
 // out, MLP proj) and readers (qkv, MLP fc) of ViT-Ti b16 (3152 rows) and
-// GPT-3 Small T=128, and at those of a GPT-3 Small decoding step (one row:
-// readers and head), each at the width d and at d - 1, the width of a
+// GPT-3 Small T=128 (with its head), the readers of ViT-B b1 (197 rows), and
+// at those of a GPT-3 Small decoding step (one row: readers and head), each
+// at the width d and at d - 1, the width of a
 // Pre-CRMSNorm main branch. FLOP/s counts 2 rows out in per call (the real
 // outputs only, so that the padded variant compares directly).
 // ---------------------------------------------------------------------------
@@ -510,8 +511,12 @@ void ProductShapes(benchmark::internal::Benchmark* b) {
   for (const int64_t d : {192, 191}) {  // ViT-Ti, batch 16
     b->Args({3152, d, 192})->Args({3152, d, 768})->Args({3152, 576, d})->Args({3152, 768, d});
   }
-  for (const int64_t d : {768, 767}) {  // GPT-3 Small, T = 128
+  for (const int64_t d : {768, 767}) {  // GPT-3 Small, T = 128, and its head
     b->Args({128, d, 768})->Args({128, d, 3072})->Args({128, 2304, d})->Args({128, 3072, d});
+    b->Args({128, 50257, d});
+  }
+  for (const int64_t d : {768, 767}) {  // ViT-B b1: its readers at 197 rows
+    b->Args({197, 2304, d})->Args({197, 3072, d});
   }
   for (const int64_t d : {768, 767}) {  // GPT-3 Small, a decoding step
     b->Args({1, 2304, d})->Args({1, 3072, d})->Args({1, 50257, d});
