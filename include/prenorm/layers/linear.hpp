@@ -145,9 +145,10 @@ class Linear {
   }
 
   // row [cols] = [b 0], b [out] (zeros where b is null). In unaligned packets,
-  // the last of b's ending at out, over the one before when out is odd (d - 1):
-  // Eigen's row assignment would align them with up to P - 1 scalar steps at
-  // each end of every row (0.5 M instructions of a ViT-Ti forward, 0.1 %).
+  // the last of b's ending at out, over the one before when out is not a whole
+  // number of packets (d - 1): Eigen's row assignment would align them with up
+  // to P - 1 scalar steps at each end of every row (0.5 M instructions of a
+  // ViT-Ti forward, 0.1 %).
   static void fill_row(S* row, const S* b, Index out, Index cols) {
     using namespace Eigen::internal;
     using Packet = typename packet_traits<S>::type;
