@@ -322,16 +322,25 @@ TYPED_TEST(LayersTest, LinearPaddedMatchesReference) {
   ASSERT_EQ(Product::padded_outputs(767), 768);
   EXPECT_EQ(Product::padded_outputs(48), 0);
   EXPECT_EQ(Product::padded_outputs(30), 0);
+  for (Index k : {767, 1001, 3001, 191, 33}) ASSERT_TRUE(Product::realigns(k)) << k;
+  for (Index k : {768, 1024, 192}) EXPECT_FALSE(Product::realigns(k)) << k;
   using Gemv = prenorm::detail::MaskedTailGemv<S>;
   for (Index k : {767, 191, 33, 17, 8201}) ASSERT_TRUE(Gemv::applies(k)) << k;
   EXPECT_FALSE(Gemv::applies(768));
   std::mt19937_64 rng(21);
   struct Shape { Index rows, out, in, y_cols; };
-  const Shape shapes[] = {{40, 47, 33, 48},   {40, 47, 33, 53},    {64, 47, 1000, 48},
-                          {300, 191, 70, 192}, {70, 767, 40, 768},  {3, 47, 33, 48},
-                          {40, 30, 33, 31},    {40, 48, 33, 49},    {1, 47, 767, 48},
-                          {1, 13, 191, 13},    {1, 9, 33, 9},       {1, 5, 17, 5},
-                          {1, 3, 8201, 3},     {1, 48, 768, 48}};
+  // Realigned rows (depths not a whole number of packets: 33, 767, 1001, 3001,
+  // and 40 and 70 with 16-float packets): several blocks of W's rows (300
+  // outputs), depth split in blocks (1001, 3001), with the output padding
+  // (47 -> 48) after a larger product has left W's rows in the copy's unused
+  // rows. Depths 64, 96 and 1024: padded, not realigned.
+  const Shape shapes[] = {{40, 47, 33, 48},    {40, 47, 33, 53},    {40, 300, 767, 300},
+                          {40, 300, 3001, 301}, {64, 47, 1001, 48}, {64, 47, 1024, 48},
+                          {20, 767, 767, 768},  {300, 191, 64, 192}, {70, 767, 96, 768},
+                          {300, 191, 70, 192},  {70, 767, 40, 768}, {3, 47, 33, 48},
+                          {40, 30, 33, 31},     {40, 48, 33, 49},   {1, 47, 767, 48},
+                          {1, 13, 191, 13},     {1, 9, 33, 9},      {1, 5, 17, 5},
+                          {1, 3, 8201, 3},      {1, 48, 768, 48}};
   for (const Shape& sh : shapes)
     for (bool bias : {true, false}) {
       prenorm::Linear<S> lin(sh.in, sh.out, bias);

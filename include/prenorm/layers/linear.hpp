@@ -64,11 +64,14 @@ class Linear {
   }
 
   // y [tokens x padded] with padded >= out: y's first out columns = x W^T + b
-  // and the rest 0. Two shapes of a Pre-CRMSNorm block run in kernels of
+  // and the rest 0. Three shapes of a Pre-CRMSNorm block run in kernels of
   // their own:
   //   - out just short of the GEMM's register block (191 -> 192, 767 -> 768:
   //     its d - 1 wide writers), with y that wide and at least 16 rows of x:
   //     W is padded with zero rows (detail/padded_product.hpp);
+  //   - a depth that is not a whole number of packets (d - 1: its readers),
+  //     with at least 16 rows of x: W's rows are copied to an aligned stride
+  //     before packing (the same file);
   //   - a single row of x (decoding) whose depth is not a whole number of
   //     packets (d - 1 = 767: its readers): each row of W ends in one masked
   //     packet instead of a scalar loop (detail/masked_tail_gemv.hpp).
@@ -121,10 +124,10 @@ class Linear {
     using Product = detail::PaddedProduct<S>;
     using Gemv = detail::MaskedTailGemv<S>;
     const Index padded_out = Product::padded_outputs(out);
-    const bool padded =
-        x.rows() >= Product::kMinRows && padded_out != 0 && padded_out <= y.cols();
+    const bool padded = padded_out != 0 && padded_out <= y.cols();
+    const bool gemm = x.rows() >= Product::kMinRows && (padded || Product::realigns(in_features()));
     const bool gemv = x.rows() == 1 && Gemv::applies(in_features());
-    if (padded || gemv) {
+    if (gemm || gemv) {
       // y = [b 0], then y += x W^T.
       const S* b = with_bias ? bias.data() : nullptr;
       detail::for_each_row(y.rows(), y.cols(), [&](Index r) {
@@ -132,8 +135,8 @@ class Linear {
       });
       if (gemv) Gemv::run(weight.data(), out, in_features(), x.data(), y.data());
       else
-        Product::run(weight.data(), out, in_features(), x.data(), x.outerStride(), x.rows(),
-                     y.data(), y.outerStride());
+        Product::run(weight.data(), out, padded ? padded_out : out, in_features(), x.data(),
+                     x.outerStride(), x.rows(), y.data(), y.outerStride());
       return;
     }
 #endif

@@ -1,15 +1,26 @@
 #pragma once
-// y = x W^T with W's output rows padded to Eigen's register block.
+// y = x W^T through Eigen's GEMM kernel, with two changes to how W is packed.
 //
 // Eigen computes a row-major y [N x out] = x W^T as the column-major product
 // y^T = W x^T and walks W's rows in register blocks of mr = 3 packets (48
-// floats with AVX-512, 24 with AVX2; 2 packets without FMA). A Pre-CRMSNorm
-// writer has out = d - 1 outputs (191, 767): its last block is one row short
-// and runs in Eigen's 2-packet, half-packet and scalar kernels, which costs
-// +17 % on ViT-Ti's 191-output products (bench/README.md). Here that block is
-// copied with zero rows after it and packed as a whole one, so all of W runs
-// in the full kernel and writes the padded columns too, which the caller
-// provides (y's row stride >= out rounded up to mr).
+// floats with AVX-512, 24 with AVX2; 2 packets without FMA).
+//
+// Padded outputs. A Pre-CRMSNorm writer has out = d - 1 outputs (191, 767):
+// its last block is one row short and runs in Eigen's 2-packet, half-packet
+// and scalar kernels, which costs +17 % on ViT-Ti's 191-output products
+// (bench/README.md). Here that block is copied with zero rows after it and
+// packed as a whole one, so all of W runs in the full kernel and writes the
+// padded columns too, which the caller provides (y's row stride >= out
+// rounded up to mr).
+//
+// Realigned rows. A Pre-CRMSNorm reader has depth k = d - 1, so W's rows
+// start off the packet grid. On an AMD EPYC (Zen 5) host, Eigen's product
+// with such rows ran up to 16 % slower than at depth d where they are long
+// and many (GPT-3 Small's 2304 x 767 and 3072 x 767, a 50257 x 767 head), and
+// as fast as at d with the same rows at an aligned stride; in whole forwards
+// the readers of ViT-Ti and ViT-S at batch 1 (191, 383) cost time too
+// (bench/README.md). Here each block of W is first copied, row after row, to
+// a scratch whose rows are a whole number of packets, and packed from there.
 //
 // Otherwise the loops are those of Eigen's sequential GEMM
 // (Eigen/src/Core/products/GeneralMatrixMatrix.h), with its blocking sizes,
@@ -42,17 +53,20 @@ struct PaddedProduct {
     return short_by > 0 && short_by < kPacket ? out + short_by : 0;
   }
 
-  // y [n x padded_outputs(out)] (row stride y_stride) += x [n x k] (row
-  // stride x_stride) W^T, W [out x k] row-major and contiguous. Columns
-  // [out, padded) get += 0. One thread.
-  static void run_serial(const S* w, Index out, Index k, const S* x, Index x_stride, Index n, S* y,
-                         Index y_stride) {
+  // Whether W's rows, k long, are copied to an aligned stride before packing:
+  // where they start off the packet grid.
+  static constexpr bool realigns(Index k) { return k % kPacket != 0; }
+
+  // y [n x rows] (row stride y_stride) += x [n x k] (row stride x_stride) W^T,
+  // W [out x k] row-major and contiguous; rows is out or padded_outputs(out),
+  // and columns [out, rows) get += 0. One thread.
+  static void run_serial(const S* w, Index out, Index rows, Index k, const S* x, Index x_stride,
+                         Index n, S* y, Index y_stride) {
     using namespace Eigen::internal;
     using LhsMapper = const_blas_data_mapper<S, Index, Eigen::RowMajor>;  // W
     using RhsMapper = const_blas_data_mapper<S, Index, Eigen::ColMajor>;  // x^T [k x n]
     using ResMapper = blas_data_mapper<S, Index, Eigen::ColMajor, Eigen::Unaligned, 1>;  // y^T
     constexpr Index mr = kBlockRows;
-    const Index rows = padded_outputs(out);
     const LhsMapper lhs(w, k);
     const RhsMapper rhs(x, x_stride);
     const ResMapper res(y, y_stride);
@@ -61,20 +75,28 @@ struct PaddedProduct {
     computeProductBlockingSizes<S, S>(kc, mc, nc, Index(1));
     mc = std::max(mr, mc - mc % mr);  // blocks of whole register blocks
 
-    // Packing buffers and the short block's copy: grow-only, per thread, so
-    // that a forward allocates nothing once it has seen its largest shape.
-    thread_local Vector<S> block_a, block_b, short_block;
+    // Packing buffers and W's copies: grow-only, per thread, so that a
+    // forward allocates nothing once it has seen its largest shape.
+    thread_local Vector<S> block_a, block_b, short_block, aligned_block;
     if (block_a.size() < kc * mc) block_a.resize(kc * mc);
     if (block_b.size() < kc * nc) block_b.resize(kc * nc);
 
-    // The last, short register block of W, rows [last, out), copied (rows of
-    // W are contiguous) with zero rows after them, so that Eigen's vectorized
-    // packing takes it as a whole block: short_block [mr x k] row-major.
-    const Index last = out / mr * mr;
-    if (short_block.size() < mr * k) short_block.resize(mr * k);
-    std::copy(w + last * k, w + out * k, short_block.data());
-    std::fill(short_block.data() + (out - last) * k, short_block.data() + mr * k, S(0));
+    const bool realign = realigns(k);
+    // Realigned: a block of W [mc x kc] at a row stride of whole packets
+    // (Vector's storage is aligned to the largest packet).
+    const Index aligned_stride = (kc + kPacket - 1) / kPacket * kPacket;
+    if (realign && aligned_block.size() < mc * aligned_stride) aligned_block.resize(mc * aligned_stride);
+    // Padded, not realigned: the last, short register block of W, rows
+    // [last, out), copied with zero rows after them, so that Eigen's
+    // vectorized packing takes it as a whole block: short_block [mr x k].
+    const Index last = rows == out ? out : out / mr * mr;
+    if (!realign && last < rows) {
+      if (short_block.size() < mr * k) short_block.resize(mr * k);
+      std::copy(w + last * k, w + out * k, short_block.data());
+      std::fill(short_block.data() + (out - last) * k, short_block.data() + mr * k, S(0));
+    }
     const LhsMapper short_lhs(short_block.data(), k);
+    const LhsMapper aligned_lhs(aligned_block.data(), aligned_stride);
 
     gemm_pack_lhs<S, Index, LhsMapper, mr, Traits::LhsProgress,
                   typename Traits::LhsPacket4Packing, Eigen::RowMajor>
@@ -86,14 +108,22 @@ struct PaddedProduct {
     const bool pack_rhs_once = mc != rows && kc == k && nc == n;
     for (Index i2 = 0; i2 < rows; i2 += mc) {
       const Index block = std::min(i2 + mc, rows) - i2;
-      // W rows [i2, i2 + whole) pack from W, the short block from its copy.
-      const Index whole = std::min(i2 + block, last) - i2;
+      // W rows [i2, i2 + whole) are W's own, the rest zero rows up to block.
+      const Index whole = std::min(i2 + block, realign ? out : last) - i2;
       for (Index k2 = 0; k2 < k; k2 += kc) {
         const Index depth = std::min(k2 + kc, k) - k2;
         S* packed = block_a.data();
-        if (whole > 0) pack_lhs(packed, lhs.getSubMapper(i2, k2), depth, whole);
-        if (whole < block)
-          pack_lhs(packed + whole * depth, short_lhs.getSubMapper(0, k2), depth, mr);
+        if (realign) {
+          S* copy = aligned_block.data();
+          for (Index r = 0; r < whole; ++r)
+            std::copy_n(w + (i2 + r) * k + k2, depth, copy + r * aligned_stride);
+          for (Index r = whole; r < block; ++r) std::fill_n(copy + r * aligned_stride, depth, S(0));
+          pack_lhs(packed, aligned_lhs, depth, block);
+        } else {
+          if (whole > 0) pack_lhs(packed, lhs.getSubMapper(i2, k2), depth, whole);
+          if (whole < block)
+            pack_lhs(packed + whole * depth, short_lhs.getSubMapper(0, k2), depth, mr);
+        }
         for (Index j2 = 0; j2 < n; j2 += nc) {
           const Index cols = std::min(j2 + nc, n) - j2;
           if (!pack_rhs_once || i2 == 0) pack_rhs(block_b.data(), rhs.getSubMapper(k2, j2), depth, cols);
@@ -104,8 +134,8 @@ struct PaddedProduct {
   }
 
   // The same, the rows of x and y split among threads when the work is large enough.
-  static void run(const S* w, Index out, Index k, const S* x, Index x_stride, Index n, S* y,
-                  Index y_stride) {
+  static void run(const S* w, Index out, Index rows, Index k, const S* x, Index x_stride, Index n,
+                  S* y, Index y_stride) {
 #ifdef _OPENMP
     const double flops = 2.0 * double(n) * double(out) * double(k);
     if (n >= 2 * kMinRows && flops >= 4e6 && omp_get_max_threads() > 1 && !omp_in_parallel()) {
@@ -114,12 +144,13 @@ struct PaddedProduct {
         const Index threads = omp_get_num_threads(), t = omp_get_thread_num();
         const Index r0 = n * t / threads, r1 = n * (t + 1) / threads;
         if (r0 < r1)
-          run_serial(w, out, k, x + r0 * x_stride, x_stride, r1 - r0, y + r0 * y_stride, y_stride);
+          run_serial(w, out, rows, k, x + r0 * x_stride, x_stride, r1 - r0, y + r0 * y_stride,
+                     y_stride);
       }
       return;
     }
 #endif
-    run_serial(w, out, k, x, x_stride, n, y, y_stride);
+    run_serial(w, out, rows, k, x, x_stride, n, y, y_stride);
   }
 
  private:
