@@ -27,13 +27,14 @@
 // Sizes, chosen to keep the whole run to a few minutes: the 318 benchmarks of
 // the norms take 5.3 CPU minutes (420, with double and backward on more
 // sizes, took 7.3), mostly the default 0.5 s minimum time of each, the rest
-// setting up the large matrices; the 35 products add about 35 s:
+// setting up the large matrices; the 52 products add about 45 s:
 //   float forward and fused add+norm   every size (kWidths x kRows)
 //   float backward                     kSubsetWidths x kSubsetRows
 //   float gamma / padded variants,
 //   naive baselines, copy, all double  kSmallWidths x kSubsetRows
-//   linear forward                     ProductShapes (28)
-//   linear forward, padded             WriterShapes (4), DecodeReaderShapes (3)
+//   linear forward                     ProductShapes (36)
+//   linear forward, padded             WriterShapes (4), ReaderShapes (9),
+//                                      DecodeReaderShapes (3)
 // Run single-threaded and pinned for stable numbers:
 //   OMP_NUM_THREADS=1 taskset -c 1 prenorm-bench-ops --benchmark_filter=...
 
@@ -452,9 +453,9 @@ void BM_copy_rows(benchmark::State& state) {
 // The product of a linear layer (prenorm::Linear::forward without bias,
 // y [rows x out] = x [rows x in] W^T) at the shapes of the writers (attention
 // out, MLP proj) and readers (qkv, MLP fc) of ViT-Ti b16 (3152 rows) and
-// GPT-3 Small T=128 (with its head), the readers of ViT-B b1 (197 rows), and
-// at those of a GPT-3 Small decoding step (one row: readers and head), each
-// at the width d and at d - 1, the width of a
+// GPT-3 Small T=128 (with its head), the readers of ViT-B, ViT-Ti and ViT-S
+// at batch 1 (197 rows), and at those of a GPT-3 Small decoding step (one
+// row: readers and head), each at the width d and at d - 1, the width of a
 // Pre-CRMSNorm main branch. FLOP/s counts 2 rows out in per call (the real
 // outputs only, so that the padded variant compares directly).
 // ---------------------------------------------------------------------------
@@ -486,8 +487,9 @@ void BM_linear_forward(benchmark::State& state) {
 // The products of a Pre-CRMSNorm block as it runs them, through
 // Linear::forward_padded: the d - 1 writers (out = d - 1) into a branch
 // buffer of width d (the product padded to d outputs with a zero weight row),
-// and a decoding step's readers (one row, in = d - 1: each row of W ends in
-// a masked packet instead of a scalar loop).
+// the readers (in = d - 1: W's rows copied to an aligned stride before
+// packing), and a decoding step's readers (one row, in = d - 1: each row of W
+// ends in a masked packet instead of a scalar loop).
 template <class S>
 void BM_linear_forward_padded(benchmark::State& state) {
   run_linear_forward<S>(state, true);
@@ -497,6 +499,15 @@ void WriterShapes(benchmark::internal::Benchmark* b) {
   b->ArgNames({"rows", "out", "in"});
   b->Args({3152, 191, 192})->Args({3152, 191, 768});  // ViT-Ti, batch 16
   b->Args({128, 767, 768})->Args({128, 767, 3072});   // GPT-3 Small, T = 128
+}
+
+// The readers at depth d - 1 of GPT-3 Small at T = 128 (qkv, MLP fc, an
+// untied head) and of ViT-B, ViT-Ti and ViT-S at batch 1 (197 rows).
+void ReaderShapes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"rows", "out", "in"});
+  b->Args({128, 2304, 767})->Args({128, 3072, 767})->Args({128, 50257, 767});
+  b->Args({197, 2304, 767})->Args({197, 3072, 767});
+  b->Args({197, 576, 191})->Args({197, 768, 191})->Args({197, 1152, 383})->Args({197, 1536, 383});
 }
 
 // The readers of one GPT-3 Small decoding step (a single row): qkv, MLP fc
@@ -518,6 +529,8 @@ void ProductShapes(benchmark::internal::Benchmark* b) {
   for (const int64_t d : {768, 767}) {  // ViT-B b1: its readers at 197 rows
     b->Args({197, 2304, d})->Args({197, 3072, d});
   }
+  for (const int64_t d : {192, 191}) b->Args({197, 576, d})->Args({197, 768, d});     // ViT-Ti b1
+  for (const int64_t d : {384, 383}) b->Args({197, 1152, d})->Args({197, 1536, d});   // ViT-S b1
   for (const int64_t d : {768, 767}) {  // GPT-3 Small, a decoding step
     b->Args({1, 2304, d})->Args({1, 3072, d})->Args({1, 50257, d});
   }
@@ -546,6 +559,7 @@ BENCHMARK_TEMPLATE(BM_copy_rows, float)->Apply(SmallSizes);
 BENCHMARK_TEMPLATE(BM_linear_forward, float)->Apply(ProductShapes);
 BENCHMARK_TEMPLATE(BM_linear_forward_padded, float)
     ->Apply(WriterShapes)
+    ->Apply(ReaderShapes)
     ->Apply(DecodeReaderShapes);
 
 BENCHMARK_TEMPLATE(BM_layer_norm_forward, double)->Apply(SmallSizes);
