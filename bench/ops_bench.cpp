@@ -27,7 +27,7 @@
 // Sizes, chosen to keep the whole run to a few minutes: the 318 benchmarks of
 // the norms take 5.3 CPU minutes (420, with double and backward on more
 // sizes, took 7.3), mostly the default 0.5 s minimum time of each, the rest
-// setting up the large matrices; the 52 products add about 45 s:
+// setting up the large matrices; the 52 products add about 50 s:
 //   float forward and fused add+norm   every size (kWidths x kRows)
 //   float backward                     kSubsetWidths x kSubsetRows
 //   float gamma / padded variants,
