@@ -155,7 +155,7 @@ class Linear {
   static void fill_row(S* row, const S* b, Index out, Index cols) {
     using namespace Eigen::internal;
     using Packet = typename packet_traits<S>::type;
-    constexpr Index kPacket = unpacket_traits<Packet>::size;
+    constexpr Index kPacket = packet_traits<S>::size;
     Index i = 0;
     if (kPacket > 1 && out >= kPacket) {
       for (; i + kPacket <= out; i += kPacket)
