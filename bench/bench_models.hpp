@@ -173,6 +173,56 @@ class VitForward {
   std::vector<Scalar> pixels_;
 };
 
+// One block of a ViT at batch images (its first block, with the model's
+// weights) as Vit::forward runs it: y = Norm1(h), then the fused block
+// (h += Attn(y), y = Norm2(h), branch = Mlp(y), with branch as wide as
+// branch_width(), so that the writers run padded), then h += branch. Each
+// run() first restores h to the same input (a copy of [batch*tokens x main],
+// the same for every architecture), so that every run does the same work. It
+// times the per-block cost that a forward repeats layers times, without the
+// embedding and the head.
+template <Arch A>
+class VitBlockForward {
+ public:
+  using Model = prenorm::Vit<A, Scalar>;
+  using Block = typename Model::Block;
+  static constexpr const char* kItems = "images/s";
+
+  VitBlockForward(Model& model, Index batch) : model_(model), batch_(batch) {
+    const Index rows = batch * model.config.tokens(), m = model.main();
+    input_.resize(rows, m);
+    for (Index i = 0; i < input_.size(); ++i)
+      input_.data()[i] = Scalar(int(i * 7919 % 255) - 127) / Scalar(128);
+    x_.resize(rows, m);
+    branch_.resize(rows, model.blocks.front().branch_width());
+    run();  // warm-up
+  }
+
+  const prenorm::RowMatrix<Scalar>& run() {
+    h_ = input_;
+    const Block& block = model_.blocks.front();
+    block.norm1(h_, x_);
+    block.forward_fused(h_, x_, branch_, batch_, workspace_);
+    h_ += branch_.leftCols(block.main());
+    return h_;
+  }
+
+  Index items() const { return batch_; }  // images per run()
+  double flops_per_item() const {
+    const auto& c = model_.config;
+    const Index T = c.tokens();
+    return double(T) * linear_flops_per_token(model_.main(), c.attention_width(), c.mlp_width, 1) +
+           2.0 * 2.0 * double(T) * double(T) * double(c.attention_width());
+  }
+
+ private:
+  Model& model_;
+  Index batch_;
+  prenorm::RowMatrix<Scalar> input_, h_, x_;
+  prenorm::RowMatrix<Scalar> branch_;  // [batch*tokens x branch_width()]
+  prenorm::BlockWorkspace<Scalar> workspace_;
+};
+
 // A model with random weights (cheap_init, kSeed).
 template <class Model, class Config>
 std::unique_ptr<Model> make_model(const Config& config) {

@@ -2,13 +2,14 @@
 // model, for instruction counts that repeat exactly (valgrind's callgrind),
 // where wall-clock times on a shared machine do not.
 //
-//   prenorm-count-forwards [--forwards=N] [--decode] [--eigen-cache-sizes=L1,L2,L3]
+//   prenorm-count-forwards [--forwards=N] [--decode | --block] [--eigen-cache-sizes=L1,L2,L3]
 //                          MODEL ARCH BATCH SEQ
 //
 // MODEL is gpt3_small, vit_ti16, vit_s16 or vit_b16; ARCH is pre_ln,
 // pre_rmsnorm, pre_crmsnorm or no_norm; BATCH and SEQ are the benchmark's
 // args (a ViT's SEQ must be its 197 tokens). --decode (GPT only): one
-// KV-cache step at context SEQ instead of a prompt forward. N defaults to 1.
+// KV-cache step at context SEQ instead of a prompt forward. --block (ViT
+// only): one block, as BM_block_forward runs it. N defaults to 1.
 // --eigen-cache-sizes (bytes) sets the cache sizes Eigen chooses its product
 // blocking for (Eigen::setCpuCacheSizes) before anything runs: under valgrind
 // Eigen reads valgrind's virtual CPU (l1=32K, l2=256K, l3=8M), so pass the
@@ -42,6 +43,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <type_traits>
 
 namespace {
 
@@ -77,7 +79,7 @@ namespace {
 [[noreturn]] void usage(const char* why) {
   std::fprintf(stderr,
                "prenorm-count-forwards: %s\n"
-               "usage: prenorm-count-forwards [--forwards=N] [--decode] [--eigen-cache-sizes=L1,L2,L3]\n"
+               "usage: prenorm-count-forwards [--forwards=N] [--decode | --block] [--eigen-cache-sizes=L1,L2,L3]\n"
                "                              MODEL ARCH BATCH SEQ\n"
                "  MODEL: gpt3_small, vit_ti16, vit_s16, vit_b16\n"
                "  ARCH:  pre_ln, pre_rmsnorm, pre_crmsnorm, no_norm\n",
@@ -92,42 +94,50 @@ Index parse_index(const char* s, const char* what) {
   return Index(v);
 }
 
+// The work a run counts: a prompt or image forward, a KV-cache step, or one ViT block.
+enum class Work { Forward, DecodeStep, Block };
+
+// A runner of Work on a fresh model: model and work built, warm-up run.
+template <class Model, class W, class Config>
+std::unique_ptr<Runner> runner_of(const Config& config, Index batch, Index second_arg) {
+  auto r = std::make_unique<RunnerOf<Model, W>>();
+  r->model = make_model<Model>(config);
+  if constexpr (std::is_constructible_v<W, Model&, Index, Index>)
+    r->work = std::make_unique<W>(*r->model, batch, second_arg);
+  else
+    r->work = std::make_unique<W>(*r->model, batch);
+  return r;
+}
+
 template <Arch A>
-std::unique_ptr<Runner> make_runner(std::string_view model_name, bool decode, Index batch, Index seq) {
+std::unique_ptr<Runner> make_runner(std::string_view model_name, Work work, Index batch, Index seq) {
   if (const auto config = gpt_preset(model_name)) {
     using Model = prenorm::Gpt<A, Scalar>;
     if (seq > config->context) usage("SEQ exceeds the GPT's context");
-    if (decode) {
+    if (work == Work::Block) usage("--block is for ViT models");
+    if (work == Work::DecodeStep) {
       if (seq < 2) usage("the decode context SEQ must be >= 2");
-      auto r = std::make_unique<RunnerOf<Model, GptDecodeStep<A>>>();
-      r->model = make_model<Model>(*config);
-      r->work = std::make_unique<GptDecodeStep<A>>(*r->model, batch, seq);
-      return r;
+      return runner_of<Model, GptDecodeStep<A>>(*config, batch, seq);
     }
-    auto r = std::make_unique<RunnerOf<Model, GptForward<A>>>();
-    r->model = make_model<Model>(*config);
-    r->work = std::make_unique<GptForward<A>>(*r->model, batch, seq);
-    return r;
+    return runner_of<Model, GptForward<A>>(*config, batch, seq);
   }
   if (const auto config = vit_preset(model_name)) {
     using Model = prenorm::Vit<A, Scalar>;
-    if (decode) usage("--decode is for GPT models");
+    if (work == Work::DecodeStep) usage("--decode is for GPT models");
     if (seq != config->tokens()) usage("a ViT's SEQ must be its token count (197 for /16 at 224 x 224)");
-    auto r = std::make_unique<RunnerOf<Model, VitForward<A>>>();
-    r->model = make_model<Model>(*config);
-    r->work = std::make_unique<VitForward<A>>(*r->model, batch);
-    return r;
+    if (work == Work::Block) return runner_of<Model, VitBlockForward<A>>(*config, batch, seq);
+    return runner_of<Model, VitForward<A>>(*config, batch, seq);
   }
   usage("unknown MODEL");
 }
 
-std::unique_ptr<Runner> make_runner(std::string_view arch, std::string_view model, bool decode, Index batch,
+std::unique_ptr<Runner> make_runner(std::string_view arch, std::string_view model, Work work, Index batch,
                                     Index seq) {
   std::unique_ptr<Runner> runner;
   bool found = false;
   for_each_arch([&]<Arch A>() {
     if (arch == prenorm::arch_name(A)) {
-      runner = make_runner<A>(model, decode, batch, seq);
+      runner = make_runner<A>(model, work, batch, seq);
       found = true;
     }
   });
@@ -139,14 +149,17 @@ std::unique_ptr<Runner> make_runner(std::string_view arch, std::string_view mode
 
 int main(int argc, char** argv) {
   long forwards = 1;
-  bool decode = false;
+  Work work = Work::Forward;
   std::ptrdiff_t caches[3] = {};
   const char* positional[4] = {};
   int npos = 0;
   for (int i = 1; i < argc; ++i) {
     const std::string_view a = argv[i];
     if (a.starts_with("--forwards=")) forwards = long(parse_index(argv[i] + 11, "--forwards"));
-    else if (a == "--decode") decode = true;
+    else if (a == "--decode" || a == "--block") {
+      if (work != Work::Forward) usage("--decode and --block exclude each other");
+      work = a == "--decode" ? Work::DecodeStep : Work::Block;
+    }
     else if (a.starts_with("--eigen-cache-sizes=")) {
       long long l1 = 0, l2 = 0, l3 = 0;
       char tail = 0;
@@ -165,8 +178,9 @@ int main(int argc, char** argv) {
 
   if (caches[0] > 0) Eigen::setCpuCacheSizes(caches[0], caches[1], caches[2]);
   try {
-    auto runner = make_runner(arch, model, decode, batch, seq);  // includes the warm-up
-    std::printf("%s %s %s batch=%ld seq=%ld forwards=%ld threads=%d\n", decode ? "decode_step" : "forward",
+    auto runner = make_runner(arch, model, work, batch, seq);  // includes the warm-up
+    const char* what = work == Work::DecodeStep ? "decode_step" : work == Work::Block ? "block_forward" : "forward";
+    std::printf("%s %s %s batch=%ld seq=%ld forwards=%ld threads=%d\n", what,
                 std::string(model).c_str(), std::string(arch).c_str(), long(batch), long(seq), forwards,
                 prenorm::num_threads());
     std::printf("eigen cache sizes (bytes): l1=%td l2=%td l3=%td\n", Eigen::l1CacheSize(), Eigen::l2CacheSize(),

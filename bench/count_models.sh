@@ -11,7 +11,8 @@
 #     -DPRENORM_BUILD_TESTS=OFF -DPRENORM_BUILD_EXAMPLES=OFF
 #   cmake --build build/callgrind --target prenorm-count-forwards
 # Rows (default: all): gpt3_small_128 gpt3_small_512 vit_ti16_1 vit_ti16_16
-# vit_s16_1 vit_s16_16 vit_b16_1 decode_512. Output files are
+# vit_s16_1 vit_s16_16 vit_b16_1 decode_512; also block_vit_ti16_16 (one
+# block of the ViT-Ti b16 forward, BM_block_forward). Output files are
 # <out-dir>/<row>.<arch>.out (callgrind) and .log (the program's output).
 # Environment: FORWARDS (default 1), CPU (the core to pin to, default 0),
 # EIGEN_CACHES (default 49152,2097152,503316480: the sizes Eigen detects
@@ -46,6 +47,7 @@ for row in $rows; do
     vit_s16_16) args="vit_s16 BATCH 16 197" ;;
     vit_b16_1) args="vit_b16 BATCH 1 197" ;;
     decode_512) args="--decode gpt3_small BATCH 1 512" ;;
+    block_vit_ti16_16) args="--block vit_ti16 BATCH 16 197" ;;
     *) echo "count_models.sh: unknown row $row" >&2; exit 2 ;;
   esac
   for arch in pre_ln pre_rmsnorm pre_crmsnorm no_norm; do

@@ -3,6 +3,7 @@
 //   BM_forward<arch, vit_ti16|vit_s16, float>/batch:{1,16}/seq:197
 //   BM_forward<arch, vit_b16, float>/batch:1/seq:197
 //   BM_decode_step<arch, gpt3_small, float>/batch:1/seq:512     one KV-cache step at position 511
+//   BM_block_forward<arch, vit_ti16, float>/batch:16/seq:197     one block of the ViT-Ti b16 forward
 // arch is pre_ln, pre_rmsnorm, pre_crmsnorm or no_norm. The models, their
 // random weights, inputs and FLOP counts are those of bench_models.hpp, shared
 // with prenorm-count-forwards (instruction counts of the same work); one model
@@ -61,13 +62,14 @@ void bm_gpt_decode_step(benchmark::State& state, const prenorm::GptConfig& confi
   time_work(state, work);
 }
 
-template <Arch A>
-void bm_vit_forward(benchmark::State& state, const prenorm::VitConfig& config, const std::string& key) {
+// Work: VitForward or VitBlockForward.
+template <template <Arch> class Work, Arch A>
+void bm_vit(benchmark::State& state, const prenorm::VitConfig& config, const std::string& key) {
   if (state.range(1) != config.tokens()) {
     state.SkipWithError("seq must be the ViT's token count (1 + patches)");
     return;
   }
-  VitForward<A> work(cached_model<prenorm::Vit<A, Scalar>>(key, config), state.range(0));
+  Work<A> work(cached_model<prenorm::Vit<A, Scalar>>(key, config), state.range(0));
   time_work(state, work);
 }
 
@@ -96,10 +98,12 @@ void register_gpt_forward(Index batch, Index seq) {
   });
 }
 
-void register_vit_forward(const char* model, const prenorm::VitConfig& config, Index batch) {
+// bm: "BM_forward" (Work = VitForward) or "BM_block_forward" (VitBlockForward).
+template <template <Arch> class Work>
+void register_vit(const char* bm, const char* model, const prenorm::VitConfig& config, Index batch) {
   const std::string name = model;
-  register_row("BM_forward", model, batch, config.tokens(), [name, config]<Arch A>(benchmark::State& s) {
-    bm_vit_forward<A>(s, config, std::string(prenorm::arch_name(A)) + "/" + name);
+  register_row(bm, model, batch, config.tokens(), [name, config]<Arch A>(benchmark::State& s) {
+    bm_vit<Work, A>(s, config, std::string(prenorm::arch_name(A)) + "/" + name);
   });
 }
 
@@ -114,12 +118,13 @@ const bool registered = [] {
   namespace p = prenorm::presets;
   register_gpt_forward(1, 128);
   register_gpt_forward(1, 512);
-  register_vit_forward("vit_ti16", p::vit_ti16, 1);
-  register_vit_forward("vit_ti16", p::vit_ti16, 16);
-  register_vit_forward("vit_s16", p::vit_s16, 1);
-  register_vit_forward("vit_s16", p::vit_s16, 16);
-  register_vit_forward("vit_b16", p::vit_b16, 1);
+  register_vit<VitForward>("BM_forward", "vit_ti16", p::vit_ti16, 1);
+  register_vit<VitForward>("BM_forward", "vit_ti16", p::vit_ti16, 16);
+  register_vit<VitForward>("BM_forward", "vit_s16", p::vit_s16, 1);
+  register_vit<VitForward>("BM_forward", "vit_s16", p::vit_s16, 16);
+  register_vit<VitForward>("BM_forward", "vit_b16", p::vit_b16, 1);
   register_gpt_decode(1, 512);
+  register_vit<VitBlockForward>("BM_block_forward", "vit_ti16", p::vit_ti16, 16);
   return true;
 }();
 
