@@ -8,8 +8,7 @@
 #include <prenorm/io.hpp>  // needs prenorm::io (nlohmann_json)
 #endif
 
-#include <algorithm>
-#include <cmath>
+#include <cstddef>
 #include <iostream>
 #include <vector>
 

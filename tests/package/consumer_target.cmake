@@ -5,8 +5,11 @@
 #
 # Warnings are errors: prenorm's headers must compile cleanly in a user's
 # -Wall -Wextra build (consumer.cpp instantiates the models, the converter and
-# the KV cache). GCC 12's false maybe-uninitialized warnings inside Eigen's
-# AVX-512 code are off, as in prenorm's own build.
+# the KV cache). The add_subdirectory and FetchContent consumers are the ones
+# that check it: through find_package, prenorm's headers come from an imported
+# target, which CMake includes as system headers, where compilers stay quiet.
+# GCC 12's false maybe-uninitialized warnings inside Eigen's AVX-512 code are
+# off, as in prenorm's own build.
 function(prenorm_consumer kind)
   add_executable(consumer ${CMAKE_CURRENT_FUNCTION_LIST_DIR}/consumer.cpp)
   target_link_libraries(consumer PRIVATE prenorm::prenorm)
