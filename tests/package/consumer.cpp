@@ -23,8 +23,9 @@ static float max_difference(const prenorm::RowMatrix<float>& a, const prenorm::R
 // Instantiates the library's main templates in the consumer's own build (its
 // CMakeLists turn warnings into errors): a small Pre-LN GPT converted to
 // Pre-CRMSNorm, a prompt forward, the same logits through the KV cache, and a
-// ViT. Width 48 keeps the compressed main branch (47) off the packet grid, so
-// the padded and realigned products and the norms' tails all run.
+// ViT, and with prenorm::io the converted GPT saved and loaded back. Width 48
+// keeps the compressed main branch (47) off the packet grid, so the padded and
+// realigned products and the norms' tails all run.
 static bool models_agree() {
   using prenorm::Arch;
   prenorm::GptConfig gpt_config{.vocab = 50, .context = 32, .width = 48, .heads = 4,
@@ -50,15 +51,24 @@ static bool models_agree() {
   auto vit_crms = prenorm::convert<Arch::PreCRMSNorm>(vit);
 
   const float tolerance = 1e-4f;
-  return max_difference(converted, reference) < tolerance &&
-         max_difference(last, reference.bottomRows(1)) < tolerance &&
-         max_difference(vit_crms.forward_patches(patches), vit_reference) < tolerance;
+  bool agree = max_difference(converted, reference) < tolerance &&
+               max_difference(last, reference.bottomRows(1)) < tolerance &&
+               max_difference(vit_crms.forward_patches(patches), vit_reference) < tolerance;
+#if PRENORM_CONSUMER_IO
+  // The converted GPT through a safetensors file in memory and back.
+  namespace io = prenorm::io;
+  const std::vector<std::byte> file = io::prenorm_writer(pre_crms, io::Dtype::F32).bytes();
+  auto loaded = io::load_prenorm_gpt<Arch::PreCRMSNorm, float>(
+      io::SafetensorsFile::from_bytes(file, "consumer.safetensors"));
+  agree = agree && max_difference(loaded.forward(prompt), converted) == 0.0f;
+#endif
+  return agree;
 }
 
 int main() {
   constexpr auto arch = prenorm::Arch::PreCRMSNorm;
   if (!models_agree()) {
-    std::cout << "prenorm consumer: the converted models do not give the Pre-LN logits\n";
+    std::cout << "prenorm consumer: a converted (or saved and loaded) model does not give the Pre-LN logits\n";
     return 1;
   }
   std::cout << "prenorm consumer (" PRENORM_CONSUMER_KIND "): " << prenorm::arch_name(arch)
