@@ -72,6 +72,15 @@ inline double linear_flops_per_token(Index main, Index inner_attn, Index mlp, In
   return 2.0 * double(layers) * double(main) * (3.0 * inner_attn + inner_attn + 2.0 * mlp);
 }
 
+// 2 * multiply-adds per image of `layers` blocks of a ViT whose main branch
+// is `main` wide: the linear layers of every token, and the attention's two
+// products (T x T scores, then their sum of values) at every layer.
+inline double vit_blocks_flops_per_image(const prenorm::VitConfig& c, Index main, Index layers) {
+  const double T = double(c.tokens());
+  return T * linear_flops_per_token(main, c.attention_width(), c.mlp_width, layers) +
+         2.0 * 2.0 * double(layers) * T * T * double(c.attention_width());
+}
+
 // Deterministic token ids: (i * 7919) mod vocab.
 inline std::vector<int> token_ids(Index count, Index vocab) {
   std::vector<int> ids(count);
@@ -161,10 +170,8 @@ class VitForward {
   Index items() const { return batch_; }  // images per run()
   double flops_per_item() const {
     const auto& c = model_.config;
-    const Index T = c.tokens();
-    return double(T) * linear_flops_per_token(model_.main(), c.attention_width(), c.mlp_width, c.layers) +
-           2.0 * double(T) * double(c.patch_features()) * double(model_.main()) +
-           2.0 * 2.0 * double(c.layers) * double(T) * double(T) * double(c.attention_width());
+    return vit_blocks_flops_per_image(c, model_.main(), c.layers) +
+           2.0 * double(c.tokens()) * double(c.patch_features()) * double(model_.main());
   }
 
  private:
@@ -209,10 +216,7 @@ class VitBlockForward {
 
   Index items() const { return batch_; }  // images per run()
   double flops_per_item() const {
-    const auto& c = model_.config;
-    const Index T = c.tokens();
-    return double(T) * linear_flops_per_token(model_.main(), c.attention_width(), c.mlp_width, 1) +
-           2.0 * 2.0 * double(T) * double(T) * double(c.attention_width());
+    return vit_blocks_flops_per_image(model_.config, model_.main(), 1);
   }
 
  private:
