@@ -96,11 +96,12 @@ class GptForward {
   static constexpr const char* kItems = "tokens/s";
 
   GptForward(Model& model, Index batch, Index seq)
-      : model_(model), batch_(batch), seq_(seq), ids_(token_ids(batch * seq, model.config.vocab)) {
+      : model_(model), session_(model), batch_(batch), seq_(seq),
+        ids_(token_ids(batch * seq, model.config.vocab)) {
     run();  // warm-up
   }
 
-  const prenorm::RowMatrix<Scalar>& run() { return model_.forward(prenorm::TokenBatch{ids_, batch_, seq_}); }
+  const prenorm::RowMatrix<Scalar>& run() { return session_.forward(prenorm::TokenBatch{ids_, batch_, seq_}); }
 
   Index items() const { return batch_ * seq_; }  // tokens per run()
   double flops_per_item() const {
@@ -112,6 +113,7 @@ class GptForward {
 
  private:
   Model& model_;
+  prenorm::GptSession<A, Scalar> session_;
   Index batch_, seq_;
   std::vector<int> ids_;
 };
@@ -126,16 +128,15 @@ class GptDecodeStep {
   static constexpr const char* kItems = "tokens/s";
 
   GptDecodeStep(Model& model, Index batch, Index context)
-      : model_(model), batch_(batch), context_(context), cache_(model.make_cache(batch, context)),
-        next_(batch, 464) {
+      : model_(model), session_(model), batch_(batch), context_(context), next_(batch, 464) {
     const auto prompt = token_ids(batch * (context - 1), model.config.vocab);
-    model_.prefill(cache_, prenorm::TokenBatch{prompt, batch, context - 1});
+    session_.prefill(prenorm::TokenBatch{prompt, batch, context - 1}, context);
     run();  // warm-up
   }
 
   const prenorm::RowMatrix<Scalar>& run() {
-    cache_.length = context_ - 1;  // the step always attends to context positions
-    return model_.step(cache_, next_);
+    session_.rewind(context_ - 1);  // the step always attends to context positions
+    return session_.step(next_);
   }
 
   Index items() const { return batch_; }  // tokens per run()
@@ -143,8 +144,8 @@ class GptDecodeStep {
 
  private:
   Model& model_;
+  prenorm::GptSession<A, Scalar> session_;
   Index batch_, context_;
-  prenorm::KvCache<Scalar> cache_;
   std::vector<int> next_;
 };
 
@@ -155,7 +156,7 @@ class VitForward {
   using Model = prenorm::Vit<A, Scalar>;
   static constexpr const char* kItems = "images/s";
 
-  VitForward(Model& model, Index batch) : model_(model), batch_(batch) {
+  VitForward(Model& model, Index batch) : model_(model), session_(model), batch_(batch) {
     const auto& c = model.config;
     pixels_.resize(batch * c.channels * c.image_size * c.image_size);
     for (std::size_t i = 0; i < pixels_.size(); ++i) pixels_[i] = Scalar(int(i % 255) - 127) / Scalar(128);
@@ -164,7 +165,7 @@ class VitForward {
 
   const prenorm::RowMatrix<Scalar>& run() {
     const auto& c = model_.config;
-    return model_.forward(prenorm::ImageBatch<Scalar>{pixels_, batch_, c.channels, c.image_size, c.image_size});
+    return session_.forward(prenorm::ImageBatch<Scalar>{pixels_, batch_, c.channels, c.image_size, c.image_size});
   }
 
   Index items() const { return batch_; }  // images per run()
@@ -176,6 +177,7 @@ class VitForward {
 
  private:
   Model& model_;
+  prenorm::VitSession<A, Scalar> session_;
   Index batch_;
   std::vector<Scalar> pixels_;
 };

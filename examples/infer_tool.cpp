@@ -201,7 +201,8 @@ void run_tokens(prenorm::Gpt<A, S>& model, const Options& o,
   if (n + std::max<Index>(o.generate - 1, 0) > model.config.context)
     prenorm::detail::fail("prenorm-infer", o.model.string(), ": ", n, " tokens + ", o.generate,
                           " generated exceed the context of ", model.config.context, " positions");
-  const RowMatrix<S>& logits = model.forward(prenorm::TokenBatch{ids, 1, n});
+  prenorm::GptSession session(model);
+  const RowMatrix<S> logits = session.forward(prenorm::TokenBatch{ids, 1, n});
   if (o.logits_out) {
     const RowMatrix<float> out = logits.template cast<float>();
     io::write_npy_matrix(*o.logits_out, out, inputs);
@@ -209,13 +210,12 @@ void run_tokens(prenorm::Gpt<A, S>& model, const Options& o,
   std::cout << "top-5 after position " << n - 1 << " (token " << ids.back()
             << "): " << top_k(logits.row(n - 1), 5) << "\n";
   if (o.generate > 0) {
-    prenorm::KvCache<S> cache = model.make_cache(1, n + o.generate - 1);
     std::vector<int> generated;
-    int next = argmax(model.prefill(cache, prenorm::TokenBatch{ids, 1, n}).row(n - 1));
+    int next = argmax(session.prefill(prenorm::TokenBatch{ids, 1, n}, n + o.generate - 1).row(n - 1));
     generated.push_back(next);
     while (Index(generated.size()) < o.generate) {
       const int step[1] = {next};
-      next = argmax(model.step(cache, step).row(0));
+      next = argmax(session.step(step).row(0));
       generated.push_back(next);
     }
     std::cout << "generated " << generated.size() << " tokens:";
@@ -238,9 +238,10 @@ void run_image(prenorm::Vit<A, S>& model, const Options& o, const std::vector<fs
   }
   const prenorm::ImageBatch<S> batch{image.values, Index(shape[0]), Index(shape[1]),
                                      Index(shape[2]), Index(shape[3])};
-  const RowMatrix<S>* logits = nullptr;
+  RowMatrix<S> logits_storage;
+  const RowMatrix<S>* logits = &logits_storage;
   try {
-    logits = &model.forward(batch);
+    logits_storage = model.forward(batch);
   } catch (const prenorm::Error& error) {
     prenorm::detail::fail("prenorm-infer", o.image->string(), ": ", error.what());
   }

@@ -265,13 +265,14 @@ std::string plot(const std::string& csv) {
 // Samples `count` characters after `prompt` through the KV cache: greedy
 // (temperature 0) or with a seeded temperature.
 template <prenorm::Arch A>
-std::vector<int> sample(prenorm::Gpt<A, Scalar>& model, const std::vector<int>& prompt, Index count,
-                        double temperature, std::uint64_t seed) {
-  auto cache = model.make_cache(1, kContext);
+std::vector<int> sample(const prenorm::Gpt<A, Scalar>& model, const std::vector<int>& prompt,
+                        Index count, double temperature, std::uint64_t seed) {
+  prenorm::GptSession session(model);
+  const prenorm::KvCache<Scalar>& cache = session.cache();
   std::mt19937_64 rng(seed);
   std::vector<int> context = prompt, out;
   const prenorm::RowMatrix<Scalar>* logits =
-      &model.prefill(cache, prenorm::TokenBatch(context, 1, Index(context.size())));
+      &session.prefill(prenorm::TokenBatch(context, 1, Index(context.size())), kContext);
   Index row = Index(context.size()) - 1;
   for (Index i = 0; i < count; ++i) {
     const auto z = logits->row(row);
@@ -288,12 +289,12 @@ std::vector<int> sample(prenorm::Gpt<A, Scalar>& model, const std::vector<int>& 
     out.push_back(next);
     if (cache.length == cache.capacity) {  // the window is full: start over with its second half
       context.assign(context.end() - kContext / 2, context.end());
-      logits = &model.prefill(cache, prenorm::TokenBatch(context, 1, Index(context.size())));
+      logits = &session.prefill(prenorm::TokenBatch(context, 1, Index(context.size())), kContext);
       row = Index(context.size()) - 1;
     }
     context.push_back(next);
     const std::vector<int> step{next};
-    logits = &model.step(cache, step);
+    logits = &session.step(step);
     row = 0;
   }
   return out;

@@ -371,22 +371,22 @@ TEST_P(ConvertGpt, PreLnToRmsAndCrmsFloat) { check_pre_ln_conversions<float>(Get
 // KV-cache decoding: prefill 3 tokens, then step one token at a time; every
 // step's logits equal the full forward's row (and the Pre-LN source's).
 template <class Model>
-double cache_error(Model& m, const Tokens& t, const MatD& expected) {
+double cache_error(const Model& m, const Tokens& t, const MatD& expected) {
   const Index prompt = 3;
-  auto cache = m.make_cache(t.batch);
+  prenorm::GptSession session(m);
   std::vector<int> ids(t.batch * prompt);
   for (Index b = 0; b < t.batch; ++b)
     for (Index p = 0; p < prompt; ++p) ids[b * prompt + p] = t.ids[b * t.seq + p];
   MatD got(t.batch * t.seq, expected.cols());
-  const MatD pre = m.prefill(cache, TokenBatch{ids, t.batch, prompt}).template cast<double>();
+  const MatD pre = session.prefill(TokenBatch{ids, t.batch, prompt}).template cast<double>();
   for (Index b = 0; b < t.batch; ++b) got.middleRows(b * t.seq, prompt) = pre.middleRows(b * prompt, prompt);
   for (Index p = prompt; p < t.seq; ++p) {
     std::vector<int> next(t.batch);
     for (Index b = 0; b < t.batch; ++b) next[b] = t.ids[b * t.seq + p];
-    const MatD step = m.step(cache, next).template cast<double>();
+    const MatD step = session.step(next).template cast<double>();
     for (Index b = 0; b < t.batch; ++b) got.row(b * t.seq + p) = step.row(b);
   }
-  EXPECT_EQ(cache.length, t.seq);
+  EXPECT_EQ(session.cache().length, t.seq);
   return rel_err(got, expected);
 }
 

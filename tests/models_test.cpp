@@ -20,6 +20,7 @@
 #include <cmath>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -27,6 +28,7 @@ namespace {
 using prenorm::Arch;
 using prenorm::Gpt;
 using prenorm::GptConfig;
+using prenorm::GptSession;
 using prenorm::ImageBatch;
 using prenorm::Index;
 using prenorm::RowMatrix;
@@ -34,6 +36,7 @@ using prenorm::TokenBatch;
 using prenorm::Vector;
 using prenorm::Vit;
 using prenorm::VitConfig;
+using prenorm::VitSession;
 using Mat = std::vector<std::vector<double>>;  // reference matrices, [rows][cols]
 using Vec = std::vector<double>;
 
@@ -448,28 +451,39 @@ TYPED_TEST(ModelsTest, KvCacheMatchesFullForward) {
   const auto tokens = random_tokens(B, T, 37, rng);
   const RowMatrix<S> full = g.forward(tokens);
 
-  auto cache = g.make_cache(B, 12);
-  EXPECT_EQ(cache.keys.size(), 2u);
-  EXPECT_EQ(cache.keys[0].rows(), B * 12);
-  EXPECT_EQ(cache.keys[0].cols(), 12);
+  GptSession<A, S> session(g);
   const Index prompt = 4;
   std::vector<int> ids;
   for (const auto& seq : tokens) ids.insert(ids.end(), seq.begin(), seq.begin() + prompt);
-  const RowMatrix<S> first = g.prefill(cache, TokenBatch{ids, B, prompt});
+  const RowMatrix<S> first = session.prefill(TokenBatch{ids, B, prompt}, 12);
+  const auto& cache = session.cache();
+  EXPECT_EQ(cache.keys.size(), 2u);
+  EXPECT_EQ(cache.keys[0].rows(), B * 12);
+  EXPECT_EQ(cache.keys[0].cols(), 12);
   for (Index b = 0; b < B; ++b)
     EXPECT_CLOSE(first.middleRows(b * prompt, prompt), to_ref(full.middleRows(b * T, prompt)), tol<S>());
   for (Index t = prompt; t < T; ++t) {
     std::vector<int> next;
     for (const auto& seq : tokens) next.push_back(seq[t]);
-    const RowMatrix<S>& step = g.step(cache, next);
+    const RowMatrix<S>& step = session.step(next);
     ASSERT_EQ(step.rows(), B);
     for (Index b = 0; b < B; ++b)
       EXPECT_CLOSE(step.row(b), to_ref(full.row(b * T + t)), tol<S>()) << "position " << t << " sequence " << b;
   }
   EXPECT_EQ(cache.length, T);
 
-  // A second prefill starts over.
-  const RowMatrix<S> again = g.prefill(cache, TokenBatch{ids, B, prompt});
+  // Rewound to position 6, the step at 6 computes what it computed the first time.
+  session.rewind(6);
+  std::vector<int> at6;
+  for (const auto& seq : tokens) at6.push_back(seq[6]);
+  const RowMatrix<S> again6 = session.step(at6);
+  for (Index b = 0; b < B; ++b) EXPECT_CLOSE(again6.row(b), to_ref(full.row(b * T + 6)), tol<S>());
+  EXPECT_EQ(cache.length, 7);
+
+  // A second prefill starts over, in the same storage.
+  const S* storage = cache.keys[0].data();
+  const RowMatrix<S> again = session.prefill(TokenBatch{ids, B, prompt}, 12);
+  EXPECT_EQ(cache.keys[0].data(), storage);
   EXPECT_EQ(again, first);
   EXPECT_EQ(cache.length, prompt);
 }
@@ -664,29 +678,86 @@ TYPED_TEST(ModelsTest, RepeatedForwardDoesNotAllocate) {
   for (const auto& seq : tokens) flat.insert(flat.end(), seq.begin(), seq.end());
   const TokenBatch batch{flat, 2, 9};
 
-  const RowMatrix<S> first = g.forward(tokens);
-  Allocations a = count_allocations([&] { g.forward(tokens); });
+  GptSession<A, S> session(g);
+  const RowMatrix<S> first = session.forward(tokens);
+  Allocations a = count_allocations([&] { session.forward(tokens); });
   EXPECT_EQ(a.eigen, 0) << "Eigen allocations in a repeated GPT forward";
   EXPECT_EQ(a.news, 0) << "operator new calls in a repeated GPT forward";
-  a = count_allocations([&] { g.forward(batch); });
+  a = count_allocations([&] { session.forward(batch); });
   EXPECT_EQ(a.eigen + a.news, 0) << "allocations in a repeated GPT forward (TokenBatch)";
-  EXPECT_EQ(g.forward(batch), first);
+  EXPECT_EQ(session.forward(batch), first);
+  EXPECT_EQ(g.forward(batch), first);  // the model's own forward: a session of its own
 
   // Decoding: after the first step, steps allocate nothing.
-  auto cache = g.make_cache(2, 16);
-  g.prefill(cache, TokenBatch{std::span<const int>(flat).first(4), 2, 2});
+  session.prefill(TokenBatch{std::span<const int>(flat).first(4), 2, 2}, 16);
   const std::vector<int> next{1, 2};
-  g.step(cache, next);
-  a = count_allocations([&] { g.step(cache, next); });
+  session.step(next);
+  a = count_allocations([&] { session.step(next); });
   EXPECT_EQ(a.eigen + a.news, 0) << "allocations in a decoding step";
 
   Vit<A, S> v(small_vit());
   v.init_random(23, 0.2, true);
   std::vector<S> pixels(2 * 3 * 8 * 8, S(0.25));
   const ImageBatch<S> images{pixels, 2, 3, 8, 8};
-  v.forward(images);
-  a = count_allocations([&] { v.forward(images); });
+  VitSession<A, S> vit_session(v);
+  vit_session.forward(images);
+  a = count_allocations([&] { vit_session.forward(images); });
   EXPECT_EQ(a.eigen + a.news, 0) << "allocations in a repeated ViT forward";
+}
+
+// One model, two sessions on two threads at once, each with its own inputs
+// (full forwards, then KV-cache decoding): bit for bit what the same sessions
+// compute one after the other. The model is const: a forward writes only its
+// session.
+TYPED_TEST(ModelsTest, SessionsOnTwoThreadsShareOneModel) {
+  constexpr Arch A = TypeParam::A;
+  using S = typename TypeParam::S;
+  Gpt<A, S> writable(small_gpt(false, true));
+  writable.init_random(41, 0.2, true);
+  const Gpt<A, S>& g = writable;
+  Vit<A, S> writable_vit(small_vit());
+  writable_vit.init_random(42, 0.2, true);
+  const Vit<A, S>& v = writable_vit;
+  std::mt19937_64 rng(43);
+  struct Work {
+    std::vector<std::vector<int>> tokens;  // [2][9]
+    std::vector<S> pixels;                 // [2 x 3 x 8 x 8]
+    std::vector<RowMatrix<S>> results;     // every output, in order
+  };
+  Work work[2];
+  for (Work& w : work) {
+    w.tokens = random_tokens(2, 9, 37, rng);
+    std::normal_distribution<double> normal(0.0, 1.0);
+    for (int i = 0; i < 2 * 3 * 8 * 8; ++i) w.pixels.push_back(S(normal(rng)));
+  }
+  const auto run = [&](Work& w) {
+    GptSession<A, S> session(g);
+    VitSession<A, S> vit_session(v);
+    std::vector<RowMatrix<S>> out;
+    for (int repeat = 0; repeat < 3; ++repeat) {
+      out.push_back(session.forward(w.tokens));
+      out.push_back(vit_session.forward(ImageBatch<S>{w.pixels, 2, 3, 8, 8}));
+    }
+    std::vector<int> prompt{w.tokens[0][0], w.tokens[1][0]};
+    out.push_back(session.prefill(TokenBatch{prompt, 2, 1}, 9));
+    for (Index t = 1; t < 9; ++t) {
+      const std::vector<int> next{w.tokens[0][t], w.tokens[1][t]};
+      out.push_back(session.step(next));
+    }
+    return out;
+  };
+  const std::vector<RowMatrix<S>> sequential[2] = {run(work[0]), run(work[1])};
+  std::thread first([&] { work[0].results = run(work[0]); });
+  std::thread second([&] { work[1].results = run(work[1]); });
+  first.join();
+  second.join();
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_EQ(work[i].results.size(), sequential[i].size());
+    for (std::size_t k = 0; k < sequential[i].size(); ++k)
+      EXPECT_EQ(work[i].results[k], sequential[i][k]) << "thread " << i << ", output " << k;
+  }
+  // The two inputs differ, so the comparison above can fail.
+  EXPECT_NE(sequential[0][0], sequential[1][0]);
 }
 
 // At width 48, the Pre-CRMSNorm main branch (47) is one short of a GEMM
@@ -710,20 +781,20 @@ TYPED_TEST(ModelsTest, WritersPaddedToTheRegisterBlockMatchReference) {
   std::mt19937_64 rng(32);
   const Index B = 2, T = 10;
   const auto tokens = random_tokens(B, T, 37, rng);
-  const RowMatrix<S> full = g.forward(tokens);
+  GptSession<A, S> session(g);
+  const RowMatrix<S> full = session.forward(tokens);
   EXPECT_CLOSE(full, ref_gpt(g, tokens), tol<S>());
-  Allocations a = count_allocations([&] { g.forward(tokens); });
+  Allocations a = count_allocations([&] { session.forward(tokens); });
   EXPECT_EQ(a.eigen + a.news, 0) << "allocations in a repeated GPT forward";
 
-  auto cache = g.make_cache(B, T);
   std::vector<int> prompt_ids;
   const Index prompt = 9;  // B * prompt = 18 rows: the padded product
   for (const auto& seq : tokens) prompt_ids.insert(prompt_ids.end(), seq.begin(), seq.begin() + prompt);
-  const RowMatrix<S> first = g.prefill(cache, TokenBatch{prompt_ids, B, prompt});
+  const RowMatrix<S> first = session.prefill(TokenBatch{prompt_ids, B, prompt}, T);
   for (Index b = 0; b < B; ++b)
     EXPECT_CLOSE(first.middleRows(b * prompt, prompt), to_ref(full.middleRows(b * T, prompt)), tol<S>());
   const std::vector<int> next{tokens[0][prompt], tokens[1][prompt]};
-  const RowMatrix<S>& step = g.step(cache, next);
+  const RowMatrix<S>& step = session.step(next);
   for (Index b = 0; b < B; ++b) EXPECT_CLOSE(step.row(b), to_ref(full.row(b * T + prompt)), tol<S>());
 
   VitConfig vc = small_vit();
@@ -736,8 +807,9 @@ TYPED_TEST(ModelsTest, WritersPaddedToTheRegisterBlockMatchReference) {
   std::normal_distribution<double> normal(0.0, 1.0);
   for (S& p : pixels) p = S(normal(rng));
   const ImageBatch<S> images{pixels, B, 3, 8, 8};
-  EXPECT_CLOSE(v.forward(images), ref_vit(v, pixels, B), tol<S>());
-  a = count_allocations([&] { v.forward(images); });
+  VitSession<A, S> vit_session(v);
+  EXPECT_CLOSE(vit_session.forward(images), ref_vit(v, pixels, B), tol<S>());
+  a = count_allocations([&] { vit_session.forward(images); });
   EXPECT_EQ(a.eigen + a.news, 0) << "allocations in a repeated ViT forward";
   prenorm::set_num_threads(threads);
 }
@@ -799,21 +871,30 @@ TYPED_TEST(ModelsTest, KvCacheBadInputThrows) {
   using S = typename TypeParam::S;
   Gpt<A, S> g(small_gpt(true, false));
   g.init_random(25);
-  auto cache = g.make_cache(2, 3);
+  GptSession<A, S> session(g);
   const std::vector<int> two{1, 2}, three{1, 2, 3};
-  g.prefill(cache, TokenBatch{two, 2, 1});
-  g.step(cache, two);
-  g.step(cache, two);
-  expect_error([&] { g.step(cache, two); },
-               "prenorm::Gpt::step: the cache is full: 3 + 1 positions exceed its capacity 3");
-  expect_error([&] { g.step(cache, three); }, "prenorm::Gpt::step: the batch has 3 sequences, the cache holds 2");
-  expect_error([&] { g.make_cache(1, 17); }, "prenorm::Gpt::make_cache");
-  auto big = g.make_cache(1);
-  EXPECT_EQ(big.capacity, 16);
+  expect_error([&] { session.step(two); },
+               "prenorm::GptSession::step: no decoding started: call prefill first");
+  session.prefill(TokenBatch{two, 2, 1}, 3);
+  session.step(two);
+  session.step(two);
+  expect_error([&] { session.step(two); },
+               "prenorm::GptSession::step: the cache is full: 3 + 1 positions exceed its capacity 3");
+  expect_error([&] { session.step(three); },
+               "prenorm::GptSession::step: the batch has 3 sequences, the cache holds 2");
+  expect_error([&] { session.extend(TokenBatch{three, 3, 1}); },
+               "prenorm::GptSession::extend: the batch has 3 sequences, the cache holds 2");
+  expect_error([&] { session.prefill(TokenBatch{two, 1, 2}, 17); },
+               "prenorm::GptSession::prefill: batch 1 and capacity 17 must be >= 0, and the capacity at most the context 16");
   const std::vector<int> bad{37};
-  g.prefill(big, TokenBatch{two, 1, 2});
-  expect_error([&] { g.step(big, bad); },
-               "prenorm::Gpt::step: token id 37 at sequence 0, position 2 is out of range [0, 37)");
+  session.prefill(TokenBatch{two, 1, 2});
+  EXPECT_EQ(session.cache().capacity, 16);
+  expect_error([&] { session.step(bad); },
+               "prenorm::GptSession::step: token id 37 at sequence 0, position 2 is out of range [0, 37)");
+  expect_error([&] { session.rewind(3); },
+               "prenorm::GptSession::rewind: length 3 is outside [0, 2] (the positions in the cache)");
+  expect_error([&] { session.forward(TokenBatch{bad, 1, 1}); },
+               "prenorm::GptSession::forward: token id 37 at sequence 0, position 0 is out of range [0, 37)");
 }
 
 TYPED_TEST(ModelsTest, VitBadInputThrows) {

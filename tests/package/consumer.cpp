@@ -38,9 +38,9 @@ static bool models_agree() {
   const prenorm::TokenBatch prompt{ids, 1, 20};
   const prenorm::RowMatrix<float> reference = pre_ln.forward(prompt);
   const prenorm::RowMatrix<float> converted = pre_crms.forward(prompt);
-  auto cache = pre_crms.make_cache(1);
-  pre_crms.prefill(cache, {std::vector<int>(ids.begin(), ids.end() - 1), 1, 19});
-  const prenorm::RowMatrix<float> last = pre_crms.step(cache, std::vector<int>{ids.back()});
+  prenorm::GptSession session(pre_crms);
+  session.prefill({std::vector<int>(ids.begin(), ids.end() - 1), 1, 19});
+  const prenorm::RowMatrix<float> last = session.step(std::vector<int>{ids.back()});
 
   prenorm::VitConfig vit_config{.image_size = 8, .patch_size = 4, .channels = 3, .classes = 5,
                                 .width = 48, .heads = 4, .layers = 2, .mlp_width = 96};

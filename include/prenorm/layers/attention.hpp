@@ -42,7 +42,6 @@ class MultiHeadAttention {
   Index heads = 0;
   Index head_dim = 0;
   bool causal = false;
-  AttentionWorkspace<S> workspace;  // used by the overloads without a workspace argument
 
   MultiHeadAttention() = default;
   // Zero weights with biases. width: the main-branch width the layer reads and writes.
@@ -70,8 +69,10 @@ class MultiHeadAttention {
     attend(q, 3 * I, q + I, q + 2 * I, 3 * I, T, batch, T, 0, T, ws);
     out.forward_padded(ws.context, y);
   }
-  void forward(const ConstRowsRef<S>& x, Index batch, RowsRef<S> y) {
-    forward(x, batch, y, workspace);
+  // The same with buffers of its own (allocates; for tests and one-off calls).
+  void forward(const ConstRowsRef<S>& x, Index batch, RowsRef<S> y) const {
+    AttentionWorkspace<S> ws;
+    forward(x, batch, y, ws);
   }
 
   // Incremental decoding. x [batch*T x width] holds T new tokens per sequence,

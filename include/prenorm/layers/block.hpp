@@ -94,7 +94,6 @@ class PreNormBlock {
   MultiHeadAttention<S> attn;  // qkv (3*heads*head_dim, main), out (main, heads*head_dim)
   Mlp<S> mlp;                  // fc (mlp_width, main), proj (main, mlp_width)
   S epsilon = S(1e-5);
-  BlockWorkspace<S> workspace;  // used by the overloads without a workspace argument
 
   PreNormBlock() = default;
   // Zero linear weights and biases; PreLN gammas 1, betas 0.
@@ -134,8 +133,11 @@ class PreNormBlock {
     forward_fused(h, x, branch, batch, ws);
     h += branch;
   }
-  void forward(MainRef h, Index batch) {
-    forward(h, batch, workspace, scratch_x_, scratch_branch_);
+  // The same with buffers of its own (allocates; for tests and one-off calls).
+  void forward(MainRef h, Index batch) const {
+    BlockWorkspace<S> ws;
+    Main x, branch;
+    forward(h, batch, ws, x, branch);
   }
 
   // y = Norm1(h). h, y: [tokens x main]. NoNorm: nothing (the block reads h).
@@ -195,8 +197,6 @@ class PreNormBlock {
   }
 
  private:
-  Main scratch_x_, scratch_branch_;  // for forward(h, batch)
-
   // What the sub-layers read: the normalized y, or h itself without norms.
   static const MainRef& input(const MainRef& h, const MainRef& y) {
     if constexpr (A == Arch::NoNorm) return h;

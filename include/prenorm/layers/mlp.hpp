@@ -21,7 +21,6 @@ class Mlp {
   Linear<S> fc;    // (inner, width)
   Linear<S> proj;  // (width, inner)
   Activation activation = Activation::GeluTanh;
-  RowMatrix<S> workspace;  // [tokens x inner], used by the overload without a workspace argument
 
   Mlp() = default;
   // Zero weights with biases. width: the main-branch width the layer reads and writes.
@@ -55,7 +54,11 @@ class Mlp {
     });
     proj.forward_padded(hidden, y);
   }
-  void forward(const ConstRowsRef<S>& x, RowsRef<S> y) { forward(x, y, workspace); }
+  // The same with a hidden buffer of its own (allocates; for tests and one-off calls).
+  void forward(const ConstRowsRef<S>& x, RowsRef<S> y) const {
+    RowMatrix<S> hidden;
+    forward(x, y, hidden);
+  }
 
   // Throws unless fc is (inner, width) and proj is (width, inner).
   // name: a string or a callable returning one.

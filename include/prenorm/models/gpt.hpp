@@ -44,25 +44,6 @@ struct TokenBatch {
       : ids(ids_), batch(batch_), seq(seq_) {}
 };
 
-// Keys and values of every layer for incremental decoding.
-template <class S>
-struct KvCache {
-  Index batch = 0;     // sequences
-  Index capacity = 0;  // positions per sequence
-  Index length = 0;    // positions filled, the same for every sequence
-  std::vector<RowMatrix<S>> keys;    // [layers] of (batch*capacity, heads*head_dim): row b*capacity + p
-  std::vector<RowMatrix<S>> values;  // [layers], same shape
-
-  KvCache() = default;
-  KvCache(Index layers, Index batch_, Index capacity_, Index kv_width)
-      : batch(batch_),
-        capacity(capacity_),
-        keys(layers, RowMatrix<S>::Zero(batch_ * capacity_, kv_width)),
-        values(layers, RowMatrix<S>::Zero(batch_ * capacity_, kv_width)) {}
-
-  void clear() { length = 0; }
-};
-
 namespace detail {
 
 // The keep-tied lookup (TiedPolicy::Keep), one token: out [m] = the first m
@@ -207,76 +188,34 @@ class Gpt {
   }
 
   // Logits [batch*seq x vocab] of every position; row b*seq + t is sequence b,
-  // position t. The reference stays valid until the next call on this model.
-  // Workspace is reused: no allocation after the first call for a given shape
-  // (beyond the packing buffers Eigen's GEMM takes from the heap for products
-  // too large for its stack limit).
-  const RowMatrix<S>& forward(const TokenBatch& tokens) { return forward_impl(tokens, nullptr); }
-  const RowMatrix<S>& forward(const TokenBatch& tokens, const BlockHook& hook) {
-    return forward_impl(tokens, &hook);
-  }
+  // position t. A convenience that runs a GptSession of its own (and so
+  // allocates): for repeated calls, decoding or hooks on a hot path, keep a
+  // GptSession (models/gpt_session.hpp), which owns every buffer.
+  RowMatrix<S> forward(const TokenBatch& tokens) const;
+  RowMatrix<S> forward(const TokenBatch& tokens, const BlockHook& hook) const;
   // The same from a batch of sequences, which must all have the same length.
-  const RowMatrix<S>& forward(const std::vector<std::vector<int>>& batch) {
-    return forward_impl(gather(batch, "Gpt::forward"), nullptr);
-  }
-  const RowMatrix<S>& forward(const std::vector<std::vector<int>>& batch, const BlockHook& hook) {
-    return forward_impl(gather(batch, "Gpt::forward"), &hook);
-  }
+  RowMatrix<S> forward(const std::vector<std::vector<int>>& batch) const;
+  RowMatrix<S> forward(const std::vector<std::vector<int>>& batch, const BlockHook& hook) const;
 
-  // The normalized main branch NormF(h) [batch*seq x main] that the head reads
-  // (NoNorm: h itself), without the head.
-  const RowMatrix<S>& forward_hidden(const TokenBatch& tokens, const BlockHook* hook = nullptr) {
-    constexpr const char* op = "Gpt::forward_hidden";
-    check_tokens(op, tokens, 0);
-    validate(op);
-    run(tokens, 0, nullptr, hook);
-    return final_input();
-  }
-
-  // logits [rows x vocab] = head(x) for a normalized main branch x [rows x main].
-  const RowMatrix<S>& head_forward(const ConstRowsRef<S>& x) {
-    if (x.cols() != main())
-      detail::fail("Gpt::head_forward", "x has ", x.cols(), " columns, expected ", main());
-    apply_head(x);
-    return logits_;
-  }
-
-  // The main branch h [tokens x main] after the last forward.
-  const RowMatrix<S>& main_branch() const { return h_; }
-
-  // A cache for `batch` sequences of up to `capacity` positions (0: the context).
-  KvCache<S> make_cache(Index batch, Index capacity = 0) const {
-    if (capacity == 0) capacity = config.context;
-    if (batch < 0 || capacity < 0 || capacity > config.context)
-      detail::fail("Gpt::make_cache", "batch ", batch, " and capacity ", capacity,
-                   " must be >= 0, and the capacity at most the context ", config.context);
-    return KvCache<S>(config.layers, batch, capacity, config.attention_width());
-  }
-
-  // Starts the cache over with tokens (a prompt per sequence) and returns the
-  // logits of its positions [batch*seq x vocab], equal to forward(tokens).
-  const RowMatrix<S>& prefill(KvCache<S>& cache, const TokenBatch& tokens) {
-    cache.length = 0;
-    return extend_impl("Gpt::prefill", cache, tokens);
-  }
-  // Appends tokens (seq more per sequence) to the cache: logits [batch*seq x vocab]
-  // of the new positions.
-  const RowMatrix<S>& extend(KvCache<S>& cache, const TokenBatch& tokens) {
-    return extend_impl("Gpt::extend", cache, tokens);
-  }
-  // One decoding step: next [batch] holds one token per sequence. Logits [batch x vocab].
-  const RowMatrix<S>& step(KvCache<S>& cache, std::span<const int> next) {
-    return extend_impl("Gpt::step", cache, TokenBatch{next, Index(next.size()), 1});
+  // Checks shape, length (positions [past, past+seq) within the context) and
+  // ids; op names the caller in the message.
+  void check_tokens(const char* op, const TokenBatch& t, Index past) const {
+    if (t.batch < 0 || t.seq < 0 || Index(t.ids.size()) != t.batch * t.seq)
+      detail::fail(op, "the token batch has ", t.ids.size(), " ids, expected batch ", t.batch,
+                   " x seq ", t.seq);
+    if (past + t.seq > config.context) {
+      if (past == 0)
+        detail::fail(op, "sequence length ", t.seq, " exceeds the context ", config.context);
+      detail::fail(op, "positions [", past, ", ", past + t.seq, ") exceed the context ",
+                   config.context);
+    }
+    for (Index i = 0; i < Index(t.ids.size()); ++i)
+      if (t.ids[i] < 0 || t.ids[i] >= config.vocab)
+        detail::fail(op, "token id ", t.ids[i], " at sequence ", i / t.seq, ", position ",
+                     past + i % t.seq, " is out of range [0, ", config.vocab, ")");
   }
 
  private:
-  BlockWorkspace<S> workspace_;
-  RowMatrix<S> h_, x_;    // [tokens x main]: main branch, normalized
-  RowMatrix<S> branch_;   // [tokens x branch_width()]: pending branch output in its first main columns
-  RowMatrix<S> u_;        // [tokens x d]: the tied head's input
-  RowMatrix<S> logits_;   // [tokens x vocab]
-  std::vector<int> ids_;  // the gathered batch
-
   static void check_vector(const char* op, const char* name, const Vector<S>& v, Index expected) {
     if (v.size() != expected)
       detail::fail(op, name, " has ", v.size(), " elements, expected ", expected);
@@ -295,142 +234,9 @@ class Gpt {
     f(std::string("head.weight"), self.head.weight);
     f(std::string("head_bias"), self.head_bias);
   }
-
-  // Copies an equal-length batch into ids_.
-  TokenBatch gather(const std::vector<std::vector<int>>& batch, const char* op) {
-    const Index seq = batch.empty() ? 0 : Index(batch[0].size());
-    for (std::size_t b = 1; b < batch.size(); ++b)
-      if (Index(batch[b].size()) != seq)
-        detail::fail(op, "ragged batch: sequence ", b, " has ", batch[b].size(),
-                     " tokens, expected ", seq, " (the length of sequence 0)");
-    ids_.resize(batch.size() * seq);
-    for (std::size_t b = 0; b < batch.size(); ++b)
-      std::copy(batch[b].begin(), batch[b].end(), ids_.begin() + b * seq);
-    return TokenBatch{ids_, Index(batch.size()), seq};
-  }
-
-  // Checks shape, length (positions [past, past+seq) within the context) and ids.
-  void check_tokens(const char* op, const TokenBatch& t, Index past) const {
-    if (t.batch < 0 || t.seq < 0 || Index(t.ids.size()) != t.batch * t.seq)
-      detail::fail(op, "the token batch has ", t.ids.size(), " ids, expected batch ", t.batch,
-                   " x seq ", t.seq);
-    if (past + t.seq > config.context) {
-      if (past == 0)
-        detail::fail(op, "sequence length ", t.seq, " exceeds the context ", config.context);
-      detail::fail(op, "positions [", past, ", ", past + t.seq, ") exceed the context ",
-                   config.context);
-    }
-    for (Index i = 0; i < Index(t.ids.size()); ++i)
-      if (t.ids[i] < 0 || t.ids[i] >= config.vocab)
-        detail::fail(op, "token id ", t.ids[i], " at sequence ", i / t.seq, ", position ",
-                     past + i % t.seq, " is out of range [0, ", config.vocab, ")");
-  }
-
-  const RowMatrix<S>& forward_impl(const TokenBatch& tokens, const BlockHook* hook) {
-    constexpr const char* op = "Gpt::forward";
-    check_tokens(op, tokens, 0);
-    validate(op);
-    run(tokens, 0, nullptr, hook);
-    apply_head(final_input());
-    return logits_;
-  }
-
-  const RowMatrix<S>& extend_impl(const char* op, KvCache<S>& cache, const TokenBatch& tokens) {
-    if (tokens.batch != cache.batch)
-      detail::fail(op, "the batch has ", tokens.batch, " sequences, the cache holds ", cache.batch);
-    if (Index(cache.keys.size()) != config.layers || Index(cache.values.size()) != config.layers)
-      detail::fail(op, "the cache has ", cache.keys.size(), " layers, expected ", config.layers);
-    for (std::size_t i = 0; i < cache.keys.size(); ++i)
-      if (cache.keys[i].rows() != cache.batch * cache.capacity ||
-          cache.keys[i].cols() != config.attention_width() ||
-          cache.values[i].rows() != cache.keys[i].rows() ||
-          cache.values[i].cols() != cache.keys[i].cols())
-        detail::fail(op, "cache keys[", i, "] is (", cache.keys[i].rows(), " x ",
-                     cache.keys[i].cols(), "), expected (", cache.batch * cache.capacity, " x ",
-                     config.attention_width(), ")");
-    if (cache.length + tokens.seq > cache.capacity)
-      detail::fail(op, "the cache is full: ", cache.length, " + ", tokens.seq,
-                   " positions exceed its capacity ", cache.capacity);
-    check_tokens(op, tokens, cache.length);
-    validate(op);
-    run(tokens, cache.length, &cache, nullptr);
-    cache.length += tokens.seq;
-    apply_head(final_input());
-    return logits_;
-  }
-
-  // What the head reads: NormF(h), or h itself for NoNorm.
-  const RowMatrix<S>& final_input() const { return A == Arch::NoNorm ? h_ : x_; }
-
-  // Embeddings, blocks and the final norm: leaves NormF(h) in final_input().
-  void run(const TokenBatch& t, Index past, KvCache<S>* cache, const BlockHook* hook) {
-    const Index B = t.batch, T = t.seq, N = B * T, m = main();
-    h_.resize(N, m);
-    x_.resize(N, m);
-    // Wider than main where that lets the writers' products run padded.
-    branch_.resize(N, blocks.empty() ? m : blocks[0].branch_width());
-    if (N == 0) return;
-    embed(t.ids.data(), T, past);
-    if (hook) (*hook)(-1, h_);
-    const Index L = Index(blocks.size());
-    if (L == 0) final_norm();
-    else blocks[0].norm1(h_, x_);
-    for (Index i = 0; i < L; ++i) {
-      if (cache)
-        blocks[i].forward_fused_cached(h_, x_, branch_, B, past, cache->keys[i], cache->values[i],
-                                       workspace_);
-      else
-        blocks[i].forward_fused(h_, x_, branch_, B, workspace_);
-      if (hook) {  // complete the residual add, show it, then normalize unfused
-        h_ += branch_.leftCols(m);
-        (*hook)(i, h_);
-        if (i + 1 < L) blocks[i + 1].norm1(h_, x_);
-        else final_norm();
-      } else if (i + 1 < L) {
-        blocks[i + 1].add_norm1(h_, branch_.leftCols(m), x_);
-      } else {
-        pre_norm_add_forward<A>(h_, branch_.leftCols(m), final_gamma, final_beta, x_, S(config.epsilon));
-      }
-    }
-  }
-
-  void final_norm() {
-    if constexpr (A != Arch::NoNorm)
-      pre_norm_forward<A>(h_, final_gamma, final_beta, x_, S(config.epsilon));
-  }
-
-  // h_ [tokens x main] = token rows + position rows. Token t of a sequence is at position past + t.
-  void embed(const int* ids, Index T, Index past) {
-    const Index m = main();
-    const auto& E = token_embedding.table;
-    const auto& P = position_embedding.table;
-    const bool recenter = tied_affine();
-    detail::for_each_row(h_.rows(), m, [&](Index r) {
-      const Index pos = past + r % T;
-      if (recenter) detail::tied_lookup_row<S>(E.row(ids[r]), P.row(pos), h_.row(r));
-      else h_.row(r) = E.row(ids[r]) + P.row(pos);
-    });
-  }
-
-  // logits_ [rows x vocab] = head(x), x [rows x main] normalized.
-  void apply_head(const ConstRowsRef<S>& x) {
-    const Index N = x.rows();
-    logits_.resize(N, config.vocab);
-    if (N == 0) return;
-    const auto& E = token_embedding.table;
-    if (tied_affine()) {
-      // u = tied_gamma * decompress(x) + tied_beta, then logits = u E^T.
-      u_.resize(N, config.width);
-      detail::tied_head_input<S>(x, tied_gamma, tied_beta, u_);
-      logits_.noalias() = u_ * E.transpose();
-    } else if (config.tied) {
-      logits_.noalias() = x * E.transpose();
-    } else {
-      head.product_padded(x, logits_);  // a decoding row at depth d - 1: masked tail
-    }
-    if (head_bias.size() != 0)
-      detail::for_each_row(N, config.vocab, [&](Index r) { logits_.row(r) += head_bias.transpose(); });
-  }
 };
 
 }  // namespace prenorm
+
+// The forward pass lives with the state it needs, in the session.
+#include "gpt_session.hpp"

@@ -133,21 +133,14 @@ class Vit {
     head.validate(op, "head", m, config.classes);
   }
 
-  // Logits [batch x classes] of images [batch x C x H x W], valid until the
-  // next call. No allocation after the first call for a given batch size.
-  const RowMatrix<S>& forward(const ImageBatch<S>& images) { return forward_images(images, nullptr); }
-  const RowMatrix<S>& forward(const ImageBatch<S>& images, const BlockHook& hook) {
-    return forward_images(images, &hook);
-  }
-
+  // Logits [batch x classes] of images [batch x C x H x W]. A convenience
+  // that runs a VitSession of its own (and so allocates): for repeated calls
+  // keep a VitSession (models/vit_session.hpp), which owns every buffer.
+  RowMatrix<S> forward(const ImageBatch<S>& images) const;
+  RowMatrix<S> forward(const ImageBatch<S>& images, const BlockHook& hook) const;
   // Logits [batch x classes] of pre-flattened patches [batch*patches x C*p*p]
   // (image b is rows [b*patches, (b+1)*patches), each row in (c, ky, kx) order).
-  const RowMatrix<S>& forward_patches(const ConstRowsRef<S>& patches) {
-    return forward_patches_impl(patches, nullptr);
-  }
-  const RowMatrix<S>& forward_patches(const ConstRowsRef<S>& patches, const BlockHook& hook) {
-    return forward_patches_impl(patches, &hook);
-  }
+  RowMatrix<S> forward_patches(const ConstRowsRef<S>& patches) const;
 
   // patches [batch*patches x C*p*p] of images [batch x C x H x W] (checked against the config).
   void patchify(const ImageBatch<S>& images, RowMatrix<S>& patches) const {
@@ -156,39 +149,7 @@ class Vit {
     extract_patches(images, patches.data(), 0);
   }
 
-  // The main branch h [batch*(1+patches) x main] after the last forward. Without
-  // a hook, the last MLP's residual add reaches the cls rows only.
-  const RowMatrix<S>& main_branch() const { return h_; }
-  // The normalized cls rows NormF(h_cls) [batch x main] the head read (NoNorm: h_cls).
-  const RowMatrix<S>& hidden() const { return x_cls_; }
-
- private:
-  BlockWorkspace<S> workspace_;
-  RowMatrix<S> patches_;  // [batch*(1+patches) x C*p*p]; the cls rows are zero
-  RowMatrix<S> h_, x_;    // [batch*(1+patches) x main]
-  RowMatrix<S> branch_;   // [batch*(1+patches) x branch_width()]: a branch output in its first main columns
-  RowMatrix<S> x_cls_;    // [batch x main]
-  RowMatrix<S> logits_;   // [batch x classes]
-
-  static void check_vector(const char* op, const char* name, const Vector<S>& v, Index expected) {
-    if (v.size() != expected)
-      detail::fail(op, name, " has ", v.size(), " elements, expected ", expected);
-  }
-
-  template <class Self, class F>
-  static void visit_impl(Self& self, F& f) {
-    f(std::string("patch.weight"), self.patch.weight);
-    f(std::string("patch.bias"), self.patch.bias);
-    f(std::string("cls_token"), self.cls_token);
-    f(std::string("position_embedding"), self.position_embedding);
-    for (std::size_t i = 0; i < self.blocks.size(); ++i)
-      visit_block_parameters("blocks[" + std::to_string(i) + "].", self.blocks[i], f);
-    f(std::string("final_gamma"), self.final_gamma);
-    f(std::string("final_beta"), self.final_beta);
-    f(std::string("head.weight"), self.head.weight);
-    f(std::string("head.bias"), self.head.bias);
-  }
-
+  // Throws unless the images fit the config (channels, size); op names the caller.
   void check_images(const char* op, const ImageBatch<S>& im) const {
     const Index p = config.patch_size, n = config.image_size;
     if (im.batch < 0 || im.channels < 0 || im.height < 0 || im.width < 0 ||
@@ -207,7 +168,7 @@ class Vit {
                    " patches)");
   }
 
-  // Writes the patches of image b to rows b*stride_images + skip + i of out
+  // Writes the patches of image b to rows b*(patches + skip) + skip + i of out
   // (row length C*p*p), for i the patch index.
   void extract_patches(const ImageBatch<S>& im, S* out, Index skip) const {
     const Index p = config.patch_size, C = im.channels, H = im.height, W = im.width;
@@ -224,85 +185,28 @@ class Vit {
     });
   }
 
-  const RowMatrix<S>& forward_images(const ImageBatch<S>& images, const BlockHook* hook) {
-    constexpr const char* op = "Vit::forward";
-    check_images(op, images);
-    validate(op);
-    const Index B = images.batch;
-    patches_.resize(B * config.tokens(), config.patch_features());
-    for (Index b = 0; b < B; ++b) patches_.row(b * config.tokens()).setZero();
-    extract_patches(images, patches_.data(), 1);
-    run(B, hook);
-    return logits_;
+ private:
+  static void check_vector(const char* op, const char* name, const Vector<S>& v, Index expected) {
+    if (v.size() != expected)
+      detail::fail(op, name, " has ", v.size(), " elements, expected ", expected);
   }
 
-  const RowMatrix<S>& forward_patches_impl(const ConstRowsRef<S>& patches, const BlockHook* hook) {
-    constexpr const char* op = "Vit::forward_patches";
-    const Index P = config.patches(), F = config.patch_features();
-    if (patches.cols() != F || patches.rows() % P != 0)
-      detail::fail(op, "patches is ", patches.rows(), " x ", patches.cols(),
-                   ", expected (batch*", P, ") x ", F, " (batch*patches x C*p*p)");
-    validate(op);
-    const Index B = patches.rows() / P, T = config.tokens();
-    patches_.resize(B * T, F);
-    for (Index b = 0; b < B; ++b) {
-      patches_.row(b * T).setZero();
-      patches_.middleRows(b * T + 1, P) = patches.middleRows(b * P, P);
-    }
-    run(B, hook);
-    return logits_;
-  }
-
-  // Strided view of the cls rows (row b*(1+patches)) of a [batch*(1+patches) x main] buffer.
-  Eigen::Map<RowMatrix<S>, 0, Eigen::OuterStride<>> cls_rows(RowMatrix<S>& m) const {
-    return {m.data(), m.rows() / config.tokens(), m.cols(),
-            Eigen::OuterStride<>(config.tokens() * m.cols())};
-  }
-
-  // From patches_ (cls rows zero) to logits_.
-  void run(Index B, const BlockHook* hook) {
-    const Index T = config.tokens(), N = B * T, m = main();
-    h_.resize(N, m);
-    x_.resize(N, m);
-    // Wider than main where that lets the writers' products run padded.
-    branch_.resize(N, blocks.empty() ? m : blocks[0].branch_width());
-    x_cls_.resize(B, m);
-    logits_.resize(B, config.classes);
-    if (N == 0) return;
-
-    // h = patch linear of every row (one GEMM; the zero cls rows cost 1/T),
-    // then the cls token and the positions. The product goes through branch_,
-    // which is wide enough for it to run padded where that pays (Pre-CRMSNorm).
-    patch.forward_padded(patches_, branch_);
-    detail::for_each_row(N, m, [&](Index r) {
-      const Index t = r % T;
-      if (t == 0) h_.row(r) = cls_token.transpose() + position_embedding.row(0);
-      else h_.row(r) = branch_.row(r).head(m) + position_embedding.row(t);
-    });
-    if (hook) (*hook)(-1, h_);
-
-    const Index L = Index(blocks.size());
-    if (L > 0) blocks[0].norm1(h_, x_);
-    for (Index i = 0; i < L; ++i) {
-      blocks[i].forward_fused(h_, x_, branch_, B, workspace_);
-      if (hook) {
-        h_ += branch_.leftCols(m);
-        (*hook)(i, h_);
-        if (i + 1 < L) blocks[i + 1].norm1(h_, x_);
-      } else if (i + 1 < L) {
-        blocks[i + 1].add_norm1(h_, branch_.leftCols(m), x_);
-      }
-    }
-    // The head reads the cls rows only: the last add and the final norm touch only them.
-    const auto h_cls = cls_rows(h_);
-    const S eps = S(config.epsilon);
-    if (L > 0 && !hook)
-      pre_norm_add_forward<A>(h_cls, cls_rows(branch_).leftCols(m), final_gamma, final_beta, x_cls_, eps);
-    else
-      pre_norm_forward<A>(h_cls, final_gamma, final_beta, x_cls_, eps);
-    if constexpr (A == Arch::NoNorm) x_cls_ = h_cls;  // no norm: the head reads h
-    head.forward_padded(x_cls_, logits_);
+  template <class Self, class F>
+  static void visit_impl(Self& self, F& f) {
+    f(std::string("patch.weight"), self.patch.weight);
+    f(std::string("patch.bias"), self.patch.bias);
+    f(std::string("cls_token"), self.cls_token);
+    f(std::string("position_embedding"), self.position_embedding);
+    for (std::size_t i = 0; i < self.blocks.size(); ++i)
+      visit_block_parameters("blocks[" + std::to_string(i) + "].", self.blocks[i], f);
+    f(std::string("final_gamma"), self.final_gamma);
+    f(std::string("final_beta"), self.final_beta);
+    f(std::string("head.weight"), self.head.weight);
+    f(std::string("head.bias"), self.head.bias);
   }
 };
 
 }  // namespace prenorm
+
+// The forward pass lives with the state it needs, in the session.
+#include "vit_session.hpp"
