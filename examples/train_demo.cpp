@@ -5,7 +5,7 @@
 //   pre_rmsnorm   the same Pre-LN parameters trained through the converter,
 //   pre_crmsnorm  computing in Pre-RMSNorm / Pre-CRMSNorm (ReparamTrainer)
 //
-// The three loss curves agree up to float rounding (DESIGN.md §1): the loss
+// The three loss curves agree up to float rounding (docs/DESIGN.md §6): the loss
 // table shows them side by side with the time per step. Then the trained
 // Pre-LN model is converted for inference, checked against the trained
 // Pre-RMSNorm model, and both sample a few lines through the KV cache.

@@ -63,7 +63,7 @@ LD max_rel_diff(const Eigen::MatrixBase<A>& a, const Eigen::MatrixBase<B>& b) {
 
 // ---------------------------------------------------------------------------
 // Long double references: plain explicit loops, straight from the formulas
-// in DESIGN.md §1.
+// in docs/DESIGN.md §1.
 // ---------------------------------------------------------------------------
 
 struct LayerNormRef {
@@ -366,7 +366,7 @@ TYPED_TEST(OpsNorm, NonContiguousInputsAndOutputs) {
 }
 
 // ---------------------------------------------------------------------------
-// Identities (DESIGN.md §1)
+// Identities (docs/DESIGN.md §1)
 // ---------------------------------------------------------------------------
 
 // Rows that are exactly zero-mean in long double, then rounded to Scalar:

@@ -1,9 +1,9 @@
 #pragma once
 // Adjoints (transposed Jacobians) of the conversion steps in transforms.hpp,
-// for training through the converter (DESIGN.md §1, "Training that stays
-// exactly equivalent"): given the gradient with respect to a step's output,
-// each returns the gradient with respect to its input. Every step is linear in
-// its tensor except the gamma/beta folding, where the product rule applies.
+// for training through the converter (docs/DESIGN.md §6): given the
+// gradient with respect to a step's output, each returns the gradient with
+// respect to its input. Every step is linear in its tensor except the
+// gamma/beta folding, where the product rule applies.
 // Applied in the reverse order of the forward steps.
 
 #include <Eigen/Core>

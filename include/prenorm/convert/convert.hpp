@@ -1,6 +1,6 @@
 #pragma once
 // prenorm::convert<To>(model): the exact conversion between Pre-LN, Pre-RMSNorm and
-// Pre-CRMSNorm GPT and ViT models (DESIGN.md §1). The steps for each tensor
+// Pre-CRMSNorm GPT and ViT models (docs/DESIGN.md §2-§5). The steps for each tensor
 // come from the compile-time Plan<From, To>; `if constexpr` selects the code.
 // Arithmetic is in double whatever the model's scalar, rounded once at the
 // end; the model's epsilon is kept.
@@ -160,7 +160,7 @@ void convert_block(const PreNormBlock<From, S>& src, PreNormBlock<To, S>& dst,
 
 }  // namespace conversion::detail
 
-// Converts a GPT model between architectures (DESIGN.md §1). Supported:
+// Converts a GPT model between architectures (docs/DESIGN.md §2-§5; tied heads §4). Supported:
 // PreLN -> PreRMSNorm / PreCRMSNorm, PreRMSNorm -> PreCRMSNorm / PreLN,
 // PreCRMSNorm -> PreRMSNorm / PreLN.
 template <Arch To, Arch From, class S>

@@ -1,7 +1,6 @@
 #pragma once
-// The converter as training needs it (DESIGN.md §1, "Training that stays
-// exactly equivalent"), for Pre-LN -> Pre-RMSNorm and Pre-LN -> Pre-CRMSNorm,
-// GPT and ViT:
+// The converter as training needs it (docs/DESIGN.md §6), for Pre-LN ->
+// Pre-RMSNorm and Pre-LN -> Pre-CRMSNorm, GPT and ViT:
 //
 //   convert_into(theta, phi)      phi = convert<To>(theta, {tied}), written into
 //                                 phi's existing storage, in the model's scalar,

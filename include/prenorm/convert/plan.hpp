@@ -3,7 +3,7 @@
 // what happens to every tensor role. The converter walks this plan with
 // `if constexpr`; static_asserts below check that the plan is sound.
 //
-// Pre-LN -> Pre-RMSNorm (DESIGN.md §1), in this order:
+// Pre-LN -> Pre-RMSNorm (docs/DESIGN.md §2; the roles table is §7), in this order:
 //   1. fold each norm's gamma, beta into the linear that reads it,
 //   2. recenter every writer to the main branch, so it stays exactly zero-mean,
 //   3. replace each LayerNorm by RMSNorm with the same eps.

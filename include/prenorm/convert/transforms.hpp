@@ -1,5 +1,5 @@
 #pragma once
-// The per-tensor steps of the conversion (DESIGN.md §1), one function each,
+// The per-tensor steps of the conversion (docs/DESIGN.md §2, §3, §5), one function each,
 // in double. A "table" holds one main-branch vector per row (embeddings, the
 // cls token as a 1-row table); a writer linear has the main branch on its
 // output axis (rows of W); a reader linear has it on its input axis (columns).

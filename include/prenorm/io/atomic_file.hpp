@@ -1,6 +1,6 @@
 #pragma once
 // Writing a file all at once: readers see either the old file or the whole
-// new one, never a half-written file (DESIGN.md §4).
+// new one, never a half-written file (docs/DESIGN.md §11).
 //
 // The contents go to a fresh temporary file in the destination's directory
 // (rename is atomic only within one file system), which is flushed to disk

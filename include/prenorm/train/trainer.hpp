@@ -5,7 +5,7 @@
 //                                        backward, optimizer step.
 //   ReparamTrainer<To, Model, Optimizer> keeps the raw Pre-LN parameters theta and
 //                                        trains them through the converter
-//                                        (DESIGN.md §1): each step
+//                                        (docs/DESIGN.md §6): each step
 //     1. phi = convert<To>(theta, {tied}) into preallocated storage
 //     2. forward and backward in the Pre-RMSNorm / Pre-CRMSNorm model phi
 //     3. grad_theta = J^T grad_phi, the converter's adjoint
