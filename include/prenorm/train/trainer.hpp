@@ -24,7 +24,7 @@
 //            exact and measured faster: GPT-3 Small, B=4, T=64, one core,
 //            12 to 14 ms less conversion per step (-0.8 points of the step:
 //            conversion + adjoint 2.6 % instead of 3.4 % for Pre-RMSNorm);
-//            gpt_w256: 3.6 to 7.2 ms less (bench/README.md).
+//            gpt_w256: 3.6 to 7.2 ms less (bench/NOTES.md).
 //     Untie  phi has its own head C(E diag(gamma_f)) with bias E beta_f,
 //            written every step; the adjoint sums both gradients into dE.
 //   Both follow the Pre-LN trajectory (the tests hold them to it).

@@ -8,7 +8,7 @@
 // Padded outputs. A Pre-CRMSNorm writer has out = d - 1 outputs (191, 767):
 // its last block is one row short and runs in Eigen's 2-packet, half-packet
 // and scalar kernels, which costs +17 % on ViT-Ti's 191-output products
-// (bench/README.md). Here that block is copied with zero rows after it and
+// (bench/NOTES.md). Here that block is copied with zero rows after it and
 // packed as a whole one, so all of W runs in the full kernel and writes the
 // padded columns too, which the caller provides (y's row stride >= out
 // rounded up to mr).
@@ -19,7 +19,7 @@
 // and many (GPT-3 Small's 2304 x 767 and 3072 x 767, a 50257 x 767 head), and
 // as fast as at d with the same rows at an aligned stride; in whole forwards
 // the readers of ViT-Ti and ViT-S at batch 1 (191, 383) cost time too
-// (bench/README.md). Here each block of W is first copied, row after row, to
+// (bench/NOTES.md). Here each block of W is first copied, row after row, to
 // a scratch whose rows are a whole number of packets, and packed from there.
 //
 // Otherwise the loops are those of Eigen's sequential GEMM
