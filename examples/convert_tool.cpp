@@ -196,14 +196,14 @@ int run(const Options& o) {
       [&](const auto& model) {
         switch (o.to) {
           case Arch::PreLN:
-            return io::prenorm_writer(to_arch<Arch::PreLN>(model, convert_options), dtype, save);
+            return io::save_prenorm(to_arch<Arch::PreLN>(model, convert_options), dtype, save);
           case Arch::PreRMSNorm:
-            return io::prenorm_writer(to_arch<Arch::PreRMSNorm>(model, convert_options), dtype,
-                                      save);
+            return io::save_prenorm(to_arch<Arch::PreRMSNorm>(model, convert_options), dtype,
+                                    save);
           case Arch::PreCRMSNorm:
           default:
-            return io::prenorm_writer(to_arch<Arch::PreCRMSNorm>(model, convert_options), dtype,
-                                      save);
+            return io::save_prenorm(to_arch<Arch::PreCRMSNorm>(model, convert_options), dtype,
+                                    save);
         }
       },
       loaded.model);

@@ -20,6 +20,9 @@
 //    keep-tied, with a head bias; ViT; the NoNorm baseline) exactly in F32
 //    (float) and F64 (double): every tensor and every config field; its
 //    metadata is validated strictly;
+//  - the path loaders load_hf_gpt2(path), load_hf_vit(path) find config.json
+//    beside the file or take one given, and without one name the path they
+//    looked for; load_prenorm(path) loads too;
 //  - detect_layout and load_any_model, with config.json beside the file or given.
 
 #include <gtest/gtest.h>
@@ -380,8 +383,8 @@ TEST_P(HfGpt2Layout, LoadsToTheSameLogits) {
   const Gpt2Case k = GetParam();
   TempDir dir;
   auto source = random_gpt<float>(k.tied, 11);
-  io::write_hf_gpt2(source, dir / "model.safetensors", Dtype::F32,
-                    {.prefix = k.prefix, .tied_head = k.tied_head, .buffers = k.buffers});
+  io::save_hf_gpt2(source, dir / "model.safetensors", Dtype::F32,
+                   {.prefix = k.prefix, .tied_head = k.tied_head, .buffers = k.buffers});
   const SafetensorsFile file(dir / "model.safetensors");
   EXPECT_EQ(file.contains("transformer.wte.weight"), k.prefix);
   EXPECT_EQ(file.contains("lm_head.weight"), !k.tied || k.tied_head);
@@ -418,7 +421,7 @@ TEST(HfGpt2, HalfPrecisionFilesLoadRounded) {
   TempDir dir;
   auto source = random_gpt<float>(true, 12);
   for (Dtype dtype : {Dtype::F16, Dtype::BF16, Dtype::F64}) {
-    io::write_hf_gpt2(source, dir / "model.safetensors", dtype);
+    io::save_hf_gpt2(source, dir / "model.safetensors", dtype);
     const SafetensorsFile file(dir / "model.safetensors");
     EXPECT_EQ(io::hf_gpt2_dtype(file, source.config), dtype);
     auto loaded = io::load_hf_gpt2<float>(file, source.config);
@@ -431,7 +434,7 @@ TEST(HfGpt2, HalfPrecisionFilesLoadRounded) {
 TEST(HfGpt2, AHeadThatDiffersFromWteIsUntied) {
   TempDir dir;
   auto source = random_gpt<float>(true, 13);
-  io::write_hf_gpt2(source, dir / "a.safetensors", Dtype::F32, {.tied_head = true});
+  io::save_hf_gpt2(source, dir / "a.safetensors", Dtype::F32, {.tied_head = true});
   const SafetensorsFile a(dir / "a.safetensors");
   rewrite(a, dir / "b.safetensors", a.metadata(), [](EditableTensor& t) {
     if (t.name == "lm_head.weight") t.values[5] += 1.0f;
@@ -440,6 +443,29 @@ TEST(HfGpt2, AHeadThatDiffersFromWteIsUntied) {
   auto loaded = io::load_hf_gpt2<float>(SafetensorsFile(dir / "b.safetensors"), source.config);
   EXPECT_FALSE(loaded.config.tied);
   EXPECT_EQ(loaded.head.weight.rows(), source.config.vocab);
+}
+
+TEST(HfGpt2, LoadsFromAPathWithItsConfigJson) {
+  TempDir dir;
+  auto source = random_gpt<float>(false, 14);
+  const fs::path model = dir / "gpt2/model.safetensors";
+  fs::create_directories(model.parent_path());
+  io::save_hf_gpt2(source, model, Dtype::F32);
+  // Without config.json the error names the path it looked for.
+  EXPECT_THROW(io::load_hf_gpt2<float>(model), io::FileError);
+  expect_error([&] { io::load_hf_gpt2<float>(model); },
+               {"prenorm::hf_gpt2: " + model.string() + ": ", "needs its config.json",
+                "none at '" + (dir / "gpt2/config.json").string() + "'"});
+  expect_error([&] { io::load_hf_gpt2<float>(dir / "gpt2/none.safetensors"); },
+               {(dir / "gpt2/none.safetensors").string(), "cannot open"});
+
+  const RowMatrix<float> expected = gpt_logits(source);
+  io::write_json_file(dir / "gpt2/config.json", io::gpt2_config_to_json(source.config));
+  auto beside = io::load_hf_gpt2<float>(model);
+  EXPECT_TRUE(gpt_logits(beside) == expected) << "config.json beside it";
+  fs::rename(dir / "gpt2/config.json", dir / "elsewhere.json");
+  auto given = io::load_hf_gpt2<float>(model, dir / "elsewhere.json");
+  EXPECT_TRUE(gpt_logits(given) == expected) << "config.json given";
 }
 
 TEST(HfGpt2, ConfigJson) {
@@ -495,7 +521,7 @@ TEST(HfGpt2, BadTensorsAreNamed) {
   TempDir dir;
   auto source = random_gpt<float>(true, 14);
   const fs::path good = dir / "good.safetensors";
-  io::write_hf_gpt2(source, good, Dtype::F32);
+  io::save_hf_gpt2(source, good, Dtype::F32);
   const SafetensorsFile file(good);
   const GptConfig& c = source.config;
   const fs::path bad = dir / "bad.safetensors";
@@ -533,7 +559,7 @@ TEST(HfGpt2, BadTensorsAreNamed) {
 
   // Values that are not floats: the same bytes, declared I32.
   {
-    std::vector<std::byte> bytes = io::hf_gpt2_writer(source, Dtype::F32).bytes();
+    std::vector<std::byte> bytes = io::save_hf_gpt2(source, Dtype::F32).bytes();
     std::string text(reinterpret_cast<const char*>(bytes.data()), bytes.size());
     const std::size_t at = text.find("\"F32\"", text.find("\"wpe.weight\""));
     ASSERT_NE(at, std::string::npos);
@@ -554,7 +580,7 @@ TEST_P(HfVitLayout, LoadsToTheSameLogits) {
   const bool prefix = GetParam();
   TempDir dir;
   auto source = random_vit<float>(21);
-  io::write_hf_vit(source, dir / "model.safetensors", Dtype::F32, {.prefix = prefix});
+  io::save_hf_vit(source, dir / "model.safetensors", Dtype::F32, {.prefix = prefix});
   const SafetensorsFile file(dir / "model.safetensors");
   EXPECT_EQ(file.contains("vit.embeddings.cls_token"), prefix);
   EXPECT_EQ(file.info((prefix ? "vit." : "") + std::string("embeddings.patch_embeddings.projection.weight")).shape,
@@ -578,6 +604,27 @@ TEST_P(HfVitLayout, LoadsToTheSameLogits) {
 
 INSTANTIATE_TEST_SUITE_P(Prefix, HfVitLayout, ::testing::Bool(),
                          [](const auto& info) { return info.param ? "Vit" : "Bare"; });
+
+TEST(HfVit, LoadsFromAPathWithItsConfigJson) {
+  TempDir dir;
+  auto source = random_vit<float>(22);
+  const fs::path model = dir / "vit/model.safetensors";
+  fs::create_directories(model.parent_path());
+  io::save_hf_vit(source, model, Dtype::F32);
+  EXPECT_THROW(io::load_hf_vit<float>(model), io::FileError);
+  expect_error([&] { io::load_hf_vit<float>(model); },
+               {"prenorm::hf_vit: " + model.string() + ": ", "needs its config.json",
+                "none at '" + (dir / "vit/config.json").string() + "'"});
+
+  const auto images = random_images<float>(source.config, 3, 5);
+  const RowMatrix<float> expected = vit_logits(source, images, 3);
+  io::write_json_file(dir / "vit/config.json", io::vit_config_to_json(source.config));
+  auto beside = io::load_hf_vit<float>(model);
+  EXPECT_TRUE(vit_logits(beside, images, 3) == expected) << "config.json beside it";
+  fs::rename(dir / "vit/config.json", dir / "elsewhere.json");
+  auto given = io::load_hf_vit<float>(model, dir / "elsewhere.json");
+  EXPECT_TRUE(vit_logits(given, images, 3) == expected) << "config.json given";
+}
 
 TEST(HfVit, ConfigJson) {
   nlohmann::json json = {{"model_type", "vit"},      {"hidden_size", 10},    {"num_hidden_layers", 2},
@@ -611,7 +658,7 @@ TEST(HfVit, ConfigJson) {
 TEST(HfVit, BadTensorsAreNamed) {
   TempDir dir;
   auto source = random_vit<float>(22);
-  io::write_hf_vit(source, dir / "good.safetensors", Dtype::F32);
+  io::save_hf_vit(source, dir / "good.safetensors", Dtype::F32);
   const SafetensorsFile file(dir / "good.safetensors");
   const fs::path bad = dir / "bad.safetensors";
   rewrite(file, bad, {}, [](EditableTensor& t) {
@@ -639,13 +686,7 @@ Model round_trip(const Model& model, Dtype dtype, const fs::path& path,
                  std::optional<Arch> converted_from = {}) {
   io::save_prenorm(model, path, dtype, {.converted_from = converted_from});
   const SafetensorsFile file(path);
-  using S = typename Model::Scalar;
-  Model loaded = [&] {
-    if constexpr (requires { model.config.vocab; })
-      return io::load_prenorm_gpt<Model::arch, S>(file);
-    else
-      return io::load_prenorm_vit<Model::arch, S>(file);
-  }();
+  Model loaded = io::load_prenorm<Model>(file);
   expect_same_config(loaded.config, model.config);
   expect_same_parameters(loaded, model);
   EXPECT_EQ(io::read_prenorm_metadata(file).converted_from, converted_from);
@@ -727,6 +768,15 @@ TEST(PrenormLayout, NamesAndMetadata) {
   EXPECT_EQ(v.metadata().at("converted_from"), "none");
 }
 
+TEST(PrenormLayout, LoadsFromAPath) {
+  TempDir dir;
+  auto vit = random_vit<float>(44);
+  io::save_prenorm(vit, dir / "v.safetensors", Dtype::F32);
+  expect_same_parameters(io::load_prenorm<decltype(vit)>(dir / "v.safetensors"), vit);
+  expect_error([&] { io::load_prenorm<decltype(vit)>(dir / "none.safetensors"); },
+               {(dir / "none.safetensors").string(), "cannot open"});
+}
+
 TEST(PrenormLayout, MetadataIsValidatedStrictly) {
   TempDir dir;
   auto ln = random_gpt<float>(false, 43);
@@ -734,7 +784,7 @@ TEST(PrenormLayout, MetadataIsValidatedStrictly) {
   io::save_prenorm(ln, good, Dtype::F32);
   const SafetensorsFile file(good);
   const fs::path bad = dir / "bad.safetensors";
-  const auto load = [&] { io::load_prenorm_gpt<Arch::PreLN, float>(SafetensorsFile(bad)); };
+  const auto load = [&] { io::load_prenorm<Gpt<Arch::PreLN, float>>(SafetensorsFile(bad)); };
   const auto with = [&](const std::string& key, const std::optional<std::string>& value) {
     std::map<std::string, std::string> metadata = file.metadata();
     if (value) metadata[key] = *value;
@@ -761,8 +811,8 @@ TEST(PrenormLayout, MetadataIsValidatedStrictly) {
   with("mlp_width", "21");  // parses, but the tensors do not match
   expect_error(load, {bad.string(), "'blocks.0.mlp.fc.weight'", "[20, 12]", "expected [21, 12]"});
   // Wrong architecture or kind for the template.
-  expect_error([&] { io::load_prenorm_gpt<Arch::PreRMSNorm, float>(file); }, {good.string(), "pre_ln"});
-  expect_error([&] { io::load_prenorm_vit<Arch::PreLN, float>(file); }, {good.string(), "gpt"});
+  expect_error([&] { io::load_prenorm<Gpt<Arch::PreRMSNorm, float>>(file); }, {good.string(), "pre_ln"});
+  expect_error([&] { io::load_prenorm<Vit<Arch::PreLN, float>>(file); }, {good.string(), "gpt"});
   // Tensors: missing, unknown, misshapen.
   rewrite(file, bad, file.metadata(), [](EditableTensor& t) { return t.name != "blocks.1.attn.out.bias"; });
   expect_error(load, {bad.string(), "missing tensor 'blocks.1.attn.out.bias'"});
@@ -785,9 +835,9 @@ TEST(AnyModel, DetectsAndLoadsEveryLayout) {
   auto vit = random_vit<float>(52);
   fs::create_directories(dir / "gpt2");
   fs::create_directories(dir / "vit");
-  io::write_hf_gpt2(gpt, dir / "gpt2/model.safetensors", Dtype::F32, {.prefix = true});
+  io::save_hf_gpt2(gpt, dir / "gpt2/model.safetensors", Dtype::F32, {.prefix = true});
   io::write_json_file(dir / "gpt2/config.json", io::gpt2_config_to_json(gpt.config));
-  io::write_hf_vit(vit, dir / "vit/model.safetensors", Dtype::F16);
+  io::save_hf_vit(vit, dir / "vit/model.safetensors", Dtype::F16);
   io::write_json_file(dir / "vit/cfg.json", io::vit_config_to_json(vit.config));
   auto crms = prenorm::convert<Arch::PreCRMSNorm>(gpt);
   io::save_prenorm(crms, dir / "crms.safetensors", Dtype::BF16, {.converted_from = Arch::PreLN});

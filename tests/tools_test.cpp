@@ -174,9 +174,9 @@ class Fixture {
     vit_.init_random(103, 0.3, /*random_affine=*/true);
     fs::create_directories(dir_ / "gpt2");
     fs::create_directories(dir_ / "vit");
-    io::write_hf_gpt2(gpt_, gpt2_file(), Dtype::F32, {.prefix = tied});
+    io::save_hf_gpt2(gpt_, gpt2_file(), Dtype::F32, {.prefix = tied});
     io::write_json_file(dir_ / "gpt2/config.json", io::gpt2_config_to_json(gpt_.config));
-    io::write_hf_vit(vit_, vit_file(), Dtype::F32);
+    io::save_hf_vit(vit_, vit_file(), Dtype::F32);
     io::write_json_file(dir_ / "vit/config.json", io::vit_config_to_json(vit_.config));
     std::mt19937_64 rng(7);
     std::normal_distribution<float> normal;

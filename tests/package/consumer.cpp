@@ -57,8 +57,8 @@ static bool models_agree() {
 #if PRENORM_CONSUMER_IO
   // The converted GPT through a safetensors file in memory and back.
   namespace io = prenorm::io;
-  const std::vector<std::byte> file = io::prenorm_writer(pre_crms, io::Dtype::F32).bytes();
-  auto loaded = io::load_prenorm_gpt<Arch::PreCRMSNorm, float>(
+  const std::vector<std::byte> file = io::save_prenorm(pre_crms, io::Dtype::F32).bytes();
+  auto loaded = io::load_prenorm<prenorm::Gpt<Arch::PreCRMSNorm, float>>(
       io::SafetensorsFile::from_bytes(file, "consumer.safetensors"));
   agree = agree && max_difference(loaded.forward(prompt), converted) == 0.0f;
 #endif

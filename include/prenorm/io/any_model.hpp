@@ -16,7 +16,6 @@
 #include <optional>
 #include <string>
 #include <string_view>
-#include <system_error>
 #include <type_traits>
 #include <utility>
 #include <variant>
@@ -86,22 +85,6 @@ struct LoadedModel {
   std::optional<Arch> converted_from;        // prenorm layout: the metadata's converted_from
 };
 
-// The config.json of a Hugging Face file: `config` when given, else
-// config.json in the file's folder. Throws FileError when there is none.
-inline std::filesystem::path hf_config_path(const std::filesystem::path& model,
-                                            const std::optional<std::filesystem::path>& config,
-                                            Layout layout) {
-  if (config) return *config;
-  const std::filesystem::path beside =
-      (model.has_parent_path() ? model.parent_path() : std::filesystem::path(".")) / "config.json";
-  std::error_code error;
-  if (!std::filesystem::is_regular_file(beside, error))
-    detail::fail_with<FileError>("load_model", model.string(), ": a ", layout_name(layout),
-                                 " file needs its config.json: none at '", beside.string(),
-                                 "' (pass one with --config)");
-  return beside;
-}
-
 // Loads the model in `file`, converted to S, whatever its layout and architecture.
 template <class S>
 LoadedModel<S> load_any_model(const SafetensorsFile& file,
@@ -112,7 +95,8 @@ LoadedModel<S> load_any_model(const SafetensorsFile& file,
   };
   switch (layout) {
     case Layout::HfGpt2: {
-      const std::filesystem::path path = hf_config_path(file.path(), config, layout);
+      const std::filesystem::path path = hf_config_path("load_model", file.path(), config,
+                                                        layout_name(layout), "--config");
       const GptConfig c = gpt2_config_from_json(read_json_file(path), path.string());
       AnyModel<S> model = load_hf_gpt2<S>(file, c);  // checks the file first
       LoadedModel<S> loaded = make(std::move(model), hf_gpt2_dtype(file, c));
@@ -120,7 +104,8 @@ LoadedModel<S> load_any_model(const SafetensorsFile& file,
       return loaded;
     }
     case Layout::HfVit: {
-      const std::filesystem::path path = hf_config_path(file.path(), config, layout);
+      const std::filesystem::path path = hf_config_path("load_model", file.path(), config,
+                                                        layout_name(layout), "--config");
       const VitConfig c = vit_config_from_json(read_json_file(path), path.string());
       AnyModel<S> model = load_hf_vit<S>(file, c);
       LoadedModel<S> loaded = make(std::move(model), hf_vit_dtype(file, c));

@@ -37,6 +37,7 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -251,8 +252,21 @@ Gpt<Arch::PreLN, S> load_hf_gpt2(const SafetensorsFile& file, GptConfig config) 
   return model;
 }
 
-// How write_hf_gpt2 names and completes the file.
-struct HfGpt2WriteOptions {
+// Loads the GPT-2 checkpoint at `path` with its config.json: `config` when
+// given, else config.json beside the file (FileError naming the path looked
+// for when there is none).
+template <class S>
+Gpt<Arch::PreLN, S> load_hf_gpt2(const std::filesystem::path& path,
+                                 const std::optional<std::filesystem::path>& config = {}) {
+  const SafetensorsFile file(path);
+  const std::filesystem::path config_path =
+      hf_config_path("hf_gpt2", path, config, "hf_gpt2", "the config argument");
+  return load_hf_gpt2<S>(file, gpt2_config_from_json(read_json_file(config_path),
+                                                     config_path.string()));
+}
+
+// How save_hf_gpt2 names and completes the file.
+struct HfGpt2SaveOptions {
   bool prefix = false;  // names with "transformer." (as GPT2LMHeadModel's state dict)
   // Write lm_head.weight for a tied model too (a copy of wte, as
   // GPT2LMHeadModel.save_pretrained did before tied weights were deduplicated).
@@ -264,11 +278,12 @@ struct HfGpt2WriteOptions {
   std::vector<std::filesystem::path> inputs = {};  // files the write must not replace
 };
 
-// The tensors of a GPT-2 file for `model`, in a writer (every tensor in `dtype`).
+// The GPT-2 file for `model`, not yet written: a writer holding its tensors
+// (every one in `dtype`), for bytes() or write(path).
 template <class S>
-SafetensorsWriter hf_gpt2_writer(const Gpt<Arch::PreLN, S>& model, Dtype dtype,
-                                 const HfGpt2WriteOptions& options = {}) {
-  constexpr const char* op = "write_hf_gpt2";
+[[nodiscard]] SafetensorsWriter save_hf_gpt2(const Gpt<Arch::PreLN, S>& model, Dtype dtype,
+                                             const HfGpt2SaveOptions& options = {}) {
+  constexpr const char* op = "save_hf_gpt2";
   model.validate(op);
   (void)gpt2_config_to_json(model.config);  // refuses what GPT-2 cannot hold
   const std::string p = options.prefix ? "transformer." : "";
@@ -311,9 +326,9 @@ SafetensorsWriter hf_gpt2_writer(const Gpt<Arch::PreLN, S>& model, Dtype dtype,
 // Writes `model` as a GPT-2 safetensors file (atomically); the config.json
 // that goes with it is gpt2_config_to_json(model.config).
 template <class S>
-void write_hf_gpt2(const Gpt<Arch::PreLN, S>& model, const std::filesystem::path& path,
-                   Dtype dtype, const HfGpt2WriteOptions& options = {}) {
-  hf_gpt2_writer(model, dtype, options).write(path, options.inputs);
+void save_hf_gpt2(const Gpt<Arch::PreLN, S>& model, const std::filesystem::path& path,
+                  Dtype dtype, const HfGpt2SaveOptions& options = {}) {
+  save_hf_gpt2(model, dtype, options).write(path, options.inputs);
 }
 
 }  // namespace prenorm::io

@@ -34,6 +34,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -251,16 +252,31 @@ Vit<Arch::PreLN, S> load_hf_vit(const SafetensorsFile& file, const VitConfig& co
   return model;
 }
 
-struct HfVitWriteOptions {
+// Loads the ViT checkpoint at `path` with its config.json: `config` when
+// given, else config.json beside the file (FileError naming the path looked
+// for when there is none).
+template <class S>
+Vit<Arch::PreLN, S> load_hf_vit(const std::filesystem::path& path,
+                                const std::optional<std::filesystem::path>& config = {}) {
+  const SafetensorsFile file(path);
+  const std::filesystem::path config_path =
+      hf_config_path("hf_vit", path, config, "hf_vit", "the config argument");
+  return load_hf_vit<S>(file, vit_config_from_json(read_json_file(config_path),
+                                                   config_path.string()));
+}
+
+// How save_hf_vit names the file.
+struct HfVitSaveOptions {
   bool prefix = true;  // names with "vit." (ViTForImageClassification's state dict)
   std::vector<std::filesystem::path> inputs = {};  // files the write must not replace
 };
 
-// The tensors of a ViT file for `model`, in a writer (every tensor in `dtype`).
+// The ViT file for `model`, not yet written: a writer holding its tensors
+// (every one in `dtype`), for bytes() or write(path).
 template <class S>
-SafetensorsWriter hf_vit_writer(const Vit<Arch::PreLN, S>& model, Dtype dtype,
-                                const HfVitWriteOptions& options = {}) {
-  constexpr const char* op = "write_hf_vit";
+[[nodiscard]] SafetensorsWriter save_hf_vit(const Vit<Arch::PreLN, S>& model, Dtype dtype,
+                                            const HfVitSaveOptions& options = {}) {
+  constexpr const char* op = "save_hf_vit";
   model.validate(op);
   (void)vit_config_to_json(model.config);  // refuses what HF ViT cannot hold
   const VitConfig& c = model.config;
@@ -312,9 +328,9 @@ SafetensorsWriter hf_vit_writer(const Vit<Arch::PreLN, S>& model, Dtype dtype,
 // Writes `model` as a ViT safetensors file (atomically); the config.json that
 // goes with it is vit_config_to_json(model.config).
 template <class S>
-void write_hf_vit(const Vit<Arch::PreLN, S>& model, const std::filesystem::path& path, Dtype dtype,
-                  const HfVitWriteOptions& options = {}) {
-  hf_vit_writer(model, dtype, options).write(path, options.inputs);
+void save_hf_vit(const Vit<Arch::PreLN, S>& model, const std::filesystem::path& path, Dtype dtype,
+                 const HfVitSaveOptions& options = {}) {
+  save_hf_vit(model, dtype, options).write(path, options.inputs);
 }
 
 }  // namespace prenorm::io

@@ -1,7 +1,8 @@
 #pragma once
 // Helpers shared by the model layouts (hf_gpt2.hpp, hf_vit.hpp,
-// prenorm_layout.hpp): JSON files, checking a safetensors file against the
-// list of tensors a layout expects, and reading those tensors.
+// prenorm_layout.hpp): JSON files, finding a Hugging Face file's config.json,
+// checking a safetensors file against the list of tensors a layout expects,
+// and reading those tensors.
 //
 // Every check reports FormatError naming the operation, the file and the
 // tensors, e.g.
@@ -23,6 +24,7 @@
 #include <sstream>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <unordered_set>
 #include <utility>
 #include <vector>
@@ -62,6 +64,24 @@ inline void write_json_file(const std::filesystem::path& path, const nlohmann::j
   write_file_atomically(
       path, [&text](std::ostream& out) { out.write(text.data(), std::streamsize(text.size())); },
       inputs);
+}
+
+// The config.json of the Hugging Face file `model` (in `layout`): `config`
+// when given, else config.json in the file's folder. Throws FileError naming
+// the path it looked for when there is none; `option` names the way to pass
+// one (the argument or the command-line option) in the message.
+inline std::filesystem::path hf_config_path(const char* op, const std::filesystem::path& model,
+                                            const std::optional<std::filesystem::path>& config,
+                                            std::string_view layout, std::string_view option) {
+  if (config) return *config;
+  const std::filesystem::path beside =
+      (model.has_parent_path() ? model.parent_path() : std::filesystem::path(".")) / "config.json";
+  std::error_code error;
+  if (!std::filesystem::is_regular_file(beside, error))
+    detail::fail_with<FileError>(op, model.string(), ": a ", layout,
+                                 " file needs its config.json: none at '", beside.string(),
+                                 "' (pass one with ", option, ")");
+  return beside;
 }
 
 // One tensor a layout expects: its name in the file and its shape.

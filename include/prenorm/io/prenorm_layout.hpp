@@ -190,6 +190,10 @@ template <class Model>
 constexpr bool is_gpt_model = false;
 template <Arch A, class S>
 constexpr bool is_gpt_model<Gpt<A, S>> = true;
+template <class Model>
+constexpr bool is_vit_model = false;
+template <Arch A, class S>
+constexpr bool is_vit_model<Vit<A, S>> = true;
 
 // The tensors the file must hold for `model` (built from the metadata).
 template <class Model>
@@ -349,26 +353,31 @@ Model load_prenorm_model(const SafetensorsFile& file, ModelKind kind, const Conf
 
 }  // namespace detail
 
-// Loads a GPT of architecture A from a prenorm-layout file. Throws
+// Loads a Model (Gpt<A, S> or Vit<A, S>) from a prenorm-layout file. Throws
 // FormatError if the file holds another kind or architecture.
-template <Arch A, class S>
-Gpt<A, S> load_prenorm_gpt(const SafetensorsFile& file) {
+template <class Model>
+Model load_prenorm(const SafetensorsFile& file) {
+  static_assert(detail::is_gpt_model<Model> || detail::is_vit_model<Model>,
+                "prenorm::io::load_prenorm loads a Gpt<A, S> or a Vit<A, S>");
   const PrenormMetadata meta = read_prenorm_metadata(file);
-  return detail::load_prenorm_model<Gpt<A, S>>(file, ModelKind::Gpt, meta.gpt, meta);
+  if constexpr (detail::is_gpt_model<Model>)
+    return detail::load_prenorm_model<Model>(file, ModelKind::Gpt, meta.gpt, meta);
+  else
+    return detail::load_prenorm_model<Model>(file, ModelKind::Vit, meta.vit, meta);
 }
 
-// Loads a ViT of architecture A from a prenorm-layout file.
-template <Arch A, class S>
-Vit<A, S> load_prenorm_vit(const SafetensorsFile& file) {
-  const PrenormMetadata meta = read_prenorm_metadata(file);
-  return detail::load_prenorm_model<Vit<A, S>>(file, ModelKind::Vit, meta.vit, meta);
+// The same from the file at `path`.
+template <class Model>
+Model load_prenorm(const std::filesystem::path& path) {
+  return load_prenorm<Model>(SafetensorsFile(path));
 }
 
-// The file contents for `model` in a writer: metadata, then every non-empty
-// tensor in visit order, in `dtype`.
+// The prenorm-layout file for `model`, not yet written: a writer holding the
+// metadata, then every non-empty tensor in visit order, in `dtype`, for
+// bytes() or write(path).
 template <Arch A, class S>
-SafetensorsWriter prenorm_writer(const Gpt<A, S>& model, Dtype dtype,
-                                 const PrenormSaveOptions& options = {}) {
+[[nodiscard]] SafetensorsWriter save_prenorm(const Gpt<A, S>& model, Dtype dtype,
+                                             const PrenormSaveOptions& options = {}) {
   model.validate("save_prenorm");
   SafetensorsWriter writer;
   const GptConfig& c = model.config;
@@ -382,8 +391,8 @@ SafetensorsWriter prenorm_writer(const Gpt<A, S>& model, Dtype dtype,
 }
 
 template <Arch A, class S>
-SafetensorsWriter prenorm_writer(const Vit<A, S>& model, Dtype dtype,
-                                 const PrenormSaveOptions& options = {}) {
+[[nodiscard]] SafetensorsWriter save_prenorm(const Vit<A, S>& model, Dtype dtype,
+                                             const PrenormSaveOptions& options = {}) {
   model.validate("save_prenorm");
   SafetensorsWriter writer;
   const VitConfig& c = model.config;
@@ -401,7 +410,7 @@ SafetensorsWriter prenorm_writer(const Vit<A, S>& model, Dtype dtype,
 template <class Model>
 void save_prenorm(const Model& model, const std::filesystem::path& path, Dtype dtype,
                   const PrenormSaveOptions& options = {}) {
-  prenorm_writer(model, dtype, options).write(path, options.inputs);
+  save_prenorm(model, dtype, options).write(path, options.inputs);
 }
 
 }  // namespace prenorm::io
