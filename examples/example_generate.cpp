@@ -27,9 +27,9 @@ int main() {
   // [batch*capacity x heads*head_dim]; capacity is at most the context.
   std::vector<int> tokens = {5, 17, 42, 8};  // the prompt
   auto cache = model.make_cache(/*batch=*/1, /*capacity=*/config.context);
-  const Logits prompt_logits =  // [prompt length x vocab]
-      model.prefill(cache, prenorm::TokenBatch(tokens, 1, Index(tokens.size())));
-  Logits next_logits = prompt_logits.bottomRows(1);  // [1 x vocab]: after the last prompt token
+  // prefill: the logits of every prompt position [prompt length x vocab]; keep the last.
+  Logits next_logits = model.prefill(cache, prenorm::TokenBatch(tokens, 1, Index(tokens.size())))
+                           .bottomRows(1);  // [1 x vocab]: after the prompt
 
   double worst = 0, scale = 0;
   for (int i = 0; i < 12; ++i) {
