@@ -37,7 +37,8 @@ int main() {
   for (int i = 0; i < 2 * 16; ++i) ids.push_back((i * 37 + 11) % int(config.vocab));
   const prenorm::TokenBatch tokens(ids, /*batch=*/2, /*seq=*/16);
 
-  // forward returns a reference to the model's workspace: copy to keep it.
+  // A model's own forward runs a session of its own and returns the logits
+  // [batch*seq x vocab] by value; GptSession keeps the buffers for repeated calls.
   const Logits ln_logits = ln.forward(tokens);
   const Logits rms_logits = rms.forward(tokens);
   const Logits crms_logits = crms.forward(tokens);

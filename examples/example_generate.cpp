@@ -23,13 +23,15 @@ int main() {
   // Keep: the tied table is stored once, as in the Pre-LN model.
   auto model = prenorm::convert<Arch::PreCRMSNorm>(ln, {.tied = prenorm::TiedPolicy::Keep});
 
-  // One sequence (batch 1). The cache holds, per layer, keys and values
+  // A session holds the state of inference (buffers, logits, KV cache); the
+  // model holds only parameters. The cache holds, per layer, keys and values
   // [batch*capacity x heads*head_dim]; capacity is at most the context.
-  std::vector<int> tokens = {5, 17, 42, 8};  // the prompt
-  auto cache = model.make_cache(/*batch=*/1, /*capacity=*/config.context);
+  prenorm::GptSession session(model);
+  std::vector<int> tokens = {5, 17, 42, 8};  // the prompt: one sequence (batch 1)
   // prefill: the logits of every prompt position [prompt length x vocab]; keep the last.
-  Logits next_logits = model.prefill(cache, prenorm::TokenBatch(tokens, 1, Index(tokens.size())))
-                           .bottomRows(1);  // [1 x vocab]: after the prompt
+  Logits next_logits =
+      session.prefill(prenorm::TokenBatch(tokens, 1, Index(tokens.size())), config.context)
+          .bottomRows(1);  // [1 x vocab]: after the prompt
 
   double worst = 0, scale = 0;
   for (int i = 0; i < 12; ++i) {
@@ -37,9 +39,9 @@ int main() {
     next_logits.row(0).maxCoeff(&next);  // greedy: the most likely token
     tokens.push_back(int(next));
     const std::vector<int> step_tokens{int(next)};       // [batch]: one token per sequence
-    next_logits = model.step(cache, step_tokens);        // [batch x vocab]; copied: the
-                                                         // model reuses its logits buffer
-    // The check: a full forward over all tokens so far, its last row.
+    next_logits = session.step(step_tokens);             // [batch x vocab]
+    // The check: a full forward over all tokens so far (the model's own
+    // forward runs a session of its own), its last row.
     const Logits full = model.forward(prenorm::TokenBatch(tokens, 1, Index(tokens.size())));
     worst = std::max(worst, double((next_logits.row(0) - full.bottomRows(1)).cwiseAbs().maxCoeff()));
     scale = std::max(scale, double(full.cwiseAbs().maxCoeff()));
@@ -47,6 +49,7 @@ int main() {
 
   std::printf("generated:");
   for (int t : tokens) std::printf(" %d", t);
+  const prenorm::KvCache<float>& cache = session.cache();
   std::printf("\n(prompt of 4, 12 greedy steps; cache length %lld of %lld)\n",
               (long long)cache.length, (long long)cache.capacity);
   std::printf("max |step logits - full forward's last row| = %.2e (max |logit| %.2f)\n", worst, scale);
