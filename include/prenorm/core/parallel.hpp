@@ -13,29 +13,32 @@
 // Cost model. A loop goes parallel when it has at least two items and its
 // work, counted in flops, reaches kParallelMinFlops. Matrix products count
 // 2 flops per multiply-add; element-wise row loops count kFlopsPerElement
-// per element, which is about the time a pass over one element (a norm, an
-// activation, a residual add) takes in GEMM flops, rounded up: on the 2-core
-// host below, GEMM runs 0.008 ns a flop and element-wise loops 0.08 (an add)
-// to 0.25 ns (a tanh GELU) an element.
+// per element, about the time a pass over one element (a norm, an
+// activation, a residual add) takes in GEMM flops, rounded up: on the host
+// below, GEMM runs at 0.008 ns a flop and element-wise loops at 0.05 (an
+// add) to 0.25 ns (a tanh GELU) an element.
 //
-// Threshold. Opening a parallel region and joining it costs 1.5 to 5 us with
-// 2 threads here (GCC's libgomp, a 2-core VM shared with other jobs; medians
-// of 31 runs, serial and 2-thread runs interleaved, /tmp harness). At 2^21
-// flops the serial loop takes 15 to 65 us and the 2-thread one time is
-// (median, 2 threads / 1):
-//   padded product 64 x 128 x 128 (2.1e6 flops)         0.92   (1.0 at 1e6)
-//   decode attention, 12 heads x 64, 683 keys (2.1e6)   0.72   (1.3 at 2e5)
-//   tanh GELU over 2^15 elements                         0.76
-//   residual add over 2^15 elements                      1.7    (0.5 at 2^17; it
-//                                                        loses ~1 us, the cheapest loop)
-// so the threshold is where the kinds of work that matter have just started
-// to gain, and where the three dispatchers this replaced switched (2^15
-// elements; 2e6 flops for attention, 4e6 for the padded product).
+// Threshold, measured on a 2-core VM shared with other jobs (GCC 12's
+// libgomp; a throwaway harness, medians of 31 runs with the serial and the
+// 2-thread loop interleaved, three runs). Opening and joining a parallel
+// region cost 0.6, 0.6 and 5.4 us. 2-thread time / serial time:
+//                                          at the threshold    at 1/8 of it
+//   padded product 64x128x128 (2.1e6 flops)   0.92 0.71 0.81    32x64x64: 2.0 0.96 2.0
+//   decode attention, 12 heads x 64,
+//     683 keys (2.1e6 flops)                  0.72 0.92 0.75    64 keys:  1.3 0.83 1.35
+//   tanh GELU, 2^15 elements                  0.76 0.59 0.63
+//   residual add, 2^15 elements               1.7  1.03 0.86    (0.52 0.57 at 2^17)
+// At 2^21 flops (2^15 elements) every kind gains in the median run but the
+// cheapest loop (an add: about even, within 1 us); at 1/8 of it, products and
+// attention lose in two runs of three. It is also where the dispatchers this
+// replaced switched (2^15 elements; 2e6 flops for attention, 4e6 for the
+// padded product).
 //
 // At the models' shapes: every forward and training step of ViT-Ti and GPT-3
 // Small is far above it; a decode step (one row per sequence) runs its row
-// loops and products serially (one row or fewer than 2 x 16 of them) and its
-// attention in parallel from 683 cached keys at batch 1 with 12 heads of 64.
+// loops and products serially (one row, or fewer than 2 x 16 for a product)
+// and its attention in parallel from 683 cached keys at batch 1 with 12 heads
+// of 64 (from 651 before).
 
 #include <algorithm>
 
@@ -115,7 +118,7 @@ inline Index loop_threads(Index items, double flops, Index max_threads) {
 template <class Body>
 void for_each_row_block(Index rows, double flops, Index min_rows, Body&& body) {
   if (rows <= 0) return;
-  const Index threads = loop_threads(rows, flops, rows / std::max<Index>(1, min_rows));
+  [[maybe_unused]] const Index threads = loop_threads(rows, flops, rows / std::max<Index>(1, min_rows));
 #ifdef _OPENMP
   if (threads > 1) {
 #pragma omp parallel num_threads(int(threads))
@@ -152,7 +155,7 @@ void for_each_row(Index rows, Index cols, Body&& body) {
 // thread the OS delays (the host is shared) does not hold back the others.
 template <class Task>
 void for_each_task(Index tasks, double flops, Task&& task) {
-  const Index threads = loop_threads(tasks, flops, tasks);
+  [[maybe_unused]] const Index threads = loop_threads(tasks, flops, tasks);
 #ifdef _OPENMP
   if (threads > 1) {
 #pragma omp parallel for num_threads(int(threads)) schedule(dynamic, 1)
