@@ -15,6 +15,8 @@
 //   table's and gamma_f, beta_f's included: the head's part and the product rule);
 // - updating phi directly with AdamW does NOT stay equivalent;
 // - a training step allocates nothing after the first one for a given shape;
+// - the step timings put an optimizer's known sleep in its time and no other
+//   part's, add up to at most the total, and stay put when timing is off;
 // - layouts that do not go together are refused, naming operation, expected and found.
 
 #include "support/alloc_count.hpp"  // first: before any Eigen header
@@ -26,9 +28,12 @@
 #include <prenorm/train.hpp>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <random>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -742,23 +747,92 @@ TEST(TrainStep, ThreadCountDoesNotChangeResults) {
   Eigen::setNbThreads(0);  // back to OpenMP's default
 }
 
-// The timing counters add up.
-TEST(TrainStep, TimingsAddUp) {
-  GptLN<double> init(tiny_gpt(true));
-  init.init_random(41, 0.3, true);
-  const Batches batches(2, init.config.vocab, 42);
-  prenorm::ReparamTrainer<Arch::PreRMSNorm, GptLN<double>, prenorm::AdamW<double>> re(
-      init, prenorm::AdamW<double>());
-  re.timing = true;
-  re.step(batches[0]);
-  re.step(batches[1]);
-  const prenorm::StepTimings& t = re.timings;
+// An AdamW that sleeps `nap` at the start of every step: in step() (Trainer,
+// and ReparamTrainer with ConvertMode::Separate) and in begin_step() (the
+// update ReparamTrainer drives with ConvertMode::InOptimizer). The nap is the
+// optimizer's time, and no other part's.
+template <class S>
+struct NappingAdamW : prenorm::AdamW<S> {
+  std::chrono::duration<double> nap;
+  explicit NappingAdamW(double seconds) : nap(seconds) {}
+  template <class Model>
+  void step(Model& params, Model& grads) {
+    std::this_thread::sleep_for(nap);
+    prenorm::AdamW<S>::step(params, grads);
+  }
+  template <class Model>
+  void begin_step(Model& params, Model& grads) {
+    std::this_thread::sleep_for(nap);
+    prenorm::AdamW<S>::begin_step(params, grads);
+  }
+};
+
+// Two timed steps of a trainer whose optimizer naps `nap` seconds a step,
+// then an untimed one. The optimizer's time holds both naps, no other part
+// holds one, and the parts add up to at most the total (clocked apart, from
+// the start of each step to its end); an untimed step changes nothing.
+template <class Trainer>
+void expect_timings(Trainer& trainer, const Batches& batches, double nap, bool reparam) {
+  trainer.timing = true;
+  trainer.step(batches[0]);
+  trainer.step(batches[1]);
+  const prenorm::StepTimings t = trainer.timings;
   EXPECT_EQ(t.steps, 2);
-  EXPECT_GT(t.convert, 0);
-  EXPECT_GT(t.adjoint, 0);
+  EXPECT_GE(t.optimizer, 2 * nap) << "the optimizer's naps are not in its time";
+  const std::pair<const char*, double> others[] = {
+      {"forward_backward", t.forward_backward}, {"convert", t.convert}, {"adjoint", t.adjoint}};
+  for (const auto& [name, seconds] : others) {
+    EXPECT_GE(seconds, 0) << name;
+    EXPECT_LT(seconds, nap) << name << " holds an optimizer's nap";
+  }
+  if (reparam) {
+    EXPECT_GT(t.convert, 0);
+    EXPECT_GT(t.adjoint, 0);
+  } else {
+    EXPECT_EQ(t.convert, 0);
+    EXPECT_EQ(t.adjoint, 0);
+  }
   EXPECT_GT(t.norm, 0);
   EXPECT_LE(t.norm, t.forward_backward);
-  EXPECT_NEAR(t.convert + t.forward_backward + t.adjoint + t.optimizer, t.total, 1e-12);
+  // 1 ns: rounding of the sums (the clock ticks in ns).
+  EXPECT_LE(t.convert + t.forward_backward + t.adjoint + t.optimizer, t.total + 1e-9);
+  EXPECT_GE(t.total, 2 * nap);
+
+  trainer.timing = false;
+  trainer.step(batches[2]);
+  const prenorm::StepTimings& u = trainer.timings;
+  EXPECT_EQ(u.steps, t.steps);
+  EXPECT_EQ(u.total, t.total);
+  EXPECT_EQ(u.forward_backward, t.forward_backward);
+  EXPECT_EQ(u.norm, t.norm);
+  EXPECT_EQ(u.convert, t.convert);
+  EXPECT_EQ(u.adjoint, t.adjoint);
+  EXPECT_EQ(u.optimizer, t.optimizer);
+}
+
+TEST(TrainStep, TimingsPutEachPartWhereItRuns) {
+  GptLN<double> init(tiny_gpt(true));
+  init.init_random(41, 0.3, true);
+  const Batches batches(3, init.config.vocab, 42);
+  const double nap = 0.05;
+  using Opt = NappingAdamW<double>;
+  {
+    SCOPED_TRACE("Trainer");
+    prenorm::Trainer<GptLN<double>, Opt> plain(init, Opt(nap));
+    expect_timings(plain, batches, nap, false);
+  }
+  {
+    SCOPED_TRACE("ReparamTrainer, adjoint in the backward, conversion in the optimizer");
+    prenorm::ReparamTrainer<Arch::PreRMSNorm, GptLN<double>, Opt> re(init, Opt(nap));
+    expect_timings(re, batches, nap, true);
+  }
+  {
+    SCOPED_TRACE("ReparamTrainer, explicit adjoint, separate conversion");
+    prenorm::ReparamTrainer<Arch::PreCRMSNorm, GptLN<double>, Opt> re(
+        init, Opt(nap),
+        {.adjoint = prenorm::AdjointMode::Explicit, .convert = prenorm::ConvertMode::Separate});
+    expect_timings(re, batches, nap, true);
+  }
 }
 
 // A tied GPT trained through a keep-tied phi: phi has no head of its own, and

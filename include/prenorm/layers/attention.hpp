@@ -144,10 +144,9 @@ class MultiHeadAttention {
     // Causal queries go in chunks so that each reads only the keys it may see.
     const Index chunk = causal ? std::min<Index>(T, 64) : T;
 
-    // One scores block per thread; the flop count decides whether threads pay off.
+    // One scores block per thread slot; the flop count decides whether threads pay off.
     const double flops = 4.0 * double(tasks) * double(T) * double(keys) * double(hd);
-    const bool parallel = tasks > 1 && flops >= 2e6 && num_threads() > 1;
-    const Index slots = num_threads();  // sized for any thread count: no regrowth
+    const Index slots = detail::thread_slots();
     const Index slot_size = chunk * std::max(keys, max_keys);
     if (ws.scores.size() < slots * slot_size) ws.scores.resize(slots * slot_size);
     S* scores = ws.scores.data();
@@ -172,17 +171,7 @@ class MultiHeadAttention {
         C.noalias() = P * V;
       }
     };
-#ifdef _OPENMP
-    if (parallel) {
-      // Dynamic: a thread that the OS delays does not hold back the others.
-      // Each task is computed whole by one thread, so results do not depend
-      // on the schedule.
-#pragma omp parallel for schedule(dynamic, 1)
-      for (Index i = 0; i < tasks; ++i) task(i, omp_get_thread_num());
-      return;
-    }
-#endif
-    for (Index i = 0; i < tasks; ++i) task(i, 0);
+    detail::for_each_task(tasks, flops, task);
   }
 };
 

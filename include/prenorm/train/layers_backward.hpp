@@ -243,20 +243,6 @@ using StridedMap = Eigen::Map<RowMatrix<S>, 0, Eigen::OuterStride<>>;
 template <class S>
 using ConstStridedMap = Eigen::Map<const RowMatrix<S>, 0, Eigen::OuterStride<>>;
 
-// task(i, thread) for i in [0, tasks), in parallel when the flop count pays for it.
-template <class Task>
-void for_each_task(Index tasks, double flops, Task&& task) {
-#ifdef _OPENMP
-  if (tasks > 1 && flops >= 2e6 && omp_get_max_threads() > 1 && !omp_in_parallel()) {
-#pragma omp parallel for schedule(static)
-    for (Index i = 0; i < tasks; ++i) task(i, Index(omp_get_thread_num()));
-    return;
-  }
-#endif
-  (void)flops;
-  for (Index i = 0; i < tasks; ++i) task(i, Index(0));
-}
-
 // Causal queries go in chunks so that each reads only the keys it may see.
 inline Index attention_chunk(bool causal, Index T) { return causal ? std::min<Index>(T, 64) : T; }
 
@@ -355,7 +341,7 @@ void attention_backward_with(const MultiHeadAttention<S>& attn, const ConstRowsR
     const S scale = S(1) / std::sqrt(S(hd));
     const Index chunk = detail::attention_chunk(attn.causal, T);
     const Index slot = chunk * T;
-    const Index slots = num_threads();
+    const Index slots = detail::thread_slots();
     if (ws.scratch.size() < slots * slot) ws.scratch.resize(slots * slot);
     const double flops = 8.0 * double(batch * H) * double(T) * double(T) * double(hd);
     detail::for_each_task(batch * H, flops, [&](Index i, Index thread) {

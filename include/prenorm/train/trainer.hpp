@@ -84,7 +84,7 @@ struct TrainTraits<Vit<A, S>> {
 // Seconds per part, summed over the steps since the last reset().
 struct StepTimings {
   long steps = 0;
-  double total = 0;             // whole steps
+  double total = 0;             // whole steps, start to end: the parts below add up to at most this
   double forward_backward = 0;  // forward, loss and backward (normalization included)
   double norm = 0;              // in the normalization kernels (forward and backward)
   double convert = 0;           // phi = convert(theta)          (ReparamTrainer only)
@@ -100,7 +100,7 @@ namespace detail {
 class Stopwatch {
  public:
   explicit Stopwatch(bool on) : on_(on) {
-    if (on_) last_ = std::chrono::steady_clock::now();
+    if (on_) start_ = last_ = std::chrono::steady_clock::now();
   }
   // Seconds since the last lap (0 when off).
   double lap() {
@@ -110,10 +110,17 @@ class Stopwatch {
     last_ = now;
     return s;
   }
+  // Seconds since the start, read now (0 when off): a step's total, measured
+  // apart from its parts, so that a part counted twice shows (the parts then
+  // add up to more).
+  double total() const {
+    if (!on_) return 0;
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  }
 
  private:
   bool on_;
-  std::chrono::steady_clock::time_point last_;
+  std::chrono::steady_clock::time_point start_, last_;
 };
 
 }  // namespace detail
@@ -148,7 +155,7 @@ class Trainer {
       timings.forward_backward += fb;
       timings.norm += engine_.norm_clock.seconds;
       timings.optimizer += opt;
-      timings.total += fb + opt;
+      timings.total += watch.total();
     }
     return loss;
   }
@@ -279,7 +286,7 @@ class ReparamTrainer {
       timings.norm += engine_.norm_clock.seconds;
       timings.adjoint += adj;
       timings.optimizer += opt;
-      timings.total += conv + fb + adj + opt;
+      timings.total += watch.total();
     }
     return loss;
   }

@@ -25,7 +25,7 @@
 // Otherwise the loops are those of Eigen's sequential GEMM
 // (Eigen/src/Core/products/GeneralMatrixMatrix.h), with its blocking sizes,
 // packing routines and kernel: Eigen 3.4 internals, which the Debian package
-// pins. With OpenMP, threads take disjoint blocks of rows of x and y.
+// pins. With threads, each takes a disjoint block of rows of x and y.
 
 #include <Eigen/Core>
 
@@ -133,24 +133,15 @@ struct PaddedProduct {
     }
   }
 
-  // The same, the rows of x and y split among threads when the work is large enough.
+  // The same, the rows of x and y split among threads when the work is large
+  // enough (core/parallel.hpp), in blocks of at least kMinRows rows: each
+  // block packs the whole of W.
   static void run(const S* w, Index out, Index rows, Index k, const S* x, Index x_stride, Index n,
                   S* y, Index y_stride) {
-#ifdef _OPENMP
     const double flops = 2.0 * double(n) * double(out) * double(k);
-    if (n >= 2 * kMinRows && flops >= 4e6 && omp_get_max_threads() > 1 && !omp_in_parallel()) {
-#pragma omp parallel
-      {
-        const Index threads = omp_get_num_threads(), t = omp_get_thread_num();
-        const Index r0 = n * t / threads, r1 = n * (t + 1) / threads;
-        if (r0 < r1)
-          run_serial(w, out, rows, k, x + r0 * x_stride, x_stride, r1 - r0, y + r0 * y_stride,
-                     y_stride);
-      }
-      return;
-    }
-#endif
-    run_serial(w, out, rows, k, x, x_stride, n, y, y_stride);
+    for_each_row_block(n, flops, kMinRows, [&](Index r0, Index r1) {
+      run_serial(w, out, rows, k, x + r0 * x_stride, x_stride, r1 - r0, y + r0 * y_stride, y_stride);
+    });
   }
 
  private:
