@@ -1,6 +1,8 @@
 #pragma once
 // GPT: a decoder-only Pre-Norm transformer with learned positions.
 //   h = E[tok] + P[pos];  blocks;  logits = head(NormF(h)) (+ head_bias)
+// Gpt holds the parameters; the forward pass and its state (buffers, logits,
+// KV cache) are a GptSession's (gpt_session.hpp).
 //
 // Tied heads (config.tied, GPT-2): the head is the token table E (vocab, d).
 //   PreLN, NoNorm: the lookup reads E, and logits = E . NormF(h).
