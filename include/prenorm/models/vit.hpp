@@ -5,6 +5,8 @@
 // A patch is flattened in the order (channel, ky, kx), i.e. a PyTorch/HF conv
 // weight (main, C, p, p) reshaped to (main, C*p*p); patches are numbered row by
 // row over the grid (py * grid + px), as HF's flatten(2).
+// Vit holds the parameters; the forward pass and its state are a
+// VitSession's (vit_session.hpp).
 
 #include <Eigen/Core>
 
