@@ -25,7 +25,11 @@
 // Otherwise the loops are those of Eigen's sequential GEMM
 // (Eigen/src/Core/products/GeneralMatrixMatrix.h), with its blocking sizes,
 // packing routines and kernel: Eigen 3.4 internals, which the Debian package
-// pins. With threads, each takes a disjoint block of rows of x and y.
+// pins. With threads, each takes a disjoint block of W's rows (outputs):
+// each thread then reads only its part of W, where a split of x's rows had
+// every thread copy and pack all of W (a 50257 x 767 head: 154 MB per
+// thread). The blocking sizes are those of the whole product whatever the
+// split, so every output is summed in the same order for any thread count.
 
 #include <Eigen/Core>
 
@@ -57,11 +61,22 @@ struct PaddedProduct {
   // where they start off the packet grid.
   static constexpr bool realigns(Index k) { return k % kPacket != 0; }
 
+  // Eigen's blocking of the whole product: depth kc, W rows mc (whole
+  // register blocks), x rows nc.
+  struct Blocking {
+    Index kc, mc, nc;
+  };
+  static Blocking blocking(Index rows, Index k, Index n) {
+    Index kc = k, mc = rows, nc = n;
+    Eigen::internal::computeProductBlockingSizes<S, S>(kc, mc, nc, Index(1));
+    return {kc, std::max(kBlockRows, mc - mc % kBlockRows), nc};
+  }
+
   // y [n x rows] (row stride y_stride) += x [n x k] (row stride x_stride) W^T,
   // W [out x k] row-major and contiguous; rows is out or padded_outputs(out),
-  // and columns [out, rows) get += 0. One thread.
+  // and columns [out, rows) get += 0. One thread, with the given blocking.
   static void run_serial(const S* w, Index out, Index rows, Index k, const S* x, Index x_stride,
-                         Index n, S* y, Index y_stride) {
+                         Index n, S* y, Index y_stride, Blocking sizes) {
     using namespace Eigen::internal;
     using LhsMapper = const_blas_data_mapper<S, Index, Eigen::RowMajor>;  // W
     using RhsMapper = const_blas_data_mapper<S, Index, Eigen::ColMajor>;  // x^T [k x n]
@@ -71,9 +86,7 @@ struct PaddedProduct {
     const RhsMapper rhs(x, x_stride);
     const ResMapper res(y, y_stride);
 
-    Index kc = k, mc = rows, nc = n;
-    computeProductBlockingSizes<S, S>(kc, mc, nc, Index(1));
-    mc = std::max(mr, mc - mc % mr);  // blocks of whole register blocks
+    const Index kc = sizes.kc, mc = sizes.mc, nc = sizes.nc;
 
     // Packing buffers and W's copies: grow-only, per thread, so that a
     // forward allocates nothing once it has seen its largest shape.
@@ -133,14 +146,20 @@ struct PaddedProduct {
     }
   }
 
-  // The same, the rows of x and y split among threads when the work is large
-  // enough (core/parallel.hpp), in blocks of at least kMinRows rows: each
-  // block packs the whole of W.
+  // The same, W's rows split among threads in whole register blocks when the
+  // work is large enough (core/parallel.hpp). A thread's block [o0, o1) runs
+  // as a product of its own; the last one holds the padding rows, if any
+  // (padded_outputs of its real rows is its row count, since o0 is a
+  // multiple of mr).
   static void run(const S* w, Index out, Index rows, Index k, const S* x, Index x_stride, Index n,
                   S* y, Index y_stride) {
     const double flops = 2.0 * double(n) * double(out) * double(k);
-    for_each_row_block(n, flops, kMinRows, [&](Index r0, Index r1) {
-      run_serial(w, out, rows, k, x + r0 * x_stride, x_stride, r1 - r0, y + r0 * y_stride, y_stride);
+    const Blocking sizes = blocking(rows, k, n);
+    const Index units = (rows + kBlockRows - 1) / kBlockRows;  // register blocks of W
+    for_each_row_block(units, flops, 1, [&](Index u0, Index u1) {
+      const Index o0 = u0 * kBlockRows, o1 = std::min(u1 * kBlockRows, rows);
+      run_serial(w + o0 * k, std::min(o1, out) - o0, o1 - o0, k, x, x_stride, n, y + o0, y_stride,
+                 sizes);
     });
   }
 
