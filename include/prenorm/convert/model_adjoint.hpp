@@ -12,7 +12,8 @@
 // phi's layout says which tied policy it was made with (Untie, or Keep:
 // phi.tied_affine()); a tied theta may have either, an untied theta only Untie.
 //
-// Per tensor (the adjoints of transforms.hpp, fused into one pass each):
+// Per tensor, its role's forward and adjoint (roles.hpp) with the steps of the
+// plan Pre-LN -> To, each one pass:
 //   reader  W'' = C(W diag(gamma)),  b' = b + W beta       C: compress_input or identity
 //           dW = C^T(dW'') diag(gamma) + db' beta^T,  db = db',
 //           dgamma = colsum(W .* C^T(dW'')),  dbeta = W^T db'      (the product rule)
@@ -28,8 +29,9 @@
 //           gamma_f, beta_f product rule are in phi's backward (dE, dtied_gamma,
 //           dtied_beta), or in the fused one (reparam_backward.hpp).
 //
-// Arithmetic is in the model's scalar. Reductions over rows use a fixed number
-// of row chunks, so results do not depend on the thread count.
+// Arithmetic is in the model's scalar, the same as convert<To>'s in double.
+// Reductions over rows use a fixed number of row chunks, so results do not
+// depend on the thread count.
 
 #include <Eigen/Core>
 
