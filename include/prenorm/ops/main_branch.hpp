@@ -9,8 +9,8 @@
 //                                                         the last coordinate (m < d)
 //   write_adjoint    g [m]  ->  pad(g) - mean(pad(g)) [d] pad appends a zero (m < d)
 //   read             w [d]  ->  C(w * gamma) [m]          C(a) = a[:m] - a[d-1]: the
-//                    (its bias b + w . beta: roles.hpp)   dropped input x_d = -sum(x~)
-//   read_adjoint     the product rule of read and its bias, one row
+//   read_bias        b + w . beta                         dropped input x_d = -sum(x~)
+//   read_adjoint     the product rule of read and read_bias, one row
 //   read_input       x [m]  ->  gamma * decompress(x) + beta [d]: the same map
 //                    seen from the activations, W'' x + b' = W read_input(x) + b
 //   read_input_adjoint   dx = C(g * gamma) (read again), dgamma += xd * g, dbeta += g
@@ -81,6 +81,13 @@ void read(const W& w, const Vector<S>& gamma, Out&& out) {
   }
   out = w.head(m).cwiseProduct(gamma.head(m).transpose());
   if (m < d) out.array() -= w[d - 1] * gamma[d - 1];
+}
+
+// read, the bias: b + w . beta; b when beta is empty. w a row [d]. (A whole
+// reader's biases are one GEMV instead: conversion::reader_bias_rows.)
+template <class W, class S = typename W::Scalar>
+S read_bias(const W& w, S b, const Vector<S>& beta) {
+  return beta.size() == 0 ? b : b + w.dot(beta.transpose());
 }
 
 // The adjoint of read and of its bias b' = b + w . beta for one row: g [m] = dL/dw'', gb = dL/db'

@@ -316,12 +316,13 @@ class ConvertingUpdate {
     conversion::table_row_forward(table.row(r), kTable, row);
     detail::stream_copy(row.data(), out.row(r).data(), out.cols());
   }
-  // reader_forward (roles.hpp) on rows [r0, r1).
+  // reader_forward (roles.hpp) on rows [r0, r1), row by row (the bias of
+  // each row a dot product, as the training conversion has always summed it).
   void reader_rows(const RowMatrix<S>& W, const Vector<S>& b, const Vector<S>& gamma,
                    const Vector<S>& beta, RowMatrix<S>& out, Vector<S>& out_bias, Index r0, Index r1) {
-    conversion::reader_bias_rows(W, b, beta, r0, r1, out_bias);
     for (Index r = r0; r < r1; ++r) {
       auto row = scratch_row(out.cols());
+      out_bias[r] = branch::read_bias(W.row(r), b.size() ? b[r] : S(0), beta);
       branch::read(W.row(r), gamma, row);
       detail::stream_copy(row.data(), out.row(r).data(), out.cols());
     }
