@@ -26,7 +26,11 @@
 //
 // Adjoints exist for the forward steps (fold, recenter, compress): training
 // runs Pre-LN -> Pre-(C)RMSNorm only. Reductions over rows use a fixed number
-// of row chunks, so results do not depend on the thread count.
+// of row chunks, so results do not depend on the thread count. On whole
+// tensors a writer's column sums and a reader's biases are Eigen's (colwise
+// sums, one GEMV), which keeps convert<To>'s results bit for bit what they
+// were; the fused row-by-row paths sum a reader's bias per row
+// (branch::read_bias), and a writer's columns per block of rows (reparam_step).
 
 #include <Eigen/Core>
 
