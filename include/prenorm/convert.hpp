@@ -4,5 +4,6 @@
 #include "convert/adjoint.hpp"
 #include "convert/convert.hpp"
 #include "convert/plan.hpp"
+#include "convert/roles.hpp"
 #include "convert/transforms.hpp"
 #include "convert/zero_mean.hpp"

@@ -4,6 +4,7 @@
 #include "ops/compress.hpp"
 #include "ops/crms_norm.hpp"
 #include "ops/layer_norm.hpp"
+#include "ops/main_branch.hpp"
 #include "ops/norm_types.hpp"
 #include "ops/rms_norm.hpp"
 #if __has_include("ops/activation.hpp")

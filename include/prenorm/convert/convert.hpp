@@ -13,6 +13,7 @@
 #include "../models/gpt.hpp"
 #include "../models/vit.hpp"
 #include "plan.hpp"
+#include "roles.hpp"
 #include "transforms.hpp"
 
 namespace prenorm {
@@ -63,28 +64,27 @@ inline double rms_of(const Matrix& m) {
   return m.size() == 0 ? 0.0 : std::sqrt(m.squaredNorm() / double(m.size()));
 }
 
-// A table (rows are main-branch vectors) along the plan. table (n, main_from) -> (n, main_to).
+// A table (rows are main-branch vectors) along the plan: its role's forward
+// (roles.hpp). table (n, main_from) -> (n, main_to).
 template <Arch From, Arch To>
 void convert_table(Matrix& table, conversion::Role role, const std::string& name,
                    const ConvertOptions& options, const char* op) {
-  const conversion::Steps s = conversion::Plan<From, To>::steps(role);
-  bool recenter = s.recenter;
+  conversion::Steps s = conversion::Plan<From, To>::steps(role);
   if constexpr (From == Arch::PreRMSNorm)
     if (s.compress_output || To == Arch::PreLN)
-      recenter = writer_needs_recentering(op, name, conversion::max_abs_row_mean(table),
-                                          rms_of(table), options);
-  if (recenter) conversion::recenter_rows(table);
-  if (s.compress_output) conversion::compress_table(table);
-  if (s.decompress_output) conversion::decompress_table(table);
+      s.recenter = writer_needs_recentering(op, name, conversion::max_abs_row_mean(table),
+                                            rms_of(table), options);
+  Matrix out(table.rows(), conversion::output_width(table.cols(), s));
+  conversion::table_forward(table, s, out);
+  table = std::move(out);
 }
 
-// A writer linear along the plan. weight (main_from, in) -> (main_to, in).
-// name: the layer ("blocks[0].attn.out").
+// A writer linear along the plan: its role's forward. weight (main_from, in)
+// -> (main_to, in). name: the layer ("blocks[0].attn.out").
 template <Arch From, Arch To>
 void convert_writer(Matrix& weight, Vec& bias, conversion::Role role, const std::string& name,
                     const ConvertOptions& options, const char* op) {
-  const conversion::Steps s = conversion::Plan<From, To>::steps(role);
-  bool recenter = s.recenter;
+  conversion::Steps s = conversion::Plan<From, To>::steps(role);
   if constexpr (From == Arch::PreRMSNorm)
     if (s.compress_output || To == Arch::PreLN) {
       // Weight and bias each on their own, so that a refusal names the one at fault.
@@ -93,22 +93,32 @@ void convert_writer(Matrix& weight, Vec& bias, conversion::Role role, const std:
           op, name + ".weight", conversion::max_abs_output_mean(weight, Vec()), scale, options);
       const bool bias_off = writer_needs_recentering(
           op, name + ".bias", bias.size() == 0 ? 0.0 : std::abs(bias.mean()), scale, options);
-      recenter = weight_off || bias_off;
+      s.recenter = weight_off || bias_off;
     }
-  if (recenter) conversion::recenter_output(weight, bias);
-  if (s.compress_output) conversion::compress_output(weight, bias);
-  if (s.decompress_output) conversion::decompress_output(weight, bias);
+  Matrix out(conversion::output_width(weight.rows(), s), weight.cols());
+  Vec out_bias(bias.size() > 0 ? conversion::output_width(bias.size(), s) : 0);
+  ConvertWorkspace<double> ws;
+  conversion::writer_forward(weight, bias, s, out, out_bias, ws);
+  weight = std::move(out);
+  bias = std::move(out_bias);
 }
 
-// A reader linear along the plan, gamma and beta (d) of the norm it reads
-// (empty when the source norm has no affine). weight (out, main_from) -> (out, main_to).
+// A reader linear along the steps (its role's forward), gamma and beta (d) of
+// the norm it reads (empty when the source norm has no affine). weight (out,
+// main_from) -> (out, main_to); a bias is created when a beta is folded.
+inline void convert_reader(Matrix& weight, Vec& bias, const conversion::Steps& s, const Vec& gamma,
+                           const Vec& beta) {
+  Matrix out(weight.rows(), conversion::input_width(weight.cols(), s));
+  Vec out_bias = bias;
+  if (s.fold_affine && beta.size() > 0 && bias.size() == 0) out_bias = Vec::Zero(weight.rows());
+  conversion::reader_forward(weight, bias, gamma, beta, s, out, out_bias);
+  weight = std::move(out);
+  bias = std::move(out_bias);
+}
 template <Arch From, Arch To>
 void convert_reader(Matrix& weight, Vec& bias, conversion::Role role, const Vec& gamma,
                     const Vec& beta) {
-  const conversion::Steps s = conversion::Plan<From, To>::steps(role);
-  if (s.fold_affine) conversion::fold_affine(weight, bias, gamma, beta);
-  if (s.compress_input) conversion::compress_input(weight);
-  if (s.decompress_input) conversion::decompress_input(weight);
+  convert_reader(weight, bias, conversion::Plan<From, To>::steps(role), gamma, beta);
 }
 
 template <class S>
@@ -208,10 +218,10 @@ Gpt<To, S> convert(const Gpt<From, S>& src, const ConvertOptions& options = {}) 
     // ignores the row mean that the lookup no longer removes).
     assign(dst.token_embedding.table, E);
   } else if (src_keeps_tie) {
-    // The lookup's recentering (and compression) becomes part of the table.
-    Matrix table = E;
-    conversion::recenter_rows(table);
-    if constexpr (To == Arch::PreCRMSNorm) conversion::compress_table(table);
+    // The lookup's recentering (and compression) becomes part of the table:
+    // E is in its Pre-LN form, so it takes the Pre-LN source's steps.
+    Matrix table(E.rows(), main_width_of(To, d));
+    conversion::table_forward(E, conversion::plan_for(Arch::PreLN, To, Role::TokenEmbedding), table);
     assign(dst.token_embedding.table, table);
   } else {
     Matrix table = E;
@@ -244,11 +254,12 @@ Gpt<To, S> convert(const Gpt<From, S>& src, const ConvertOptions& options = {}) 
     Matrix w;
     if (tied) {
       // Untie: the head reads the decompressed main branch of width d.
+      // E is in its Pre-LN form: the Pre-LN source's steps for a head.
       w = E;
       if (final_gamma.size() == 0) final_gamma = Vec::Ones(d);
       if (final_beta.size() == 0) final_beta = Vec::Zero(d);
-      conversion::fold_affine(w, head_bias, final_gamma, final_beta);
-      if constexpr (To == Arch::PreCRMSNorm) conversion::compress_input(w);
+      convert_reader(w, head_bias, conversion::plan_for(Arch::PreLN, To, Role::Head), final_gamma,
+                     final_beta);
     } else {
       w = to_double(src.head.weight);
       convert_reader<From, To>(w, head_bias, Role::Head, final_gamma, final_beta);

@@ -11,7 +11,8 @@
 // phi's layout says which tied policy it was made with (Untie, or Keep:
 // phi.tied_affine()); a tied theta may have either, an untied theta only Untie.
 //
-// Per tensor (the adjoints of transforms.hpp, fused into one pass each):
+// Per tensor, its role's forward and adjoint (roles.hpp) with the steps of the
+// plan Pre-LN -> To, each one pass:
 //   reader  W'' = C(W diag(gamma)),  b' = b + W beta       C: compress_input or identity
 //           dW = C^T(dW'') diag(gamma) + db' beta^T,  db = db',
 //           dgamma = colsum(W .* C^T(dW'')),  dbeta = W^T db'      (the product rule)
@@ -27,8 +28,9 @@
 //           gamma_f, beta_f product rule are in phi's backward (dE, dtied_gamma,
 //           dtied_beta), or in the fused one (reparam_backward.hpp).
 //
-// Arithmetic is in the model's scalar. Reductions over rows use a fixed number
-// of row chunks, so results do not depend on the thread count.
+// Arithmetic is in the model's scalar, the same as convert<To>'s in double.
+// Reductions over rows use a fixed number of row chunks, so results do not
+// depend on the thread count.
 
 #include <Eigen/Core>
 
@@ -42,16 +44,9 @@
 #include "../models/gpt.hpp"
 #include "../models/vit.hpp"
 #include "convert.hpp"
+#include "roles.hpp"
 
 namespace prenorm {
-
-// Scratch of convert_into and convert_adjoint, reused between calls.
-template <class S>
-struct ConvertWorkspace {
-  Vector<S> mean;              // grow-only; head(cols): column means of a writer
-  RowMatrix<S> partial_gamma;  // [chunks x d]
-  RowMatrix<S> partial_beta;   // [chunks x d]
-};
 
 // Which rows of the gradient of phi's token table may be non-zero.
 struct AdjointOptions {
@@ -65,163 +60,10 @@ struct AdjointOptions {
 
 namespace conversion {
 
-inline constexpr Index kReduceChunks = 16;
-
-// Column means of m [rows x cols] into mean (cols): the mean over the rows of
-// each column, summed in row order. `divisor` is the row count to divide by
-// (d for a compressed writer's gradient, whose dropped row is zero).
-template <class S>
-void column_means(const RowMatrix<S>& m, Index divisor, Vector<S>& mean) {
-  const Index rows = m.rows(), cols = m.cols();
-  if (mean.size() < cols) mean.resize(cols);  // grow-only: the first `cols` are used
-  const Index chunk = 256, chunks = (cols + chunk - 1) / chunk;
-  prenorm::detail::for_each_row(chunks, rows * chunk, [&](Index c) {
-    const Index begin = c * chunk, n = std::min(cols, begin + chunk) - begin;
-    auto s = mean.segment(begin, n);
-    s.setZero();
-    for (Index r = 0; r < rows; ++r) s += m.row(r).segment(begin, n).transpose();
-    s /= S(divisor);
-  });
-}
-
-// Reader, forward, one row: out [m] = C(w * gamma), returns b + w . beta.
-// w, gamma, beta [d]; compress: m = d - 1.
-template <class S, class W, class Out>
-S fold_reader_row(const W& w, S b, const Vector<S>& gamma, const Vector<S>& beta, bool compress,
-                  Out&& out) {
-  const Index d = w.size(), m = compress ? d - 1 : d;
-  if (compress) {
-    const S last = w[d - 1] * gamma[d - 1];
-    out = (w.head(m).array() * gamma.head(m).transpose().array() - last).matrix();
-  } else {
-    out = w.cwiseProduct(gamma.transpose());
-  }
-  return b + w.dot(beta.transpose());
-}
-
-// Table, forward, one row: out [m] = K(row - mean(row)).
-template <class S, class Row, class Out>
-void recenter_table_row(const Row& row, bool compress, Out&& out) {
-  const Index d = row.size(), m = compress ? d - 1 : d;
-  out = (row.head(m).array() - row.mean()).matrix();
-}
-
-// Reader, forward: out (o, m) = C(W diag(gamma)), out_bias (o) = b + W beta.
-// W (o, d); b (o) or empty; gamma, beta (d); compress: m = d - 1.
-template <class S>
-void fold_reader_into(const RowMatrix<S>& W, const Vector<S>& b, const Vector<S>& gamma,
-                      const Vector<S>& beta, bool compress, RowMatrix<S>& out, Vector<S>& out_bias) {
-  const Index o = W.rows(), d = W.cols();
-  if (out_bias.size() != o)
-    prenorm::detail::fail("fold_reader_into", "the converted bias has ", out_bias.size(),
-                          " elements, expected ", o, " (folding beta needs a bias)");
-  prenorm::detail::for_each_row(o, d, [&](Index i) {
-    out_bias[i] = fold_reader_row<S>(W.row(i), b.size() ? b[i] : S(0), gamma, beta, compress, out.row(i));
-  });
-}
-
-// Writer, forward: out (m, in) = K(W - 1 mean), out_bias = K(b - mean(b)).
-// W (d, in); b (d) or empty.
-template <class S>
-void recenter_writer_into(const RowMatrix<S>& W, const Vector<S>& b, bool compress,
-                          RowMatrix<S>& out, Vector<S>& out_bias, ConvertWorkspace<S>& ws) {
-  const Index d = W.rows(), m = compress ? d - 1 : d;
-  column_means(W, d, ws.mean);
-  const auto mean = ws.mean.head(W.cols());
-  prenorm::detail::for_each_row(m, W.cols(), [&](Index i) { out.row(i) = W.row(i) - mean.transpose(); });
-  if (b.size()) out_bias = (b.head(m).array() - b.mean()).matrix();
-}
-
-// Table, forward: out (n, m) row r = K(row r - its mean). table (n, d).
-template <class S>
-void recenter_table_into(const RowMatrix<S>& table, bool compress, RowMatrix<S>& out) {
-  prenorm::detail::for_each_row(table.rows(), table.cols(), [&](Index r) {
-    recenter_table_row<S>(table.row(r), compress, out.row(r));
-  });
-}
-
-// Reader, adjoint. g_out (o, m), g_out_bias (o): the gradient of the
-// converted tensors. W (o, d), gamma, beta (d): theta's. Writes g_W (o, d),
-// g_b (o, if non-null), g_gamma and g_beta (d).
-template <class S>
-void fold_reader_adjoint(const RowMatrix<S>& g_out, const Vector<S>& g_out_bias,
-                         const RowMatrix<S>& W, const Vector<S>& gamma, const Vector<S>& beta,
-                         bool compress, RowMatrix<S>& g_W, Vector<S>* g_b, Vector<S>& g_gamma,
-                         Vector<S>& g_beta, ConvertWorkspace<S>& ws) {
-  const Index o = W.rows(), d = W.cols(), m = compress ? d - 1 : d;
-  const Index chunks = std::max<Index>(1, std::min(o, kReduceChunks));
-  ws.partial_gamma.setZero(kReduceChunks, d);  // always this shape: no reallocation
-  ws.partial_beta.setZero(kReduceChunks, d);
-  prenorm::detail::for_each_row(chunks, (o / chunks + 1) * d, [&](Index c) {
-    auto pg = ws.partial_gamma.row(c);
-    auto pb = ws.partial_beta.row(c);
-    for (Index i = c * o / chunks; i < (c + 1) * o / chunks; ++i) {
-      auto g = g_W.row(i);
-      g.head(m) = g_out.row(i);  // C^T: the dropped column gets -(row sum)
-      if (compress) g[d - 1] = -g_out.row(i).sum();
-      const S gb = g_out_bias.size() ? g_out_bias[i] : S(0);
-      pg += W.row(i).cwiseProduct(g);
-      pb += gb * W.row(i);
-      g = g.cwiseProduct(gamma.transpose()) + gb * beta.transpose();
-    }
-  });
-  g_gamma = ws.partial_gamma.row(0).transpose();
-  g_beta = ws.partial_beta.row(0).transpose();
-  for (Index c = 1; c < chunks; ++c) {
-    g_gamma += ws.partial_gamma.row(c).transpose();
-    g_beta += ws.partial_beta.row(c).transpose();
-  }
-  if (g_b) {
-    if (g_out_bias.size()) *g_b = g_out_bias;
-    else g_b->setZero();
-  }
-}
-
-// Writer, adjoint. g_out (m, in), g_out_bias (m) or empty -> g_W (d, in), g_b (d).
-template <class S>
-void recenter_writer_adjoint(const RowMatrix<S>& g_out, const Vector<S>& g_out_bias, bool compress,
-                             RowMatrix<S>& g_W, Vector<S>& g_b, ConvertWorkspace<S>& ws) {
-  const Index m = g_out.rows(), d = compress ? m + 1 : m;
-  column_means(g_out, d, ws.mean);
-  const auto mean = ws.mean.head(g_out.cols());
-  prenorm::detail::for_each_row(m, g_out.cols(), [&](Index i) { g_W.row(i) = g_out.row(i) - mean.transpose(); });
-  if (compress) g_W.row(d - 1) = -mean.transpose();
-  if (g_out_bias.size()) {
-    const S mean = g_out_bias.sum() / S(d);
-    g_b.head(m) = (g_out_bias.array() - mean).matrix();
-    if (compress) g_b[d - 1] = -mean;
-  }
-}
-
-// Table, adjoint of one row: out [d] = pad(g [m]) - mean(pad(g)).
-template <class S, class G, class Out>
-void recenter_row_adjoint(const G& g, bool compress, Out&& out, GradWrite write) {
-  const Index m = g.size(), d = compress ? m + 1 : m;
-  const S mean = g.sum() / S(d);
-  if (write == GradWrite::Overwrite) {
-    out.head(m) = (g.array() - mean).matrix();
-    if (compress) out[d - 1] = -mean;
-  } else {
-    out.head(m) += (g.array() - mean).matrix();
-    if (compress) out[d - 1] -= mean;
-  }
-}
-
-// Table, adjoint: g_table (n, d) rows (all, or `rows`) from g_out (n, m).
-template <class S>
-void recenter_table_adjoint(const RowMatrix<S>& g_out, bool compress, RowMatrix<S>& g_table,
-                            GradWrite write, const AdjointOptions* sparse = nullptr) {
-  if (sparse && sparse->sparse_token_rows) {
-    const auto rows = sparse->token_rows;
-    prenorm::detail::for_each_row(Index(rows.size()), g_out.cols(), [&](Index k) {
-      const Index r = rows[std::size_t(k)];
-      recenter_row_adjoint<S>(g_out.row(r), compress, g_table.row(r), write);
-    });
-    return;
-  }
-  prenorm::detail::for_each_row(g_out.rows(), g_out.cols(), [&](Index r) {
-    recenter_row_adjoint<S>(g_out.row(r), compress, g_table.row(r), write);
-  });
+// The steps of training's conversion, Pre-LN -> To, for `role`.
+template <Arch To>
+constexpr Steps training_steps(Role role) {
+  return Plan<Arch::PreLN, To>::steps(role);
 }
 
 namespace detail {
@@ -278,37 +120,52 @@ void check_converted(const char* op, const Vit<Arch::PreLN, S>& theta, const Vit
     prenorm::detail::fail(op, "the patch and head linears must have biases");
 }
 
+// One linear of theta into phi, and its adjoint, by its role (roles.hpp):
+// a reader folds gamma, beta (grad: overwrites g_gamma, g_beta); a writer
+// is recentered. Compressed for Pre-CRMSNorm.
+template <Arch To, class S>
+void reader_into(const Linear<S>& theta, const Vector<S>& gamma, const Vector<S>& beta,
+                 Linear<S>& phi) {
+  reader_forward(theta.weight, theta.bias, gamma, beta, training_steps<To>(Role::QkvIn), phi.weight,
+                 phi.bias);
+}
+template <Arch To, class S>
+void writer_into(const Linear<S>& theta, Linear<S>& phi, ConvertWorkspace<S>& ws) {
+  writer_forward(theta.weight, theta.bias, training_steps<To>(Role::AttnOut), phi.weight, phi.bias, ws);
+}
+template <Arch To, class S>
+void reader_grad(const Linear<S>& theta, const Vector<S>& gamma, const Vector<S>& beta,
+                 const Linear<S>& g_phi, Linear<S>& g_theta, Vector<S>& g_gamma, Vector<S>& g_beta,
+                 ConvertWorkspace<S>& ws) {
+  reader_adjoint(g_phi.weight, g_phi.bias, theta.weight, gamma, beta, training_steps<To>(Role::QkvIn),
+                 g_theta.weight, theta.has_bias() ? &g_theta.bias : nullptr, g_gamma, g_beta,
+                 GradWrite::Overwrite, ws);
+}
+template <Arch To, class S>
+void writer_grad(const Linear<S>& g_phi, Linear<S>& g_theta, ConvertWorkspace<S>& ws) {
+  writer_adjoint(g_phi.weight, g_phi.bias, training_steps<To>(Role::AttnOut), g_theta.weight,
+                 g_theta.bias, ws);
+}
+
 template <Arch To, class S>
 void convert_block_into(const PreNormBlock<Arch::PreLN, S>& src, PreNormBlock<To, S>& dst,
                         ConvertWorkspace<S>& ws) {
-  constexpr bool c = To == Arch::PreCRMSNorm;
-  fold_reader_into(src.attn.qkv.weight, src.attn.qkv.bias, src.norm1_gamma, src.norm1_beta, c,
-                   dst.attn.qkv.weight, dst.attn.qkv.bias);
-  recenter_writer_into(src.attn.out.weight, src.attn.out.bias, c, dst.attn.out.weight,
-                       dst.attn.out.bias, ws);
-  fold_reader_into(src.mlp.fc.weight, src.mlp.fc.bias, src.norm2_gamma, src.norm2_beta, c,
-                   dst.mlp.fc.weight, dst.mlp.fc.bias);
-  recenter_writer_into(src.mlp.proj.weight, src.mlp.proj.bias, c, dst.mlp.proj.weight,
-                       dst.mlp.proj.bias, ws);
+  reader_into<To>(src.attn.qkv, src.norm1_gamma, src.norm1_beta, dst.attn.qkv);
+  writer_into<To>(src.attn.out, dst.attn.out, ws);
+  reader_into<To>(src.mlp.fc, src.norm2_gamma, src.norm2_beta, dst.mlp.fc);
+  writer_into<To>(src.mlp.proj, dst.mlp.proj, ws);
   dst.epsilon = src.epsilon;
 }
 
 template <Arch To, class S>
 void block_adjoint(const PreNormBlock<Arch::PreLN, S>& theta, const PreNormBlock<To, S>& g_phi,
                    PreNormBlock<Arch::PreLN, S>& g_theta, ConvertWorkspace<S>& ws) {
-  constexpr bool c = To == Arch::PreCRMSNorm;
-  Vector<S>* qkv_bias = theta.attn.qkv.has_bias() ? &g_theta.attn.qkv.bias : nullptr;
-  fold_reader_adjoint(g_phi.attn.qkv.weight, g_phi.attn.qkv.bias, theta.attn.qkv.weight,
-                      theta.norm1_gamma, theta.norm1_beta, c, g_theta.attn.qkv.weight, qkv_bias,
-                      g_theta.norm1_gamma, g_theta.norm1_beta, ws);
-  recenter_writer_adjoint(g_phi.attn.out.weight, g_phi.attn.out.bias, c, g_theta.attn.out.weight,
-                          g_theta.attn.out.bias, ws);
-  Vector<S>* fc_bias = theta.mlp.fc.has_bias() ? &g_theta.mlp.fc.bias : nullptr;
-  fold_reader_adjoint(g_phi.mlp.fc.weight, g_phi.mlp.fc.bias, theta.mlp.fc.weight,
-                      theta.norm2_gamma, theta.norm2_beta, c, g_theta.mlp.fc.weight, fc_bias,
-                      g_theta.norm2_gamma, g_theta.norm2_beta, ws);
-  recenter_writer_adjoint(g_phi.mlp.proj.weight, g_phi.mlp.proj.bias, c, g_theta.mlp.proj.weight,
-                          g_theta.mlp.proj.bias, ws);
+  reader_grad<To>(theta.attn.qkv, theta.norm1_gamma, theta.norm1_beta, g_phi.attn.qkv,
+                  g_theta.attn.qkv, g_theta.norm1_gamma, g_theta.norm1_beta, ws);
+  writer_grad<To>(g_phi.attn.out, g_theta.attn.out, ws);
+  reader_grad<To>(theta.mlp.fc, theta.norm2_gamma, theta.norm2_beta, g_phi.mlp.fc, g_theta.mlp.fc,
+                  g_theta.norm2_gamma, g_theta.norm2_beta, ws);
+  writer_grad<To>(g_phi.mlp.proj, g_theta.mlp.proj, ws);
 }
 
 }  // namespace detail
@@ -338,7 +195,8 @@ void keep_tied_adjoint(const Gpt<To, S>& grad_phi, Gpt<Arch::PreLN, S>& grad_the
 template <Arch To, class S>
 void convert_token_table_into(const Gpt<Arch::PreLN, S>& theta, Gpt<To, S>& phi) {
   if (phi.tied_affine()) phi.token_embedding.table = theta.token_embedding.table;
-  else recenter_table_into(theta.token_embedding.table, To == Arch::PreCRMSNorm, phi.token_embedding.table);
+  else table_forward(theta.token_embedding.table, training_steps<To>(Role::TokenEmbedding),
+                     phi.token_embedding.table);
 }
 
 }  // namespace conversion
@@ -352,10 +210,10 @@ void convert_into(const Gpt<Arch::PreLN, S>& theta, Gpt<To, S>& phi, ConvertWork
   conversion::detail::check_training_direction<To>();
   conversion::detail::check_converted("convert_into(Gpt)", theta, phi);
   using namespace conversion;
-  constexpr bool c = To == Arch::PreCRMSNorm;
   const RowMatrix<S>& E = theta.token_embedding.table;
   convert_token_table_into(theta, phi);
-  recenter_table_into(theta.position_embedding.table, c, phi.position_embedding.table);
+  table_forward(theta.position_embedding.table, training_steps<To>(Role::PositionEmbedding),
+                phi.position_embedding.table);
   for (std::size_t i = 0; i < theta.blocks.size(); ++i)
     conversion::detail::convert_block_into(theta.blocks[i], phi.blocks[i], ws);
   if (phi.tied_affine()) {
@@ -363,8 +221,8 @@ void convert_into(const Gpt<Arch::PreLN, S>& theta, Gpt<To, S>& phi, ConvertWork
     return;
   }
   const RowMatrix<S>& head = theta.config.tied ? E : theta.head.weight;
-  fold_reader_into(head, theta.head_bias, theta.final_gamma, theta.final_beta, c, phi.head.weight,
-                   phi.head_bias);
+  reader_forward(head, theta.head_bias, theta.final_gamma, theta.final_beta,
+                 training_steps<To>(Role::Head), phi.head.weight, phi.head_bias);
 }
 
 template <Arch To, class S>
@@ -390,12 +248,11 @@ void convert_adjoint(const Gpt<Arch::PreLN, S>& theta, const Gpt<To, S>& grad_ph
       grad_theta.blocks.size() != theta.blocks.size())
     prenorm::detail::fail(op, "grad_theta does not have theta's configuration");
   using namespace conversion;
-  constexpr bool c = To == Arch::PreCRMSNorm;
   const bool tied = theta.config.tied;
   for (std::size_t i = 0; i < theta.blocks.size(); ++i)
     conversion::detail::block_adjoint(theta.blocks[i], grad_phi.blocks[i], grad_theta.blocks[i], ws);
-  recenter_table_adjoint(grad_phi.position_embedding.table, c, grad_theta.position_embedding.table,
-                         GradWrite::Overwrite);
+  table_adjoint(grad_phi.position_embedding.table, training_steps<To>(Role::PositionEmbedding),
+                grad_theta.position_embedding.table, GradWrite::Overwrite);
   if (grad_phi.tied_affine()) {  // E, gamma_f, beta_f kept as they are: dense, whatever the options
     keep_tied_adjoint(grad_phi, grad_theta);
     return;
@@ -404,12 +261,13 @@ void convert_adjoint(const Gpt<Arch::PreLN, S>& theta, const Gpt<To, S>& grad_ph
   const RowMatrix<S>& head = tied ? theta.token_embedding.table : theta.head.weight;
   RowMatrix<S>& g_head = tied ? grad_theta.token_embedding.table : grad_theta.head.weight;
   Vector<S>* g_head_bias = theta.config.head_bias ? &grad_theta.head_bias : nullptr;
-  fold_reader_adjoint(grad_phi.head.weight, grad_phi.head_bias, head, theta.final_gamma,
-                      theta.final_beta, c, g_head, g_head_bias, grad_theta.final_gamma,
-                      grad_theta.final_beta, ws);
+  reader_adjoint(grad_phi.head.weight, grad_phi.head_bias, head, theta.final_gamma, theta.final_beta,
+                 training_steps<To>(Role::Head), g_head, g_head_bias, grad_theta.final_gamma,
+                 grad_theta.final_beta, GradWrite::Overwrite, ws);
   // The token table: added to the head's part when tied.
-  recenter_table_adjoint(grad_phi.token_embedding.table, c, grad_theta.token_embedding.table,
-                         tied ? GradWrite::Accumulate : GradWrite::Overwrite, &options);
+  table_adjoint(grad_phi.token_embedding.table, training_steps<To>(Role::TokenEmbedding),
+                grad_theta.token_embedding.table, tied ? GradWrite::Accumulate : GradWrite::Overwrite,
+                options.token_rows, options.sparse_token_rows);
 }
 
 template <Arch To, class S>
@@ -425,17 +283,14 @@ void convert_into(const Vit<Arch::PreLN, S>& theta, Vit<To, S>& phi, ConvertWork
   conversion::detail::check_training_direction<To>();
   conversion::detail::check_converted("convert_into(Vit)", theta, phi);
   using namespace conversion;
-  constexpr bool c = To == Arch::PreCRMSNorm;
-  recenter_writer_into(theta.patch.weight, theta.patch.bias, c, phi.patch.weight, phi.patch.bias, ws);
-  {
-    const Index m = phi.main();
-    phi.cls_token = (theta.cls_token.head(m).array() - theta.cls_token.mean()).matrix();
-  }
-  recenter_table_into(theta.position_embedding, c, phi.position_embedding);
+  using namespace conversion::detail;
+  writer_into<To>(theta.patch, phi.patch, ws);
+  table_row_forward(theta.cls_token, training_steps<To>(Role::ClsToken), phi.cls_token);
+  table_forward(theta.position_embedding, training_steps<To>(Role::PositionEmbedding),
+                phi.position_embedding);
   for (std::size_t i = 0; i < theta.blocks.size(); ++i)
-    conversion::detail::convert_block_into(theta.blocks[i], phi.blocks[i], ws);
-  fold_reader_into(theta.head.weight, theta.head.bias, theta.final_gamma, theta.final_beta, c,
-                   phi.head.weight, phi.head.bias);
+    convert_block_into(theta.blocks[i], phi.blocks[i], ws);
+  reader_into<To>(theta.head, theta.final_gamma, theta.final_beta, phi.head);
 }
 
 template <Arch To, class S>
@@ -454,17 +309,16 @@ void convert_adjoint(const Vit<Arch::PreLN, S>& theta, const Vit<To, S>& grad_ph
   conversion::detail::check_converted(op, theta, grad_phi);
   grad_theta.validate(op);
   using namespace conversion;
-  constexpr bool c = To == Arch::PreCRMSNorm;
-  recenter_writer_adjoint(grad_phi.patch.weight, grad_phi.patch.bias, c, grad_theta.patch.weight,
-                          grad_theta.patch.bias, ws);
-  recenter_row_adjoint<S>(grad_phi.cls_token, c, grad_theta.cls_token, GradWrite::Overwrite);
-  recenter_table_adjoint(grad_phi.position_embedding, c, grad_theta.position_embedding,
-                         GradWrite::Overwrite);
+  using namespace conversion::detail;
+  writer_grad<To>(grad_phi.patch, grad_theta.patch, ws);
+  table_row_adjoint(grad_phi.cls_token, training_steps<To>(Role::ClsToken), grad_theta.cls_token,
+                    GradWrite::Overwrite);
+  table_adjoint(grad_phi.position_embedding, training_steps<To>(Role::PositionEmbedding),
+                grad_theta.position_embedding, GradWrite::Overwrite);
   for (std::size_t i = 0; i < theta.blocks.size(); ++i)
-    conversion::detail::block_adjoint(theta.blocks[i], grad_phi.blocks[i], grad_theta.blocks[i], ws);
-  fold_reader_adjoint(grad_phi.head.weight, grad_phi.head.bias, theta.head.weight, theta.final_gamma,
-                      theta.final_beta, c, grad_theta.head.weight, &grad_theta.head.bias,
-                      grad_theta.final_gamma, grad_theta.final_beta, ws);
+    block_adjoint(theta.blocks[i], grad_phi.blocks[i], grad_theta.blocks[i], ws);
+  reader_grad<To>(theta.head, theta.final_gamma, theta.final_beta, grad_phi.head, grad_theta.head,
+                  grad_theta.final_gamma, grad_theta.final_beta, ws);
 }
 
 template <Arch To, class S>

@@ -31,6 +31,7 @@
 #include "../layers/block.hpp"
 #include "../layers/embedding.hpp"
 #include "../layers/linear.hpp"
+#include "../ops/main_branch.hpp"
 #include "config.hpp"
 
 namespace prenorm {
@@ -51,25 +52,22 @@ namespace detail {
 // The keep-tied lookup (TiedPolicy::Keep), one token: out [m] = the first m
 // coordinates of row - mean(row), plus pos. row [d] is the original table's
 // row (mean over all d), pos [m] the position row; m = d or d - 1.
+// The converter's table transform (branch::write), applied per token.
 template <class S, class Row, class Pos, class Out>
 void tied_lookup_row(const Row& row, const Pos& pos, Out&& out) {
-  const Index m = out.size();
-  const S mean = row.sum() / S(row.size());
-  out = (row.head(m).array() - mean).matrix() + pos;
+  branch::write(row, out);
+  out += pos;
 }
 
 // The keep-tied head's input: u [N x d] = gamma * decompress(x) + beta, for
 // the normalized main branch x [N x m] (m = d - 1: x_d = -sum(x); m = d: x).
 // gamma, beta (d): the final LayerNorm's affine, folded out of the blocks.
+// This is the converter's head transform seen from the activations
+// (branch::read_input), applied per token.
 template <class S>
 void tied_head_input(const ConstRowsRef<S>& x, const Vector<S>& gamma, const Vector<S>& beta,
                      RowsRef<S> u) {
-  const Index N = x.rows(), m = x.cols(), d = u.cols();
-  for_each_row(N, d, [&](Index r) {
-    u.row(r).head(m) = x.row(r);
-    if (m < d) u(r, d - 1) = -x.row(r).sum();
-    u.row(r) = u.row(r).cwiseProduct(gamma.transpose()) + beta.transpose();
-  });
+  for_each_row(x.rows(), u.cols(), [&](Index r) { branch::read_input(x.row(r), gamma, beta, u.row(r)); });
 }
 
 }  // namespace detail

@@ -26,6 +26,7 @@
 #include "../core/error.hpp"
 #include "../core/parallel.hpp"
 #include "../core/types.hpp"
+#include "../ops/main_branch.hpp"
 #include "block_backward.hpp"
 #include "layers_backward.hpp"
 
@@ -62,16 +63,13 @@ struct ReparamWorkspace {
 
 namespace detail {
 
-// dyc [N x d] = pad(dy [N x m]) minus each row's mean; d = m + compress.
+// dyc [N x d] = pad(dy [N x m]) minus each row's mean; d = m + compress:
+// the adjoint of a write (branch::write_adjoint) on every token.
 template <class S>
 void center_padded_rows(const ConstRowsRef<S>& dy, bool compress, RowsRef<S> dyc) {
   const Index N = dy.rows(), m = dy.cols(), d = compress ? m + 1 : m;
   check_rows_cols("center_padded_rows", "dyc", dyc.rows(), dyc.cols(), N, d, "rows of dy x d");
-  for_each_row(N, d, [&](Index t) {
-    const S mean = dy.row(t).sum() / S(d);
-    dyc.row(t).head(m) = (dy.row(t).array() - mean).matrix();
-    if (compress) dyc(t, m) = -mean;
-  });
+  for_each_row(N, d, [&](Index t) { branch::write_adjoint(dy.row(t), dyc.row(t)); });
 }
 
 }  // namespace detail
@@ -95,14 +93,13 @@ void reader_backward_reparam(const ConstRowsRef<S>& dy, const ConstRowsRef<S>& x
   auto u = ws.u.view(N, d);
   auto xd = ws.xd.view(compress ? N : 0, d);
   auto g = ws.g.view(N, d);
-  ws.clock.time([&] {  // u = decompress(x) * gamma + beta
+  ws.clock.time([&] {  // u = decompress(x) * gamma + beta (xd = decompress(x) kept)
     detail::for_each_row(N, d, [&](Index t) {
       if (compress) {
-        xd.row(t).head(m) = x.row(t);
-        xd(t, m) = -x.row(t).sum();
-        u.row(t) = xd.row(t).cwiseProduct(gamma.transpose()) + beta.transpose();
+        branch::decompress_row(x.row(t), xd.row(t));
+        branch::read_input(xd.row(t), gamma, beta, u.row(t));
       } else {
-        u.row(t) = x.row(t).cwiseProduct(gamma.transpose()) + beta.transpose();
+        branch::read_input(x.row(t), gamma, beta, u.row(t));
       }
     });
   });
@@ -119,18 +116,10 @@ void reader_backward_reparam(const ConstRowsRef<S>& dy, const ConstRowsRef<S>& x
     auto pb = ws.partial_beta.view(chunks, d);
     pg.setZero();
     pb.setZero();
-    using Arr = Eigen::Array<S, 1, Eigen::Dynamic>;
-    const Eigen::Map<const Arr> gam(gamma.data(), d);
     detail::for_each_row(chunks, (N / chunks + 1) * d, [&](Index c) {
-      Eigen::Map<Arr> pgc(&pg.coeffRef(c, 0), d), pbc(&pb.coeffRef(c, 0), d);
       for (Index t = c * N / chunks; t < (c + 1) * N / chunks; ++t) {
-        const Eigen::Map<const Arr> gt(&g.coeffRef(t, 0), d);
-        const Eigen::Map<const Arr> xt(compress ? &xd.coeffRef(t, 0) : x.row(t).data(), d);
-        pgc += xt * gt;
-        pbc += gt;
-        Eigen::Map<Arr> dxt(dx.row(t).data(), m);
-        if (compress) dxt = gt.head(m) * gam.head(m) - g(t, m) * gamma[m];
-        else dxt = gt * gam;
+        if (compress) branch::read_input_adjoint(g.row(t), xd.row(t), gamma, dx.row(t), pg.row(c), pb.row(c));
+        else branch::read_input_adjoint(g.row(t), x.row(t), gamma, dx.row(t), pg.row(c), pb.row(c));
       }
     });
     dgamma = pg.row(0).transpose();
@@ -180,21 +169,22 @@ struct ReparamBlockGrad {
   PreNormBlock<Arch::PreLN, S>& grad;
   ReparamWorkspace<S>& ws;
 
-  auto qkv() const {
-    return [this](const ConstRowsRef<S>& dy, const ConstRowsRef<S>& x, RowsRef<S> dx) {
-      reader_backward_reparam<S>(dy, x, theta.attn.qkv.weight, theta.norm1_gamma, theta.norm1_beta,
-                                 compress, grad.attn.qkv.weight,
-                                 theta.attn.qkv.has_bias() ? &grad.attn.qkv.bias : nullptr,
-                                 grad.norm1_gamma, grad.norm1_beta, dx, ws);
+  // A reader of theta's norm (gamma, beta), its gradients into grad's.
+  auto reader(const Linear<S>& lin, const Vector<S>& gamma, const Vector<S>& beta,
+              Linear<S>& g_lin, Vector<S>& g_gamma, Vector<S>& g_beta) const {
+    return [this, &lin, &gamma, &beta, &g_lin, &g_gamma, &g_beta](
+               const ConstRowsRef<S>& dy, const ConstRowsRef<S>& x, RowsRef<S> dx) {
+      reader_backward_reparam<S>(dy, x, lin.weight, gamma, beta, compress, g_lin.weight,
+                                 lin.has_bias() ? &g_lin.bias : nullptr, g_gamma, g_beta, dx, ws);
     };
   }
+  auto qkv() const {
+    return reader(theta.attn.qkv, theta.norm1_gamma, theta.norm1_beta, grad.attn.qkv,
+                  grad.norm1_gamma, grad.norm1_beta);
+  }
   auto fc() const {
-    return [this](const ConstRowsRef<S>& dy, const ConstRowsRef<S>& x, RowsRef<S> dx) {
-      reader_backward_reparam<S>(dy, x, theta.mlp.fc.weight, theta.norm2_gamma, theta.norm2_beta,
-                                 compress, grad.mlp.fc.weight,
-                                 theta.mlp.fc.has_bias() ? &grad.mlp.fc.bias : nullptr,
-                                 grad.norm2_gamma, grad.norm2_beta, dx, ws);
-    };
+    return reader(theta.mlp.fc, theta.norm2_gamma, theta.norm2_beta, grad.mlp.fc, grad.norm2_gamma,
+                  grad.norm2_beta);
   }
   auto out() const {
     return [this](const ConstRowsRef<S>& dy, const ConstRowsRef<S>& x, RowsRef<S> dx) {

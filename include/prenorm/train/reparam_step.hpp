@@ -143,7 +143,11 @@ class ConvertingUpdate {
  public:
   static_assert(To == Arch::PreRMSNorm || To == Arch::PreCRMSNorm,
                 "prenorm::ConvertingUpdate: the target is Pre-RMSNorm or Pre-CRMSNorm");
-  static constexpr bool compress = To == Arch::PreCRMSNorm;
+  // The steps of each role (roles.hpp): every conversion below is its role's
+  // row function or vector kernel, called on the rows the optimizer has just
+  // updated, instead of a separate pass of convert_into over theta.
+  static constexpr conversion::Steps kTable = conversion::training_steps<To>(conversion::Role::TokenEmbedding);
+  static constexpr conversion::Steps kWriter = conversion::training_steps<To>(conversion::Role::AttnOut);
 
   // Seconds of conversion work (inside the fused pass), when enabled. With
   // several threads: thread-seconds divided by the thread count.
@@ -163,8 +167,8 @@ class ConvertingUpdate {
     timed(0, [&] {
       for (int id : ids) {
         if (phi.tied_affine()) phi.token_embedding.table.row(id) = theta.token_embedding.table.row(id);
-        else conversion::recenter_table_row<S>(theta.token_embedding.table.row(id), compress,
-                                               phi.token_embedding.table.row(id));
+        else conversion::table_row_forward(theta.token_embedding.table.row(id), kTable,
+                                           phi.token_embedding.table.row(id));
       }
     });
   }
@@ -269,7 +273,10 @@ class ConvertingUpdate {
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   }
 
-  // The writer's column means over its d rows, then phi's rows W - mean.
+  // The writer's column means over its d rows, then phi's rows W - mean: the
+  // two passes of writer_forward (roles.hpp), split so that the column sums
+  // are taken block by block while the optimizer's update is in cache, and
+  // the rows are streamed out (phi is not read again before the next forward).
   void finish_writer(const Writer& w, Index blocks) {
     const Index d = w.W->rows(), in = w.W->cols(), m = w.out->rows();
     auto mean = mean_.view(1, in);
@@ -306,15 +313,19 @@ class ConvertingUpdate {
   }
   void table_row(const RowMatrix<S>& table, RowMatrix<S>& out, Index r) {
     auto row = scratch_row(out.cols());
-    conversion::recenter_table_row<S>(table.row(r), compress, row);
+    conversion::table_row_forward(table.row(r), kTable, row);
     detail::stream_copy(row.data(), out.row(r).data(), out.cols());
   }
-  void reader_row(const RowMatrix<S>& W, const Vector<S>& b, const Vector<S>& gamma,
-                  const Vector<S>& beta, RowMatrix<S>& out, Vector<S>& out_bias, Index r) {
-    auto row = scratch_row(out.cols());
-    out_bias[r] = conversion::fold_reader_row<S>(W.row(r), b.size() ? b[r] : S(0), gamma, beta,
-                                                 compress, row);
-    detail::stream_copy(row.data(), out.row(r).data(), out.cols());
+  // reader_forward (roles.hpp) on rows [r0, r1), row by row (the bias of
+  // each row a dot product, as the training conversion has always summed it).
+  void reader_rows(const RowMatrix<S>& W, const Vector<S>& b, const Vector<S>& gamma,
+                   const Vector<S>& beta, RowMatrix<S>& out, Vector<S>& out_bias, Index r0, Index r1) {
+    for (Index r = r0; r < r1; ++r) {
+      auto row = scratch_row(out.cols());
+      out_bias[r] = branch::read_bias(W.row(r), b.size() ? b[r] : S(0), beta);
+      branch::read(W.row(r), gamma, row);
+      detail::stream_copy(row.data(), out.row(r).data(), out.cols());
+    }
   }
   void add_table(const ParameterList<S>& list, const RowMatrix<S>& table, RowMatrix<S>& out,
                  const char* what) {
@@ -327,7 +338,7 @@ class ConvertingUpdate {
                   const Vector<S>& gamma, const Vector<S>& beta, RowMatrix<S>& out,
                   Vector<S>& out_bias, const char* what) {
     add_rows(list, W, what, [this, &W, &b, &gamma, &beta, &out, &out_bias](Index r0, Index r1) {
-      for (Index r = r0; r < r1; ++r) reader_row(W, b, gamma, beta, out, out_bias, r);
+      reader_rows(W, b, gamma, beta, out, out_bias, r0, r1);
     });
   }
   void add_writer(const ParameterList<S>& list, const RowMatrix<S>& W, const Vector<S>& b,
@@ -335,9 +346,7 @@ class ConvertingUpdate {
     writers_.push_back({&W, &out});
     matrix_jobs_.push_back({index_of(list, W.data(), what), W.rows(), W.cols(), {}, nullptr});
     if (b.size())
-      vector_jobs_.push_back([&b, &out_bias] {
-        out_bias = (b.head(out_bias.size()).array() - b.mean()).matrix();
-      });
+      vector_jobs_.push_back([&b, &out_bias] { conversion::table_row_forward(b, kWriter, out_bias); });
   }
   void add_block(const ParameterList<S>& list, const PreNormBlock<Arch::PreLN, S>& t,
                  PreNormBlock<To, S>& p) {
@@ -380,10 +389,9 @@ class ConvertingUpdate {
     } else if (t.config.tied) {
       add_rows(list, E, "token_embedding.table", [this, &t, &p](Index r0, Index r1) {
         const RowMatrix<S>& E = t.token_embedding.table;
-        for (Index r = r0; r < r1; ++r) {
-          if (!lazy_token_rows) table_row(E, p.token_embedding.table, r);
-          reader_row(E, t.head_bias, t.final_gamma, t.final_beta, p.head.weight, p.head_bias, r);
-        }
+        if (!lazy_token_rows)
+          for (Index r = r0; r < r1; ++r) table_row(E, p.token_embedding.table, r);
+        reader_rows(E, t.head_bias, t.final_gamma, t.final_beta, p.head.weight, p.head_bias, r0, r1);
       });
     } else {
       if (lazy_token_rows) add_rows(list, E, "token_embedding.table", [](Index, Index) {});
@@ -400,9 +408,8 @@ class ConvertingUpdate {
     conversion::detail::check_converted("ConvertingUpdate", t, p);
     start(list);
     add_writer(list, t.patch.weight, t.patch.bias, p.patch.weight, p.patch.bias, "patch.weight");
-    vector_jobs_.push_back([&t, &p] {
-      conversion::recenter_table_row<S>(t.cls_token.transpose(), compress, p.cls_token.transpose());
-    });
+    vector_jobs_.push_back(
+        [&t, &p] { conversion::table_row_forward(t.cls_token, kTable, p.cls_token); });
     add_table(list, t.position_embedding, p.position_embedding, "position_embedding");
     for (std::size_t i = 0; i < t.blocks.size(); ++i) add_block(list, t.blocks[i], p.blocks[i]);
     add_reader(list, t.head.weight, t.head.bias, t.final_gamma, t.final_beta, p.head.weight,
