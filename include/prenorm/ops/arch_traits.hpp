@@ -104,62 +104,61 @@ struct ArchTraits<Arch::PreLN> : detail::NormedArchTraits<Arch::PreLN> {
   }
 };
 
-template <>
-struct ArchTraits<Arch::PreRMSNorm> : detail::NormedArchTraits<Arch::PreRMSNorm> {
+namespace detail {
+
+// The row kernels of RMSNorm and CRMSNorm (the same arguments).
+struct RmsNormKernels {
+  static void forward(auto&&... args) { rms_norm_forward(args...); }
+  static void add_forward(auto&&... args) { rms_norm_add_forward(args...); }
+  static void backward(auto&&... args) { rms_norm_backward(args...); }
+};
+struct CrmsNormKernels {
+  static void forward(auto&&... args) { crms_norm_forward(args...); }
+  static void add_forward(auto&&... args) { crms_norm_add_forward(args...); }
+  static void backward(auto&&... args) { crms_norm_backward(args...); }
+};
+
+// An architecture whose norms have no affine (gamma, beta ignored, no
+// parameter gradients) and save 1/rms per row: Kernels' norm on the main branch.
+template <Arch A, class Kernels>
+struct UnitNormArchTraits : NormedArchTraits<A> {
   template <class S>
   using Saved = RmsNormSaved<S>;
 
-  // y = RMSNorm(h) (gamma, beta ignored); saved, if given, resized and written.
+  // y = Norm(h); saved, if given, resized to h.rows() and written.
   template <class HD, class YD, class S>
   static void forward(const Eigen::MatrixBase<HD>& h, const Vector<S>& /*gamma*/,
                       const Vector<S>& /*beta*/, const Eigen::MatrixBase<YD>& y, S epsilon,
                       Saved<S>* saved = nullptr) {
-    rms_norm_forward(h, y, epsilon, detail::resized(saved, h.rows()));
+    Kernels::forward(h, y, epsilon, resized(saved, h.rows()));
   }
-  // h += branch; y = RMSNorm(h).
+  // h += branch; y = Norm(h).
   template <class HD, class BD, class YD, class S>
   static void add_forward(const Eigen::MatrixBase<HD>& h, const Eigen::MatrixBase<BD>& branch,
                           const Vector<S>& /*gamma*/, const Vector<S>& /*beta*/,
                           const Eigen::MatrixBase<YD>& y, S epsilon, Saved<S>* saved = nullptr) {
-    rms_norm_add_forward(h, branch, y, epsilon, detail::resized(saved, h.rows()));
+    Kernels::add_forward(h, branch, y, epsilon, resized(saved, h.rows()));
   }
-  // dh += RMSNorm'(h)^T dy (written with GradWrite::Overwrite); no parameters.
+  // dh += Norm'(h)^T dy (written with GradWrite::Overwrite); no parameters.
   template <class DYD, class HD, class DHD, class S>
   static void backward(const Eigen::MatrixBase<DYD>& dy, const Eigen::MatrixBase<HD>& h,
                        const Vector<S>& /*gamma*/, const Saved<S>& saved,
                        const Eigen::MatrixBase<DHD>& dh, Vector<S>* /*dgamma*/,
                        Vector<S>* /*dbeta*/, GradWrite write) {
-    rms_norm_backward(dy, h, saved, dh, write);
+    Kernels::backward(dy, h, saved, dh, write);
   }
 };
 
+}  // namespace detail
+
+// RMSNorm on a zero-mean main branch of width d.
 template <>
-struct ArchTraits<Arch::PreCRMSNorm> : detail::NormedArchTraits<Arch::PreCRMSNorm> {
-  template <class S>
-  using Saved = RmsNormSaved<S>;
+struct ArchTraits<Arch::PreRMSNorm>
+    : detail::UnitNormArchTraits<Arch::PreRMSNorm, detail::RmsNormKernels> {};
 
-  // y = CRMSNorm(h) on the compressed branch (d = h.cols() + 1; gamma, beta ignored).
-  template <class HD, class YD, class S>
-  static void forward(const Eigen::MatrixBase<HD>& h, const Vector<S>& /*gamma*/,
-                      const Vector<S>& /*beta*/, const Eigen::MatrixBase<YD>& y, S epsilon,
-                      Saved<S>* saved = nullptr) {
-    crms_norm_forward(h, y, epsilon, detail::resized(saved, h.rows()));
-  }
-  // h += branch; y = CRMSNorm(h).
-  template <class HD, class BD, class YD, class S>
-  static void add_forward(const Eigen::MatrixBase<HD>& h, const Eigen::MatrixBase<BD>& branch,
-                          const Vector<S>& /*gamma*/, const Vector<S>& /*beta*/,
-                          const Eigen::MatrixBase<YD>& y, S epsilon, Saved<S>* saved = nullptr) {
-    crms_norm_add_forward(h, branch, y, epsilon, detail::resized(saved, h.rows()));
-  }
-  // dh += CRMSNorm'(h)^T dy (written with GradWrite::Overwrite); no parameters.
-  template <class DYD, class HD, class DHD, class S>
-  static void backward(const Eigen::MatrixBase<DYD>& dy, const Eigen::MatrixBase<HD>& h,
-                       const Vector<S>& /*gamma*/, const Saved<S>& saved,
-                       const Eigen::MatrixBase<DHD>& dh, Vector<S>* /*dgamma*/,
-                       Vector<S>* /*dbeta*/, GradWrite write) {
-    crms_norm_backward(dy, h, saved, dh, write);
-  }
-};
+// CRMSNorm on the compressed main branch of width d-1 (d = h.cols() + 1).
+template <>
+struct ArchTraits<Arch::PreCRMSNorm>
+    : detail::UnitNormArchTraits<Arch::PreCRMSNorm, detail::CrmsNormKernels> {};
 
 }  // namespace prenorm
