@@ -23,6 +23,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -491,6 +492,22 @@ TYPED_TEST(ModelsTest, KvCacheMatchesFullForward) {
   EXPECT_EQ(again, first);
   EXPECT_EQ(cache.length, prompt);
 }
+
+// The architecture policy (ops/arch_traits.hpp), and the baseline's (bench/no_norm.hpp).
+using prenorm::ArchTraits;
+static_assert(ArchTraits<Arch::PreLN>::affine && !ArchTraits<Arch::PreRMSNorm>::affine &&
+              !ArchTraits<Arch::PreCRMSNorm>::affine && !ArchTraits<kNoNorm>::affine);
+static_assert(ArchTraits<Arch::PreLN>::has_norm && ArchTraits<Arch::PreCRMSNorm>::has_norm &&
+              !ArchTraits<kNoNorm>::has_norm);
+static_assert(ArchTraits<Arch::PreLN>::main_width(768) == 768 &&
+              ArchTraits<Arch::PreRMSNorm>::main_width(768) == 768 &&
+              ArchTraits<Arch::PreCRMSNorm>::main_width(768) == 767 &&
+              ArchTraits<kNoNorm>::main_width(768) == 768);
+static_assert(ArchTraits<Arch::PreCRMSNorm>::main_width(prenorm::Dynamic) == prenorm::Dynamic);
+static_assert(std::is_same_v<prenorm::NormSaved<Arch::PreLN, float>, prenorm::LayerNormSaved<float>> &&
+              std::is_same_v<prenorm::NormSaved<Arch::PreCRMSNorm, double>, prenorm::RmsNormSaved<double>>);
+static_assert(ArchTraits<Arch::PreRMSNorm>::name == "pre_rmsnorm" && ArchTraits<kNoNorm>::name == "no_norm");
+static_assert(!prenorm::is_public_arch(kNoNorm) && prenorm::is_public_arch(Arch::PreCRMSNorm));
 
 // A block with a compile-time width (8) computes what the dynamic one does.
 TYPED_TEST(ModelsTest, FixedWidthBlockEqualsDynamic) {
