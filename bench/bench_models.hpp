@@ -18,6 +18,8 @@
 
 #include <prenorm/models.hpp>
 
+#include "no_norm.hpp"
+
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -237,13 +239,14 @@ std::unique_ptr<Model> make_model(const Config& config) {
   return model;
 }
 
-// Calls f.template operator()<A>() for the four architectures, in a fixed order.
+// Calls f.template operator()<A>() for the four architectures (the library's
+// three and the baseline kNoNorm), in a fixed order.
 template <class F>
 void for_each_arch(F&& f) {
   f.template operator()<Arch::PreLN>();
   f.template operator()<Arch::PreRMSNorm>();
   f.template operator()<Arch::PreCRMSNorm>();
-  f.template operator()<Arch::NoNorm>();
+  f.template operator()<kNoNorm>();
 }
 
 }  // namespace prenorm_bench

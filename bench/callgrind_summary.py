@@ -41,7 +41,7 @@ CATEGORIES = [
                         r"general_matrix_matrix_product|gemm_functor|PaddedProduct")),
     ("gemv", re.compile(r"general_matrix_vector_product|MaskedTailGemv")),
     ("norm", re.compile(r"layer_norm|rms_norm|LayerNorm|RmsNorm|CrmsNorm|normalize_rows")),
-    ("residual add", re.compile(r"pre_norm_add_forward<\(prenorm::Arch\)3")),
+    ("residual add", re.compile(r"ArchTraits<\(prenorm::Arch\)3>::add_forward")),
     ("gelu", re.compile(r"\berff\b|Mlp<float>::forward|gelu")),
     ("attention", re.compile(r"softmax|MultiHeadAttention|expf")),
     ("memset/memcpy", re.compile(r"memset|memcpy|memmove")),

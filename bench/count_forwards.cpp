@@ -136,7 +136,7 @@ std::unique_ptr<Runner> make_runner(std::string_view arch, std::string_view mode
   std::unique_ptr<Runner> runner;
   bool found = false;
   for_each_arch([&]<Arch A>() {
-    if (arch == prenorm::arch_name(A)) {
+    if (arch == prenorm::ArchTraits<A>::name) {
       runner = make_runner<A>(model, work, batch, seq);
       found = true;
     }

@@ -20,6 +20,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace {
@@ -73,8 +74,8 @@ void bm_vit(benchmark::State& state, const prenorm::VitConfig& config, const std
   time_work(state, work);
 }
 
-std::string bm_name(const char* bm, Arch arch, const char* model) {
-  return std::string(bm) + "<" + std::string(prenorm::arch_name(arch)) + ", " + model + ", float>";
+std::string bm_name(const char* bm, std::string_view arch, const char* model) {
+  return std::string(bm) + "<" + std::string(arch) + ", " + model + ", float>";
 }
 
 // Registers name<arch, model, float>/batch:b/seq:s for the four architectures,
@@ -83,7 +84,7 @@ std::string bm_name(const char* bm, Arch arch, const char* model) {
 template <class Bench>
 void register_row(const char* bm, const char* model, Index batch, Index seq, Bench bench) {
   for_each_arch([&]<Arch A>() {
-    benchmark::RegisterBenchmark(bm_name(bm, A, model).c_str(),
+    benchmark::RegisterBenchmark(bm_name(bm, prenorm::ArchTraits<A>::name, model).c_str(),
                                  [bench](benchmark::State& s) { bench.template operator()<A>(s); })
         ->ArgNames({"batch", "seq"})
         ->Args({batch, seq})
@@ -94,7 +95,7 @@ void register_row(const char* bm, const char* model, Index batch, Index seq, Ben
 
 void register_gpt_forward(Index batch, Index seq) {
   register_row("BM_forward", "gpt3_small", batch, seq, []<Arch A>(benchmark::State& s) {
-    bm_gpt_forward<A>(s, prenorm::presets::gpt3_small, std::string(prenorm::arch_name(A)) + "/gpt3_small");
+    bm_gpt_forward<A>(s, prenorm::presets::gpt3_small, std::string(prenorm::ArchTraits<A>::name) + "/gpt3_small");
   });
 }
 
@@ -103,13 +104,13 @@ template <template <Arch> class Work>
 void register_vit(const char* bm, const char* model, const prenorm::VitConfig& config, Index batch) {
   const std::string name = model;
   register_row(bm, model, batch, config.tokens(), [name, config]<Arch A>(benchmark::State& s) {
-    bm_vit<Work, A>(s, config, std::string(prenorm::arch_name(A)) + "/" + name);
+    bm_vit<Work, A>(s, config, std::string(prenorm::ArchTraits<A>::name) + "/" + name);
   });
 }
 
 void register_gpt_decode(Index batch, Index context) {
   register_row("BM_decode_step", "gpt3_small", batch, context, []<Arch A>(benchmark::State& s) {
-    bm_gpt_decode_step<A>(s, prenorm::presets::gpt3_small, std::string(prenorm::arch_name(A)) + "/gpt3_small");
+    bm_gpt_decode_step<A>(s, prenorm::presets::gpt3_small, std::string(prenorm::ArchTraits<A>::name) + "/gpt3_small");
   });
 }
 

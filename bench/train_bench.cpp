@@ -38,6 +38,8 @@
 #include <prenorm/models.hpp>
 #include <prenorm/train.hpp>
 
+#include "no_norm.hpp"
+
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -130,7 +132,7 @@ void BM_gpt(benchmark::State& state, const std::string& name, prenorm::GptConfig
   const Index B = state.range(0), T = state.range(1);
   const prenorm::TiedPolicy tied = has_policy && state.range(2) == 0 ? prenorm::TiedPolicy::Untie
                                                                      : prenorm::TiedPolicy::Keep;
-  const std::string key = std::string(prenorm::arch_name(A)) + "/" + name +
+  const std::string key = std::string(prenorm::ArchTraits<A>::name) + "/" + name +
                           (has_policy ? "/keep:" + std::to_string(state.range(2)) : "");
   if (fixture().key != key) {
     fixture() = Fixture{};  // free the previous model first
@@ -155,7 +157,7 @@ struct ImageData {
 template <Arch A>
 void BM_vit(benchmark::State& state, const std::string& name, prenorm::VitConfig config) {
   const Index B = state.range(0);
-  const std::string key = std::string(prenorm::arch_name(A)) + "/" + name;
+  const std::string key = std::string(prenorm::ArchTraits<A>::name) + "/" + name;
   if (fixture().key != key) {
     fixture() = Fixture{};  // free the previous model first
     prenorm::Vit<Arch::PreLN, S> init(config);
@@ -177,7 +179,7 @@ void BM_vit(benchmark::State& state, const std::string& name, prenorm::VitConfig
 template <Arch A>
 void register_gpt(const std::string& name, const prenorm::GptConfig& config, int64_t batch,
                   int64_t seq) {
-  const std::string full = std::string(prenorm::arch_name(A)) + "/" + name;
+  const std::string full = std::string(prenorm::ArchTraits<A>::name) + "/" + name;
   const bool policy = (A == Arch::PreRMSNorm || A == Arch::PreCRMSNorm) && config.tied;
   auto* b = benchmark::RegisterBenchmark(full.c_str(), BM_gpt<A>, name, config, policy);
   b->UseRealTime()->Unit(benchmark::kMillisecond);
@@ -187,7 +189,7 @@ void register_gpt(const std::string& name, const prenorm::GptConfig& config, int
 
 template <Arch A>
 void register_vit(const std::string& name, const prenorm::VitConfig& config, int64_t batch) {
-  const std::string full = std::string(prenorm::arch_name(A)) + "/" + name;
+  const std::string full = std::string(prenorm::ArchTraits<A>::name) + "/" + name;
   benchmark::RegisterBenchmark(full.c_str(), BM_vit<A>, name, config)
       ->ArgNames({"batch"})
       ->Args({batch})
@@ -200,7 +202,7 @@ void for_each_arch(F&& f) {
   f(std::integral_constant<Arch, Arch::PreLN>{});
   f(std::integral_constant<Arch, Arch::PreRMSNorm>{});
   f(std::integral_constant<Arch, Arch::PreCRMSNorm>{});
-  f(std::integral_constant<Arch, Arch::NoNorm>{});
+  f(std::integral_constant<Arch, prenorm_bench::kNoNorm>{});
 }
 
 // N MiB of non-temporal stores, as phi's writes in the fused conversion.

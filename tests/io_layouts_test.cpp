@@ -17,7 +17,7 @@
 //  - missing, unknown and misshapen tensors are refused with messages naming
 //    the file, the tensor, and the expected and actual shapes;
 //  - prenorm's layout round-trips every architecture (GPT untied, tied,
-//    keep-tied, with a head bias; ViT; the NoNorm baseline) exactly in F32
+//    keep-tied, with a head bias; ViT) exactly in F32
 //    (float) and F64 (double): every tensor and every config field; its
 //    metadata is validated strictly;
 //  - the path loaders load_hf_gpt2(path), load_hf_vit(path) find config.json
@@ -721,13 +721,6 @@ void round_trip_every_arch(Dtype dtype) {
   round_trip(vit, dtype, path());
   round_trip(prenorm::convert<Arch::PreRMSNorm>(vit), dtype, path(), Arch::PreLN);
   round_trip(prenorm::convert<Arch::PreCRMSNorm>(vit), dtype, path(), Arch::PreLN);
-  // The NoNorm baseline, through the templated API.
-  Gpt<Arch::NoNorm, S> none(tiny_gpt(false));
-  none.init_random(33, 0.3, true);
-  round_trip(none, dtype, path());
-  Vit<Arch::NoNorm, S> none_vit(tiny_vit());
-  none_vit.init_random(34, 0.3, true);
-  round_trip(none_vit, dtype, path());
 }
 
 TEST(PrenormLayout, RoundTripsEveryArchitectureExactlyFloatF32) { round_trip_every_arch<float>(Dtype::F32); }

@@ -17,10 +17,13 @@
 #include <prenorm/layers.hpp>
 #include <prenorm/models.hpp>
 
+#include "../bench/no_norm.hpp"  // the baseline, run by the library through its ArchTraits
+
 #include <cmath>
 #include <random>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -37,6 +40,7 @@ using prenorm::Vector;
 using prenorm::Vit;
 using prenorm::VitConfig;
 using prenorm::VitSession;
+using prenorm_bench::kNoNorm;
 using Mat = std::vector<std::vector<double>>;  // reference matrices, [rows][cols]
 using Vec = std::vector<double>;
 
@@ -146,12 +150,13 @@ Vec ref_crms_norm(const Vec& x, double eps) {
 }
 
 Vec ref_norm(Arch arch, const Vec& x, const Vec& gamma, const Vec& beta, double eps) {
+  if (arch == kNoNorm) return x;
   switch (arch) {
     case Arch::PreLN: return ref_layer_norm(x, gamma, beta, eps);
     case Arch::PreRMSNorm: return ref_rms_norm(x, eps);
     case Arch::PreCRMSNorm: return ref_crms_norm(x, eps);
-    case Arch::NoNorm: return x;
   }
+  ADD_FAILURE() << "ref_norm: no reference for architecture " << int(arch);
   return x;
 }
 
@@ -300,13 +305,13 @@ struct Case {
   using S = S_;
 };
 using Cases = ::testing::Types<Case<Arch::PreLN, float>, Case<Arch::PreRMSNorm, float>,
-                               Case<Arch::PreCRMSNorm, float>, Case<Arch::NoNorm, float>,
+                               Case<Arch::PreCRMSNorm, float>, Case<kNoNorm, float>,
                                Case<Arch::PreLN, double>, Case<Arch::PreRMSNorm, double>,
-                               Case<Arch::PreCRMSNorm, double>, Case<Arch::NoNorm, double>>;
+                               Case<Arch::PreCRMSNorm, double>, Case<kNoNorm, double>>;
 struct CaseNames {
   template <class C>
   static std::string GetName(int) {
-    return std::string(prenorm::arch_name(C::A)) + (std::is_same_v<typename C::S, float> ? "_float" : "_double");
+    return std::string(prenorm::ArchTraits<C::A>::name) + (std::is_same_v<typename C::S, float> ? "_float" : "_double");
   }
 };
 
@@ -487,6 +492,22 @@ TYPED_TEST(ModelsTest, KvCacheMatchesFullForward) {
   EXPECT_EQ(again, first);
   EXPECT_EQ(cache.length, prompt);
 }
+
+// The architecture policy (ops/arch_traits.hpp), and the baseline's (bench/no_norm.hpp).
+using prenorm::ArchTraits;
+static_assert(ArchTraits<Arch::PreLN>::affine && !ArchTraits<Arch::PreRMSNorm>::affine &&
+              !ArchTraits<Arch::PreCRMSNorm>::affine && !ArchTraits<kNoNorm>::affine);
+static_assert(ArchTraits<Arch::PreLN>::has_norm && ArchTraits<Arch::PreCRMSNorm>::has_norm &&
+              !ArchTraits<kNoNorm>::has_norm);
+static_assert(ArchTraits<Arch::PreLN>::main_width(768) == 768 &&
+              ArchTraits<Arch::PreRMSNorm>::main_width(768) == 768 &&
+              ArchTraits<Arch::PreCRMSNorm>::main_width(768) == 767 &&
+              ArchTraits<kNoNorm>::main_width(768) == 768);
+static_assert(ArchTraits<Arch::PreCRMSNorm>::main_width(prenorm::Dynamic) == prenorm::Dynamic);
+static_assert(std::is_same_v<prenorm::NormSaved<Arch::PreLN, float>, prenorm::LayerNormSaved<float>> &&
+              std::is_same_v<prenorm::NormSaved<Arch::PreCRMSNorm, double>, prenorm::RmsNormSaved<double>>);
+static_assert(ArchTraits<Arch::PreRMSNorm>::name == "pre_rmsnorm" && ArchTraits<kNoNorm>::name == "no_norm");
+static_assert(!prenorm::is_public_arch(kNoNorm) && prenorm::is_public_arch(Arch::PreCRMSNorm));
 
 // A block with a compile-time width (8) computes what the dynamic one does.
 TYPED_TEST(ModelsTest, FixedWidthBlockEqualsDynamic) {

@@ -1,6 +1,7 @@
 #pragma once
 // prenorm ops: stateless row-wise kernels over row-major [rows x width] matrices.
 #include "core.hpp"
+#include "ops/arch_traits.hpp"
 #include "ops/compress.hpp"
 #include "ops/crms_norm.hpp"
 #include "ops/layer_norm.hpp"

@@ -88,7 +88,7 @@ struct Steps {
 
 // The directions the converter supports.
 constexpr bool is_supported(Arch from, Arch to) {
-  if (from == Arch::NoNorm || to == Arch::NoNorm) return false;  // a benchmark baseline only
+  if (!is_public_arch(from) || !is_public_arch(to)) return false;  // e.g. a benchmark baseline
   return from != to;
 }
 
@@ -160,8 +160,9 @@ constexpr bool plan_is_sound(Arch from, Arch to) {
 
 template <Arch From, Arch To>
 struct Plan {
-  static_assert(From != Arch::NoNorm && To != Arch::NoNorm,
-                "prenorm::convert: NoNorm is a benchmark baseline; it has no equivalent model");
+  static_assert(is_public_arch(From) && is_public_arch(To),
+                "prenorm::convert: both architectures must be PreLN, PreRMSNorm or PreCRMSNorm "
+                "(a benchmark baseline has no equivalent model)");
   static_assert(From != To, "prenorm::convert: source and target architectures are the same");
   static_assert(plan_is_sound(From, To), "prenorm::convert: the conversion plan is unsound");
 

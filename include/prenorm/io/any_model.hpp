@@ -134,11 +134,10 @@ LoadedModel<S> load_any_model(const SafetensorsFile& file,
       case Arch::PreCRMSNorm:
         return make(is_gpt ? gpt.template operator()<Arch::PreCRMSNorm>()
                            : vit.template operator()<Arch::PreCRMSNorm>(), dtype);
-      case Arch::NoNorm: break;
     }
-    detail::fail_with<FormatError>("load_model", file.path().string(),
-                                   ": holds a no_norm model (a benchmark baseline), which the "
-                                   "tools do not run");
+    // Unreachable: read_prenorm_metadata accepts the three names only.
+    detail::fail_with<FormatError>("load_model", file.path().string(), ": holds architecture ",
+                                   int(meta.arch), ", not one of the library's");
   }();
   loaded.converted_from = meta.converted_from;
   return loaded;

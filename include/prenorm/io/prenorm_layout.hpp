@@ -1,7 +1,7 @@
 #pragma once
 // prenorm's own checkpoint layout: a safetensors file that holds a GPT or ViT
-// of any architecture (Pre-LN, Pre-RMSNorm, Pre-CRMSNorm, and the NoNorm
-// baseline), with everything needed to rebuild it in "__metadata__".
+// of any of the library's architectures (Pre-LN, Pre-RMSNorm, Pre-CRMSNorm),
+// with everything needed to rebuild it in "__metadata__".
 //
 // Tensor names are the names of visit_parameters with "[i]" written ".i"
 // (blocks[3].attn.qkv.weight -> blocks.3.attn.qkv.weight); matrices are stored
@@ -11,7 +11,7 @@
 //
 // Metadata (every value a string):
 //   format "prenorm", format_version "1", kind "gpt" | "vit",
-//   arch "pre_ln" | "pre_rmsnorm" | "pre_crmsnorm" | "no_norm",
+//   arch "pre_ln" | "pre_rmsnorm" | "pre_crmsnorm",
 //   width, heads, head_dim, layers, mlp_width (decimal integers),
 //   epsilon (17 significant digits: the double round-trips exactly),
 //   activation "gelu_tanh" | "gelu_erf",
@@ -100,7 +100,7 @@ inline std::string format_epsilon(double value) {
 }
 
 inline std::optional<Arch> arch_from_name(std::string_view name) {
-  for (Arch arch : {Arch::PreLN, Arch::PreRMSNorm, Arch::PreCRMSNorm, Arch::NoNorm})
+  for (Arch arch : {Arch::PreLN, Arch::PreRMSNorm, Arch::PreCRMSNorm})
     if (arch_name(arch) == name) return arch;
   return std::nullopt;
 }
@@ -157,7 +157,7 @@ class MetadataReader {
   Arch arch(const char* key) {
     const std::string& value = text(key);
     const std::optional<Arch> arch = arch_from_name(value);
-    if (!arch) bad(key, value, "one of pre_ln, pre_rmsnorm, pre_crmsnorm, no_norm");
+    if (!arch) bad(key, value, "one of pre_ln, pre_rmsnorm, pre_crmsnorm");
     return *arch;
   }
 
@@ -278,7 +278,7 @@ inline PrenormMetadata read_prenorm_metadata(const SafetensorsFile& file) {
   if (from != "none") {
     result.converted_from = detail::arch_from_name(from);
     if (!result.converted_from)
-      m.bad("converted_from", from, "'none' or one of pre_ln, pre_rmsnorm, pre_crmsnorm, no_norm");
+      m.bad("converted_from", from, "'none' or one of pre_ln, pre_rmsnorm, pre_crmsnorm");
   }
 
   // Fields every config has; head_dim is stored as the actual head size.
@@ -359,6 +359,8 @@ template <class Model>
 Model load_prenorm(const SafetensorsFile& file) {
   static_assert(detail::is_gpt_model<Model> || detail::is_vit_model<Model>,
                 "prenorm::io::load_prenorm loads a Gpt<A, S> or a Vit<A, S>");
+  static_assert(is_public_arch(Model::arch),
+                "prenorm::io: the prenorm layout holds PreLN, PreRMSNorm and PreCRMSNorm models only");
   const PrenormMetadata meta = read_prenorm_metadata(file);
   if constexpr (detail::is_gpt_model<Model>)
     return detail::load_prenorm_model<Model>(file, ModelKind::Gpt, meta.gpt, meta);
@@ -378,6 +380,8 @@ Model load_prenorm(const std::filesystem::path& path) {
 template <Arch A, class S>
 [[nodiscard]] SafetensorsWriter save_prenorm(const Gpt<A, S>& model, Dtype dtype,
                                              const PrenormSaveOptions& options = {}) {
+  static_assert(is_public_arch(A),
+                "prenorm::io: the prenorm layout holds PreLN, PreRMSNorm and PreCRMSNorm models only");
   model.validate("save_prenorm");
   SafetensorsWriter writer;
   const GptConfig& c = model.config;
@@ -393,6 +397,8 @@ template <Arch A, class S>
 template <Arch A, class S>
 [[nodiscard]] SafetensorsWriter save_prenorm(const Vit<A, S>& model, Dtype dtype,
                                              const PrenormSaveOptions& options = {}) {
+  static_assert(is_public_arch(A),
+                "prenorm::io: the prenorm layout holds PreLN, PreRMSNorm and PreCRMSNorm models only");
   model.validate("save_prenorm");
   SafetensorsWriter writer;
   const VitConfig& c = model.config;

@@ -1,12 +1,9 @@
 #pragma once
 // The Pre-Norm transformer block, templated on the architecture:
 //   h <- h + Attn(Norm1(h));   h <- h + Mlp(Norm2(h))
-// where Norm is, per Arch:
-//   PreLN        LayerNorm with gamma, beta             main branch width d
-//   PreRMSNorm   RMSNorm without affine                 main branch width d
-//   PreCRMSNorm  CRMSNorm (d and eps of the width d)    main branch width d-1
-//   NoNorm       identity (a lower bound, benchmarks)   main branch width d
-// The attention and MLP inner widths do not depend on the architecture.
+// where Norm, its affine and the main branch width are ArchTraits<A>'s
+// (ops/arch_traits.hpp). The attention and MLP inner widths do not depend on
+// the architecture.
 //
 // A model runs its blocks with every residual add fused into the norm that
 // follows it (one pass over the main branch instead of two):
@@ -25,48 +22,11 @@
 #include "../core/error.hpp"
 #include "../core/types.hpp"
 #include "../ops/activation.hpp"
-#include "../ops/crms_norm.hpp"
-#include "../ops/layer_norm.hpp"
-#include "../ops/rms_norm.hpp"
+#include "../ops/arch_traits.hpp"
 #include "attention.hpp"
 #include "mlp.hpp"
 
 namespace prenorm {
-
-// y = Norm_A(h) on the main branch. h, y: [rows x main]; gamma, beta: (d) for
-// PreLN, ignored otherwise. NoNorm copies h into y (nothing if y is h).
-template <Arch A, class HD, class YD, class S>
-void pre_norm_forward(const Eigen::MatrixBase<HD>& h, const Vector<S>& gamma,
-                      const Vector<S>& beta, const Eigen::MatrixBase<YD>& y, S epsilon) {
-  if constexpr (A == Arch::PreLN) {
-    layer_norm_forward(h, gamma, beta, y, epsilon);
-  } else if constexpr (A == Arch::PreRMSNorm) {
-    rms_norm_forward(h, y, epsilon);
-  } else if constexpr (A == Arch::PreCRMSNorm) {
-    crms_norm_forward(h, y, epsilon);
-  } else {
-    if (h.derived().data() != y.derived().data())
-      const_cast<Eigen::MatrixBase<YD>&>(y) = h;
-  }
-}
-
-// h += branch; y = Norm_A(h), fused into one pass. h, branch, y: [rows x main].
-// NoNorm only adds (y untouched: the caller reads h).
-template <Arch A, class HD, class BD, class YD, class S>
-void pre_norm_add_forward(const Eigen::MatrixBase<HD>& h, const Eigen::MatrixBase<BD>& branch,
-                          const Vector<S>& gamma, const Vector<S>& beta,
-                          const Eigen::MatrixBase<YD>& y, S epsilon) {
-  if constexpr (A == Arch::PreLN) {
-    layer_norm_add_forward(h, branch, gamma, beta, y, epsilon);
-  } else if constexpr (A == Arch::PreRMSNorm) {
-    rms_norm_add_forward(h, branch, y, epsilon);
-  } else if constexpr (A == Arch::PreCRMSNorm) {
-    crms_norm_add_forward(h, branch, y, epsilon);
-  } else {
-    auto& hw = const_cast<Eigen::MatrixBase<HD>&>(h);
-    detail::for_each_row(h.rows(), h.cols(), [&](Index r) { hw.row(r) += branch.row(r); });
-  }
-}
 
 // Scratch of one block forward, reused between calls and shared by the blocks of a model.
 template <class S>
@@ -79,9 +39,10 @@ template <Arch A, class S, int Width = Dynamic>
 class PreNormBlock {
  public:
   static_assert(Width == Dynamic || Width >= 2, "prenorm::PreNormBlock: the width must be >= 2");
+  using Traits = ArchTraits<A>;
   static constexpr Arch arch = A;
-  static constexpr int kWidth = Width;                    // d, or Dynamic
-  static constexpr int kMainWidth = main_width(A, Width);  // d or d-1, or Dynamic
+  static constexpr int kWidth = Width;                                 // d, or Dynamic
+  static constexpr int kMainWidth = int(Traits::main_width(Width));  // d or d-1, or Dynamic
   using Scalar = S;
   using Main = RowMatrix<S, kMainWidth>;        // [tokens x main]
   using MainRef = RowsRef<S, kMainWidth>;       // a Main, or a block of rows of one
@@ -100,12 +61,12 @@ class PreNormBlock {
   PreNormBlock(Index width_, Index heads, Index head_dim, Index mlp_width, bool causal,
                Activation activation, S epsilon_)
       : width(width_),
-        attn(main_width_of(A, width_), heads, head_dim, causal),
-        mlp(main_width_of(A, width_), mlp_width, activation),
+        attn(Traits::main_width(width_), heads, head_dim, causal),
+        mlp(Traits::main_width(width_), mlp_width, activation),
         epsilon(epsilon_) {
     if (Width != Dynamic && width_ != Width)
       detail::fail("PreNormBlock", "width ", width_, " differs from the compile-time width ", Width);
-    if (has_norm_affine(A)) {
+    if (Traits::affine) {
       norm1_gamma.setOnes(width_);
       norm1_beta.setZero(width_);
       norm2_gamma.setOnes(width_);
@@ -113,7 +74,7 @@ class PreNormBlock {
     }
   }
 
-  Index main() const { return main_width_of(A, width); }  // d, or d-1 for PreCRMSNorm
+  Index main() const { return Traits::main_width(width); }  // d, or d-1 for PreCRMSNorm
   // The width a branch buffer should have for forward_fused: main(), or main()
   // rounded up to the GEMM's register block where that makes the writers
   // (attn.out, mlp.proj) faster, e.g. 192 for ViT-Ti's Pre-CRMSNorm main
@@ -140,18 +101,18 @@ class PreNormBlock {
     forward(h, batch, ws, x, branch);
   }
 
-  // y = Norm1(h). h, y: [tokens x main]. NoNorm: nothing (the block reads h).
+  // y = Norm1(h). h, y: [tokens x main]. Without norms: nothing (the block reads h).
   void norm1(const MainRef& h, MainRef y) const {
-    if constexpr (A != Arch::NoNorm) pre_norm_forward<A>(h, norm1_gamma, norm1_beta, y, epsilon);
+    Traits::forward(h, norm1_gamma, norm1_beta, y, epsilon);
   }
   // h += branch; y = Norm1(h), in one pass: the previous block's MLP add fused
   // with this block's first norm. h, branch, y: [tokens x main].
   void add_norm1(MainRef h, const MainRef& branch, MainRef y) const {
-    pre_norm_add_forward<A>(h, branch, norm1_gamma, norm1_beta, y, epsilon);
+    Traits::add_forward(h, branch, norm1_gamma, norm1_beta, y, epsilon);
   }
 
-  // The block between its norms. On entry y = Norm1(h) (NoNorm: y unused, h
-  // is read). On exit h holds h + Attn(y), y = Norm2(h), and branch = Mlp(y):
+  // The block between its norms. On entry y = Norm1(h) (without norms: y
+  // unused, h is read). On exit h holds h + Attn(y), y = Norm2(h), and branch = Mlp(y):
   // the MLP's residual add is left pending, for the next norm to fuse.
   // h, y: [batch*T x main]; branch: [batch*T x main], or wider (branch_width()):
   // the output is its first main() columns, the others are set to 0.
@@ -180,8 +141,8 @@ class PreNormBlock {
     if (Width != Dynamic && width != Width)
       fail(".width is ", width, ", expected the compile-time width ", Width);
     if (!(epsilon > S(0))) fail(".epsilon is ", epsilon, ", expected > 0");
-    const Index affine = has_norm_affine(A) ? width : 0;
-    const char* why = has_norm_affine(A) ? "" : " (no norm affine in this architecture)";
+    const Index affine = Traits::affine ? width : 0;
+    const char* why = Traits::affine ? "" : " (no norm affine in this architecture)";
     const auto check = [&](const char* what, const Vector<S>& v) {
       if (v.size() != affine) fail(what, " has ", v.size(), " elements, expected ", affine, why);
     };
@@ -198,13 +159,10 @@ class PreNormBlock {
 
  private:
   // What the sub-layers read: the normalized y, or h itself without norms.
-  static const MainRef& input(const MainRef& h, const MainRef& y) {
-    if constexpr (A == Arch::NoNorm) return h;
-    else return y;
-  }
+  static const MainRef& input(const MainRef& h, const MainRef& y) { return Traits::input(h, y); }
 
   void finish_fused(MainRef& h, MainRef& y, RowsRef<S>& branch, BlockWorkspace<S>& ws) const {
-    pre_norm_add_forward<A>(h, branch.leftCols(main()), norm2_gamma, norm2_beta, y, epsilon);
+    Traits::add_forward(h, branch.leftCols(main()), norm2_gamma, norm2_beta, y, epsilon);
     mlp.forward(input(h, y), branch, ws.hidden);
   }
 };

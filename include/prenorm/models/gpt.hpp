@@ -5,7 +5,8 @@
 // KV cache) are a GptSession's (gpt_session.hpp).
 //
 // Tied heads (config.tied, GPT-2): the head is the token table E (vocab, d).
-//   PreLN, NoNorm: the lookup reads E, and logits = E . NormF(h).
+//   PreLN (and any architecture but the two below): the lookup reads E, and
+//   logits = E . NormF(h).
 //   PreRMSNorm, PreCRMSNorm ("keep tied" conversion): E stays the ORIGINAL
 //   (vocab, d) table, stored once. A looked-up row is recentered (minus its
 //   mean over d) and, for PreCRMSNorm, loses its last coordinate; before the
@@ -31,6 +32,7 @@
 #include "../layers/block.hpp"
 #include "../layers/embedding.hpp"
 #include "../layers/linear.hpp"
+#include "../ops/arch_traits.hpp"
 #include "../ops/main_branch.hpp"
 #include "config.hpp"
 
@@ -103,7 +105,7 @@ class Gpt {
     for (Index i = 0; i < config.layers; ++i)
       blocks.emplace_back(d, config.heads, config.head_size(), config.mlp_width, /*causal=*/true,
                           config.activation, S(config.epsilon));
-    if (has_norm_affine(A)) {
+    if (ArchTraits<A>::affine) {
       final_gamma.setOnes(d);
       final_beta.setZero(d);
     }
@@ -116,7 +118,7 @@ class Gpt {
   }
 
   Index width() const { return config.width; }                 // d
-  Index main() const { return main_width_of(A, config.width); }  // d, or d-1 for PreCRMSNorm
+  Index main() const { return ArchTraits<A>::main_width(config.width); }  // d, or d-1 for PreCRMSNorm
   // Whether the tied table is the original (vocab, d) one, transformed on the fly.
   bool tied_affine() const {
     return config.tied && (A == Arch::PreRMSNorm || A == Arch::PreCRMSNorm);
@@ -172,8 +174,8 @@ class Gpt {
       if (!b.attn.causal) detail::fail(op, name(), ".attn.causal is false, expected true");
       b.validate(op, name, config.heads, config.head_size(), config.mlp_width);
     }
-    check_vector(op, "final_gamma", final_gamma, has_norm_affine(A) ? d : 0);
-    check_vector(op, "final_beta", final_beta, has_norm_affine(A) ? d : 0);
+    check_vector(op, "final_gamma", final_gamma, ArchTraits<A>::affine ? d : 0);
+    check_vector(op, "final_beta", final_beta, ArchTraits<A>::affine ? d : 0);
     check_vector(op, "tied_gamma", tied_gamma, tied_affine() ? d : 0);
     check_vector(op, "tied_beta", tied_beta, tied_affine() ? d : 0);
     if (config.tied) {

@@ -72,7 +72,7 @@ class GptSession {
   }
 
   // The normalized main branch NormF(h) [batch*seq x main] that the head reads
-  // (NoNorm: h itself), without the head.
+  // (h itself without norms), without the head.
   const RowMatrix<S>& forward_hidden(const TokenBatch& tokens, const BlockHook* hook = nullptr) {
     constexpr const char* op = "GptSession::forward_hidden";
     model_->check_tokens(op, tokens, 0);
@@ -184,8 +184,8 @@ class GptSession {
     return logits_;
   }
 
-  // What the head reads: NormF(h), or h itself for NoNorm.
-  const RowMatrix<S>& final_input() const { return A == Arch::NoNorm ? h_ : x_; }
+  // What the head reads: NormF(h), or h itself without norms.
+  const RowMatrix<S>& final_input() const { return ArchTraits<A>::input(h_, x_); }
 
   // Embeddings, blocks and the final norm: leaves NormF(h) in final_input().
   void run(const TokenBatch& t, Index past, KvCache<S>* cache, const BlockHook* hook) {
@@ -215,15 +215,14 @@ class GptSession {
       } else if (i + 1 < L) {
         g.blocks[i + 1].add_norm1(h_, branch_.leftCols(m), x_);
       } else {
-        pre_norm_add_forward<A>(h_, branch_.leftCols(m), g.final_gamma, g.final_beta, x_,
-                                S(g.config.epsilon));
+        ArchTraits<A>::add_forward(h_, branch_.leftCols(m), g.final_gamma, g.final_beta, x_,
+                                   S(g.config.epsilon));
       }
     }
   }
 
   void final_norm() {
-    if constexpr (A != Arch::NoNorm)
-      pre_norm_forward<A>(h_, model_->final_gamma, model_->final_beta, x_, S(model_->config.epsilon));
+    ArchTraits<A>::forward(h_, model_->final_gamma, model_->final_beta, x_, S(model_->config.epsilon));
   }
 
   // h_ [tokens x main] = token rows + position rows. Token t of a sequence is at position past + t.

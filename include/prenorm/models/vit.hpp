@@ -25,6 +25,7 @@
 #include "../core/types.hpp"
 #include "../layers/block.hpp"
 #include "../layers/linear.hpp"
+#include "../ops/arch_traits.hpp"
 #include "config.hpp"
 
 namespace prenorm {
@@ -69,7 +70,7 @@ class Vit {
     for (Index i = 0; i < config.layers; ++i)
       blocks.emplace_back(d, config.heads, config.head_size(), config.mlp_width, /*causal=*/false,
                           config.activation, S(config.epsilon));
-    if (has_norm_affine(A)) {
+    if (ArchTraits<A>::affine) {
       final_gamma.setOnes(d);
       final_beta.setZero(d);
     }
@@ -77,7 +78,7 @@ class Vit {
   }
 
   Index width() const { return config.width; }                 // d
-  Index main() const { return main_width_of(A, config.width); }  // d, or d-1 for PreCRMSNorm
+  Index main() const { return ArchTraits<A>::main_width(config.width); }  // d, or d-1 for PreCRMSNorm
 
   // Random weights, deterministic in seed: weights and embeddings N(0, stddev),
   // residual output projections N(0, stddev / sqrt(2 layers)), biases 0,
@@ -130,8 +131,8 @@ class Vit {
       if (b.attn.causal) detail::fail(op, name(), ".attn.causal is true, expected false");
       b.validate(op, name, config.heads, config.head_size(), config.mlp_width);
     }
-    check_vector(op, "final_gamma", final_gamma, has_norm_affine(A) ? d : 0);
-    check_vector(op, "final_beta", final_beta, has_norm_affine(A) ? d : 0);
+    check_vector(op, "final_gamma", final_gamma, ArchTraits<A>::affine ? d : 0);
+    check_vector(op, "final_beta", final_beta, ArchTraits<A>::affine ? d : 0);
     head.validate(op, "head", m, config.classes);
   }
 

@@ -45,7 +45,7 @@ class VitSession {
   // The main branch h [batch*(1+patches) x main] after the last forward. Without
   // a hook, the last MLP's residual add reaches the cls rows only.
   const RowMatrix<S>& main_branch() const { return h_; }
-  // The normalized cls rows NormF(h_cls) [batch x main] the head read (NoNorm: h_cls).
+  // The normalized cls rows NormF(h_cls) [batch x main] the head read (h_cls without norms).
   const RowMatrix<S>& hidden() const { return x_cls_; }
 
  private:
@@ -135,11 +135,11 @@ class VitSession {
     const auto h_cls = cls_rows(h_);
     const S eps = S(v.config.epsilon);
     if (L > 0 && !hook)
-      pre_norm_add_forward<A>(h_cls, cls_rows(branch_).leftCols(m), v.final_gamma, v.final_beta,
-                              x_cls_, eps);
+      ArchTraits<A>::add_forward(h_cls, cls_rows(branch_).leftCols(m), v.final_gamma, v.final_beta,
+                                 x_cls_, eps);
     else
-      pre_norm_forward<A>(h_cls, v.final_gamma, v.final_beta, x_cls_, eps);
-    if constexpr (A == Arch::NoNorm) x_cls_ = h_cls;  // no norm: the head reads h
+      ArchTraits<A>::forward(h_cls, v.final_gamma, v.final_beta, x_cls_, eps);
+    if constexpr (!ArchTraits<A>::has_norm) x_cls_ = h_cls;  // no norm: the head reads h
     v.head.forward_padded(x_cls_, logits_);
   }
 };

@@ -10,33 +10,21 @@
 //     dx1 = Attn'(dh);   dh += Norm1'(dx1)     gradient passes through unchanged)
 //   and dh is the gradient with respect to h_l on exit.
 //
-// Norm_A is LayerNorm (PreLN), RMSNorm (PreRMSNorm), CRMSNorm (PreCRMSNorm) or
-// nothing (NoNorm: the sub-layers read h itself).
+// Norm_A, its saved statistics and its backward are ArchTraits<A>'s
+// (ops/arch_traits.hpp); an architecture without norms (has_norm false) has
+// its sub-layers read h itself.
 
 #include <Eigen/Core>
 
 #include <chrono>
-#include <type_traits>
 
 #include "../core/arch.hpp"
 #include "../core/types.hpp"
 #include "../layers/block.hpp"
-#include "../ops/crms_norm.hpp"
-#include "../ops/layer_norm.hpp"
-#include "../ops/rms_norm.hpp"
+#include "../ops/arch_traits.hpp"
 #include "layers_backward.hpp"
 
 namespace prenorm {
-
-struct NoNormSaved {
-  void resize(Index) {}
-};
-
-// The statistics a norm of architecture A saves for its backward.
-template <Arch A, class S>
-using NormSaved = std::conditional_t<
-    A == Arch::PreLN, LayerNormSaved<S>,
-    std::conditional_t<A == Arch::NoNorm, NoNormSaved, RmsNormSaved<S>>>;
 
 // Seconds spent in normalization kernels (forward and backward), when enabled.
 struct NormClock {
@@ -55,76 +43,28 @@ struct NormClock {
   }
 };
 
-// y = Norm_A(h), saving the statistics. h, y: [rows x main]; gamma, beta (d),
-// PreLN only. NoNorm: nothing (the reader takes h).
-template <Arch A, class S>
-void norm_forward_train(const ConstRowsRef<S>& h, const Vector<S>& gamma, const Vector<S>& beta,
-                        RowsRef<S> y, S epsilon, NormSaved<A, S>& saved) {
-  saved.resize(h.rows());
-  if constexpr (A == Arch::PreLN) layer_norm_forward(h, gamma, beta, y, epsilon, &saved);
-  else if constexpr (A == Arch::PreRMSNorm) rms_norm_forward(h, y, epsilon, &saved);
-  else if constexpr (A == Arch::PreCRMSNorm) crms_norm_forward(h, y, epsilon, &saved);
-}
-
-// h += branch; y = Norm_A(h) in one pass, saving the statistics.
-// h, branch, y: [rows x main]. NoNorm: only the add.
-template <Arch A, class S>
-void norm_add_forward_train(RowsRef<S> h, const ConstRowsRef<S>& branch, const Vector<S>& gamma,
-                            const Vector<S>& beta, RowsRef<S> y, S epsilon, NormSaved<A, S>& saved) {
-  saved.resize(h.rows());
-  if constexpr (A == Arch::PreLN) {
-    layer_norm_add_forward(h, branch, gamma, beta, y, epsilon, &saved);
-  } else if constexpr (A == Arch::PreRMSNorm) {
-    rms_norm_add_forward(h, branch, y, epsilon, &saved);
-  } else if constexpr (A == Arch::PreCRMSNorm) {
-    crms_norm_add_forward(h, branch, y, epsilon, &saved);
-  } else {
-    detail::for_each_row(h.rows(), h.cols(), [&](Index r) { h.row(r) += branch.row(r); });
-  }
-}
-
-// dh += Norm_A'(h)^T dy (dh written instead with GradWrite::Overwrite);
-// dgamma, dbeta (d) are written (PreLN only: they must be given). dy, h, dh: [rows x main].
-template <Arch A, class S>
-void norm_backward_train(const ConstRowsRef<S>& dy, const ConstRowsRef<S>& h,
-                         const Vector<S>& gamma, const NormSaved<A, S>& saved, RowsRef<S> dh,
-                         Vector<S>* dgamma, Vector<S>* dbeta, GradWrite write) {
-  if constexpr (A == Arch::PreLN) {
-    dgamma->setZero();
-    dbeta->setZero();
-    layer_norm_backward(dy, h, gamma, saved, dh, *dgamma, *dbeta, write);
-  } else if constexpr (A == Arch::PreRMSNorm) {
-    rms_norm_backward(dy, h, saved, dh, write);
-  } else if constexpr (A == Arch::PreCRMSNorm) {
-    crms_norm_backward(dy, h, saved, dh, write);
-  } else {
-    if (write == GradWrite::Overwrite) dh = dy;
-    else detail::for_each_row(dh.rows(), dh.cols(), [&](Index r) { dh.row(r) += dy.row(r); });
-  }
-}
-
 // What the training forward of one block saves (its input h is the previous
 // block's h_out, kept by the model).
 template <Arch A, class S>
 struct BlockActivations {
-  RowMatrix<S> x1;     // [N x main]: Norm1(h), the attention input (NoNorm: empty)
+  RowMatrix<S> x1;     // [N x main]: Norm1(h), the attention input (empty without norms)
   NormSaved<A, S> norm1;
   AttentionActivations<S> attn;
   RowMatrix<S> h_mid;  // [N x main]: h + Attn(x1)
-  RowMatrix<S> x2;     // [N x main]: Norm2(h_mid), the MLP input (NoNorm: empty)
+  RowMatrix<S> x2;     // [N x main]: Norm2(h_mid), the MLP input (empty without norms)
   NormSaved<A, S> norm2;
   MlpActivations<S> mlp;
 
   void resize(Index rows, Index main) {
-    if constexpr (A != Arch::NoNorm) {
+    if constexpr (ArchTraits<A>::has_norm) {
       x1.resize(rows, main);
       x2.resize(rows, main);
     }
     h_mid.resize(rows, main);
   }
-  // What the attention and the MLP read: the normalized x, or h itself (NoNorm).
-  const RowMatrix<S>& attn_input(const RowMatrix<S>& h) const { return A == Arch::NoNorm ? h : x1; }
-  const RowMatrix<S>& mlp_input() const { return A == Arch::NoNorm ? h_mid : x2; }
+  // What the attention and the MLP read: the normalized x, or h itself without norms.
+  const RowMatrix<S>& attn_input(const RowMatrix<S>& h) const { return ArchTraits<A>::input(h, x1); }
+  const RowMatrix<S>& mlp_input() const { return ArchTraits<A>::input(h_mid, x2); }
 };
 
 // Scratch of block_backward.
@@ -136,18 +76,18 @@ struct BlockBackwardWorkspace {
 };
 
 // x1 = Norm1(h) with saved statistics (block 0; later blocks fuse it with the
-// previous residual add, see norm_add_forward_train).
+// previous residual add, ArchTraits<A>::add_forward).
 template <Arch A, class S>
 void block_norm1_forward_train(const PreNormBlock<A, S>& block, const RowMatrix<S>& h,
                                BlockActivations<A, S>& acts, NormClock& clock) {
   clock.time([&] {
-    norm_forward_train<A, S>(h, block.norm1_gamma, block.norm1_beta, acts.x1, block.epsilon,
-                             acts.norm1);
+    ArchTraits<A>::forward(h, block.norm1_gamma, block.norm1_beta, acts.x1, block.epsilon,
+                           &acts.norm1);
   });
 }
 
-// The block between its norms. On entry acts.x1 = Norm1(h) (NoNorm: h is
-// read). On exit acts.h_mid = h + Attn(x1), acts.x2 = Norm2(h_mid) and
+// The block between its norms. On entry acts.x1 = Norm1(h) (without norms:
+// h is read). On exit acts.h_mid = h + Attn(x1), acts.x2 = Norm2(h_mid) and
 // h_out = Mlp(x2): the MLP's residual add is left for the caller to fuse with
 // the next norm. h, h_out: [N x main].
 template <Arch A, class S>
@@ -157,8 +97,8 @@ void block_forward_train(const PreNormBlock<A, S>& block, const RowMatrix<S>& h,
   h_out.resize(h.rows(), h.cols());
   attention_forward_train<S>(block.attn, acts.attn_input(h), batch, acts.h_mid, acts.attn);
   clock.time([&] {
-    norm_add_forward_train<A, S>(acts.h_mid, h, block.norm2_gamma, block.norm2_beta, acts.x2,
-                                 block.epsilon, acts.norm2);
+    ArchTraits<A>::add_forward(acts.h_mid, h, block.norm2_gamma, block.norm2_beta, acts.x2,
+                               block.epsilon, &acts.norm2);
   });
   mlp_forward_train<S>(block.mlp, acts.mlp_input(), h_out, acts.mlp);
 }
@@ -193,14 +133,14 @@ void block_backward_with(const PreNormBlock<A, S>& block, const RowMatrix<S>& h,
   mlp_backward_with<S>(block.mlp, dh, acts.mlp_input(), acts.mlp, ws.dx, ws.dhidden, sink.proj(),
                        sink.fc());
   clock.time([&] {
-    norm_backward_train<A, S>(ws.dx, acts.h_mid, block.norm2_gamma, acts.norm2, dh, sink.dgamma2(),
-                              sink.dbeta2(), GradWrite::Accumulate);
+    ArchTraits<A>::backward(ws.dx, acts.h_mid, block.norm2_gamma, acts.norm2, dh, sink.dgamma2(),
+                            sink.dbeta2(), GradWrite::Accumulate);
   });
   attention_backward_with<S>(block.attn, dh, acts.attn_input(h), batch, acts.attn, ws.dx, ws.attn,
                              sink.out(), sink.qkv());
   clock.time([&] {
-    norm_backward_train<A, S>(ws.dx, h, block.norm1_gamma, acts.norm1, dh, sink.dgamma1(),
-                              sink.dbeta1(), GradWrite::Accumulate);
+    ArchTraits<A>::backward(ws.dx, h, block.norm1_gamma, acts.norm1, dh, sink.dgamma1(),
+                            sink.dbeta1(), GradWrite::Accumulate);
   });
 }
 

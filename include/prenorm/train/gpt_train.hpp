@@ -9,7 +9,7 @@
 // nothing. The gradients go into a Gpt<A, S> of the same configuration, used
 // as a container (visit_parameters zips it with the model).
 //
-// Tied heads: PreLN and NoNorm models with config.tied read E twice (lookup
+// Tied heads: PreLN models (and others without tied_affine()) with config.tied read E twice (lookup
 // and head); its gradient is the sum. A Pre-(C)RMSNorm model in the
 // keep-tied layout (tied_affine(), TiedPolicy::Keep) transforms E per token,
 // as Gpt's own forward does: its lookup recenters (and compresses) the row,
@@ -207,9 +207,7 @@ class GptTrainEngine {
   const void* last_grads_ = nullptr;  // the gradient container of the last step
 
   static Index layers(const Model& model) { return Index(model.blocks.size()); }
-  const RowMatrix<S>& final_input() const {
-    return A == Arch::NoNorm ? h_.back() : x_f_;
-  }
+  const RowMatrix<S>& final_input() const { return ArchTraits<A>::input(h_.back(), x_f_); }
 
   static void check_grads(const char* op, const Model& model, const Model& grads) {
     if (&model == &grads) detail::fail(op, "grads must be a separate model");
@@ -235,8 +233,8 @@ class GptTrainEngine {
     const Index N = batch.inputs.batch * batch.inputs.seq, L = layers(model);
     dh_.resize(N, model.main());
     norm_clock.time([&] {
-      norm_backward_train<A, S>(dxf_, h_[L], model.final_gamma, final_saved_, dh_, dgamma_f, dbeta_f,
-                                GradWrite::Overwrite);
+      ArchTraits<A>::backward(dxf_, h_[L], model.final_gamma, final_saved_, dh_, dgamma_f, dbeta_f,
+                              GradWrite::Overwrite);
     });
     for (Index l = L - 1; l >= 0; --l)
       block_backward_with<A, S>(model.blocks[l], h_[l], batch.inputs.batch, acts_[l], dh_, bws_,
@@ -279,7 +277,7 @@ class GptTrainEngine {
     h_.resize(std::size_t(L + 1));
     acts_.resize(std::size_t(L));
     for (auto& h : h_) h.resize(N, m);
-    x_f_.resize(A == Arch::NoNorm ? 0 : N, m);
+    x_f_.resize(ArchTraits<A>::has_norm ? N : 0, m);
     logits_.resize(N, model.config.vocab);
     positions_.resize(std::size_t(N));
     for (Index r = 0; r < N; ++r) positions_[std::size_t(r)] = int(r % T);
@@ -300,7 +298,7 @@ class GptTrainEngine {
     const S eps = S(model.config.epsilon);
     if (L == 0) {
       norm_clock.time([&] {
-        norm_forward_train<A, S>(h0, model.final_gamma, model.final_beta, x_f_, eps, final_saved_);
+        ArchTraits<A>::forward(h0, model.final_gamma, model.final_beta, x_f_, eps, &final_saved_);
       });
     } else {
       acts_[0].resize(N, m);
@@ -312,13 +310,13 @@ class GptTrainEngine {
         const auto& next = model.blocks[l + 1];
         acts_[l + 1].resize(N, m);
         norm_clock.time([&] {
-          norm_add_forward_train<A, S>(h_[l + 1], acts_[l].h_mid, next.norm1_gamma, next.norm1_beta,
-                                       acts_[l + 1].x1, next.epsilon, acts_[l + 1].norm1);
+          ArchTraits<A>::add_forward(h_[l + 1], acts_[l].h_mid, next.norm1_gamma, next.norm1_beta,
+                                     acts_[l + 1].x1, next.epsilon, &acts_[l + 1].norm1);
         });
       } else {  // the last add, fused with the final norm
         norm_clock.time([&] {
-          norm_add_forward_train<A, S>(h_[L], acts_[l].h_mid, model.final_gamma, model.final_beta,
-                                       x_f_, eps, final_saved_);
+          ArchTraits<A>::add_forward(h_[L], acts_[l].h_mid, model.final_gamma, model.final_beta,
+                                     x_f_, eps, &final_saved_);
         });
       }
     }

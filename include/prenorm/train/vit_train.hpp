@@ -147,8 +147,8 @@ class VitTrainEngine {
     norm_clock.time([&] {
       auto dh_cls = cls_rows(dh_, T);
       auto h_cls = cls_rows(h_[L], T);
-      norm_backward_train<A, S>(dx_cls_, h_cls, model.final_gamma, final_saved_, dh_cls, dgamma_f,
-                                dbeta_f, GradWrite::Overwrite);
+      ArchTraits<A>::backward(dx_cls_, h_cls, model.final_gamma, final_saved_, dh_cls, dgamma_f,
+                              dbeta_f, GradWrite::Overwrite);
     });
     for (Index l = L - 1; l >= 0; --l)
       block_backward_with<A, S>(model.blocks[l], h_[l], B, acts_[l], dh_, bws_, norm_clock,
@@ -202,8 +202,8 @@ class VitTrainEngine {
         const auto& next = model.blocks[l + 1];
         acts_[l + 1].resize(N, m);
         norm_clock.time([&] {
-          norm_add_forward_train<A, S>(h_[l + 1], acts_[l].h_mid, next.norm1_gamma, next.norm1_beta,
-                                       acts_[l + 1].x1, next.epsilon, acts_[l + 1].norm1);
+          ArchTraits<A>::add_forward(h_[l + 1], acts_[l].h_mid, next.norm1_gamma, next.norm1_beta,
+                                     acts_[l + 1].x1, next.epsilon, &acts_[l + 1].norm1);
         });
       } else {  // the last residual add: every row (the backward reads h_L's cls rows only)
         detail::for_each_row(N, m, [&](Index r) { h_[L].row(r) += acts_[l].h_mid.row(r); });
@@ -212,9 +212,9 @@ class VitTrainEngine {
     const S eps = S(model.config.epsilon);
     auto h_cls = cls_rows(h_[L], T);
     norm_clock.time([&] {
-      norm_forward_train<A, S>(h_cls, model.final_gamma, model.final_beta, x_cls_, eps, final_saved_);
+      ArchTraits<A>::forward(h_cls, model.final_gamma, model.final_beta, x_cls_, eps, &final_saved_);
     });
-    if constexpr (A == Arch::NoNorm) x_cls_ = h_cls;
+    if constexpr (!ArchTraits<A>::has_norm) x_cls_ = h_cls;  // no norm: the head reads h
     logits_.noalias() = x_cls_ * model.head.weight.transpose();
   }
 };
