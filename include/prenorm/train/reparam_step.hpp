@@ -206,7 +206,7 @@ class ConvertingUpdate {
       detail::for_each_row(blocks, rows_per * job.cols, [&](Index blk) {
         const Index r0 = blk * rows_per, r1 = std::min(job.rows, r0 + rows_per);
         optimizer.update(job.index, r0 * job.cols, r1 * job.cols);
-        timed(thread_id(), [&] {
+        timed(detail::thread_slot(), [&] {
           if (job.writer) {
             auto p = partial_.view(blocks, job.cols);
             for (Index r = r0; r < r1; ++r) p.row(blk) += job.writer->W->row(r);
@@ -253,13 +253,6 @@ class ConvertingUpdate {
   std::size_t bound_count_ = 0;
   bool bound_lazy_ = true;
 
-  static Index thread_id() {
-#ifdef _OPENMP
-    return Index(omp_get_thread_num());
-#else
-    return 0;
-#endif
-  }
 
   template <class F>
   void timed(Index thread, F&& f) {
@@ -289,7 +282,7 @@ class ConvertingUpdate {
     // Each thread's rows in one timed stretch (not two clock reads per row:
     // 37K a step at GPT-3 Small), streamed out as W - mean, no scratch row.
     detail::for_each_row_block(m, in, [&](Index r0, Index r1) {
-      timed(thread_id(), [&] {
+      timed(detail::thread_slot(), [&] {
         for (Index r = r0; r < r1; ++r)
           detail::stream_difference(w.W->row(r).data(), mean.data(), w.out->row(r).data(), in);
         detail::stream_fence();
@@ -309,7 +302,7 @@ class ConvertingUpdate {
   }
   // A row of scratch for the calling thread (converted there, then streamed out).
   Eigen::Map<Eigen::Matrix<S, 1, Eigen::Dynamic>> scratch_row(Index n) {
-    return {scratch_.data() + thread_id() * scratch_stride_, n};
+    return {scratch_.data() + detail::thread_slot() * scratch_stride_, n};
   }
   void table_row(const RowMatrix<S>& table, RowMatrix<S>& out, Index r) {
     auto row = scratch_row(out.cols());
