@@ -21,6 +21,7 @@
 #include <functional>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -251,6 +252,39 @@ TEST(TrainLayers, AttentionBackward) {
         EXPECT_LE(c.relative, kTolerance) << what << "x row " << row << ": " << c.max_diff;
       }
   }
+}
+
+// The backward on threads is bit for bit the serial one, whichever thread
+// runs a head (each head is one task on one thread, with a scratch slot of
+// its thread's; the non-causal slot, 130 x 130, is not a whole number of
+// packets).
+TEST(TrainLayers, AttentionBackwardOnThreadsIsBitwiseSerial) {
+  std::mt19937_64 rng(6);
+  const Index width = 24, heads = 4, hd = 16, batch = 2, T = 130;
+  prenorm::MultiHeadAttention<double> attn(width, heads, hd, /*causal=*/false);
+  fill_random(attn.qkv.weight, rng, 0.5);
+  fill_random(attn.qkv.bias, rng, 0.5);
+  fill_random(attn.out.weight, rng, 0.5);
+  fill_random(attn.out.bias, rng, 0.5);
+  const M x = random_matrix(batch * T, width, rng), dy = random_matrix(batch * T, width, rng);
+  const auto run = [&](int threads) {
+    prenorm::set_num_threads(threads);
+    prenorm::AttentionActivations<double> acts;
+    prenorm::AttentionBackwardWorkspace<double> ws;
+    prenorm::MultiHeadAttention<double> grad(width, heads, hd, false);
+    M y(batch * T, width), dx(batch * T, width);
+    prenorm::attention_forward_train<double>(attn, x, batch, y, acts);
+    prenorm::attention_backward<double>(attn, dy, x, batch, acts, grad, dx, ws);
+    return std::make_pair(dx, M(grad.qkv.weight));
+  };
+  const int threads = prenorm::num_threads();
+  const auto serial = run(1);
+  for (int repeat = 0; repeat < 6; ++repeat) {
+    const auto parallel = run(repeat % 2 == 0 ? 3 : 2);
+    ASSERT_EQ(parallel.first, serial.first) << "dx, repeat " << repeat;
+    ASSERT_EQ(parallel.second, serial.second) << "qkv.weight gradient, repeat " << repeat;
+  }
+  prenorm::set_num_threads(threads);
 }
 
 TEST(TrainLayers, MlpBackward) {

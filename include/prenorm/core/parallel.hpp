@@ -86,6 +86,18 @@ inline double element_flops(Index rows, Index cols) {
 // follows set_num_threads).
 inline Index thread_slots() { return Index(num_threads()); }
 
+// The size of one thread's slot in a scratch buffer of S holding n values,
+// rounded up to a whole 64 bytes, so that every slot starts at the same
+// alignment as slot 0. Eigen's reductions (a softmax's sum) start their
+// packets at the first aligned element, so the order of a sum over a row in
+// the scratch depends on its address: slots of n values each would make a
+// task's result depend on which thread ran it.
+template <class S>
+constexpr Index aligned_slot_size(Index n) {
+  constexpr Index per_line = Index(64 / sizeof(S));
+  return (n + per_line - 1) / per_line * per_line;
+}
+
 // The calling thread's number in its team: the slot for_each_task passes
 // when it runs on threads; 0 outside a parallel region.
 inline Index thread_slot() {

@@ -147,7 +147,7 @@ class MultiHeadAttention {
     // One scores block per thread slot; the flop count decides whether threads pay off.
     const double flops = 4.0 * double(tasks) * double(T) * double(keys) * double(hd);
     const Index slots = detail::thread_slots();
-    const Index slot_size = chunk * std::max(keys, max_keys);
+    const Index slot_size = detail::aligned_slot_size<S>(chunk * std::max(keys, max_keys));
     if (ws.scores.size() < slots * slot_size) ws.scores.resize(slots * slot_size);
     S* scores = ws.scores.data();
 

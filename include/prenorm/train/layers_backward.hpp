@@ -340,7 +340,7 @@ void attention_backward_with(const MultiHeadAttention<S>& attn, const ConstRowsR
   if (N != 0) {
     const S scale = S(1) / std::sqrt(S(hd));
     const Index chunk = detail::attention_chunk(attn.causal, T);
-    const Index slot = chunk * T;
+    const Index slot = detail::aligned_slot_size<S>(chunk * T);
     const Index slots = detail::thread_slots();
     if (ws.scratch.size() < slots * slot) ws.scratch.resize(slots * slot);
     const double flops = 8.0 * double(batch * H) * double(T) * double(T) * double(hd);
