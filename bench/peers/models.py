@@ -5,6 +5,7 @@
     models.py time OUT --threads T [--runs N] [--warmup N]
                                PyTorch eager timings, one JSON line per case
     models.py check OUT        the numeric agreement of prenorm, ONNX Runtime and PyTorch
+    models.py table TIMES      the table of run.sh from its JSON lines of timings
 
 The models are Pre-LN transformers written here from scratch (no transformers
 package), with deterministic random weights (torch.manual_seed(SEED)):
@@ -357,6 +358,32 @@ def check(out, engines, tolerance):
     return worst <= tolerance
 
 
+ENGINES = [("prenorm_pre_ln", "prenorm pre_ln"), ("prenorm_pre_crmsnorm", "prenorm pre_crmsnorm"),
+           ("ort", "ORT"), ("torch", "PyTorch")]
+
+
+def table(times_file):
+    """A Markdown table of the JSON lines of run.sh (median ms per case, engine, threads)."""
+    medians = {}
+    for line in Path(times_file).read_text().splitlines():
+        if not line.strip():
+            continue
+        d = json.loads(line)
+        engine = d.get("engine") or "prenorm_" + d["arch"]
+        medians[(d["case"], engine, d["threads"])] = d["median_ms"]
+    threads = sorted({key[2] for key in medians})
+    print("| case | threads | " + " | ".join(f"{label} (ms)" for _, label in ENGINES)
+          + " | pre_ln / ORT | pre_crmsnorm / ORT |")
+    print("| --- | ---: |" + " ---: |" * (len(ENGINES) + 2))
+    for t in threads:
+        for case in CASES:
+            row = [medians.get((case, engine, t)) for engine, _ in ENGINES]
+            cells = [f"{v:.2f}" if v is not None else "-" for v in row]
+            ort = row[2]
+            ratios = [f"{v / ort:.2f}" if v is not None and ort else "-" for v in row[:2]]
+            print(f"| {case} | {t} | " + " | ".join(cells + ratios) + " |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -371,11 +398,15 @@ def main():
     c.add_argument("out", type=Path)
     c.add_argument("--engines", default="ort,prenorm,prenorm_crms")
     c.add_argument("--tolerance", type=float, default=1e-4)
+    tb = sub.add_parser("table")
+    tb.add_argument("times", type=Path, help="the JSON lines of the timings (run.sh: OUT/times.jsonl)")
     args = parser.parse_args()
     if args.command == "generate":
         generate(args.out)
     elif args.command == "time":
         time_cases(args.out, args.threads, args.warmup, args.runs)
+    elif args.command == "table":
+        table(args.times)
     else:
         sys.exit(0 if check(args.out, args.engines.split(","), args.tolerance) else 1)
 

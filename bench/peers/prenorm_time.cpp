@@ -4,7 +4,7 @@
 //
 //   prenorm-peers-time MODEL.safetensors (--tokens-file IDS.txt | --image IMAGE.npy)
 //                      [--arch pre_ln|pre_rmsnorm|pre_crmsnorm] [--threads N]
-//                      [--warmup N] [--runs N] [--logits-out LOGITS.npy]
+//                      [--warmup N] [--runs N] [--logits-out LOGITS.npy] [--label NAME]
 //
 // --tokens-file  a text file of comma-separated token ids: one sequence (GPT)
 // --image        a float32 .npy [B, C, H, W] (ViT)
@@ -15,11 +15,12 @@
 // --runs N       timed forwards (default 20); the median is reported
 // --logits-out   the logits of the last forward as float32 .npy:
 //                [tokens x vocab] or [batch x classes]
+// --label NAME   copied into the JSON line as "case" (run.sh: the case's name)
 //
 // The model is loaded in float. One GptSession / VitSession does every
 // forward, so after the warm-up no forward allocates: what is timed is the
 // forward itself. Output (times in ms):
-//   {"model": ..., "arch": "pre_crmsnorm", "threads": 1, "runs": 20,
+//   {"case": NAME, "model": ..., "arch": "pre_crmsnorm", "threads": 1, "runs": 20,
 //    "median_ms": ..., "min_ms": ..., "max_ms": ...}
 // Exit codes: 0 success, 1 bad input, 2 usage error.
 
@@ -52,7 +53,8 @@ using prenorm::RowMatrix;
 constexpr const char* kUsage =
     "usage: prenorm-peers-time MODEL.safetensors (--tokens-file IDS.txt | --image IMAGE.npy)\n"
     "                          [--arch pre_ln|pre_rmsnorm|pre_crmsnorm] [--threads N]\n"
-    "                          [--warmup N] [--runs N] [--logits-out LOGITS.npy]\n";
+    "                          [--warmup N] [--runs N] [--logits-out LOGITS.npy]\n"
+    "                          [--label NAME]\n";
 
 [[noreturn]] void usage_error(const std::string& message) {
   std::cerr << "prenorm-peers-time: " << message << "\n" << kUsage;
@@ -62,6 +64,7 @@ constexpr const char* kUsage =
 struct Options {
   fs::path model;
   std::optional<fs::path> tokens_file, image, logits_out;
+  std::string label;
   Arch arch = Arch::PreLN;
   int threads = 0, warmup = 3, runs = 20;
 };
@@ -98,6 +101,7 @@ Options parse(int argc, char** argv) {
     if (arg == "--tokens-file") o.tokens_file = value;
     else if (arg == "--image") o.image = value;
     else if (arg == "--logits-out") o.logits_out = value;
+    else if (arg == "--label") o.label = value;
     else if (arg == "--threads") o.threads = parse_int(arg, value, 1);
     else if (arg == "--warmup") o.warmup = parse_int(arg, value, 0);
     else if (arg == "--runs") o.runs = parse_int(arg, value, 1);
@@ -152,6 +156,7 @@ void time_forwards(const Options& o, Forward&& forward) {
   const std::size_t n = sorted.size();
   const double median = n % 2 ? sorted[n / 2] : 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]);
   nlohmann::ordered_json line;
+  if (!o.label.empty()) line["case"] = o.label;
   line["model"] = o.model.string();
   line["arch"] = std::string(prenorm::arch_name(o.arch));
   line["threads"] = prenorm::num_threads();
