@@ -363,14 +363,16 @@ ENGINES = [("prenorm_pre_ln", "prenorm pre_ln"), ("prenorm_pre_crmsnorm", "preno
 
 
 def table(times_file):
-    """A Markdown table of the JSON lines of run.sh (median ms per case, engine, threads)."""
+    """A Markdown table of the JSON lines of run.sh: per case, engine and thread
+    count, the lowest of its medians (one per round)."""
     medians = {}
     for line in Path(times_file).read_text().splitlines():
         if not line.strip():
             continue
         d = json.loads(line)
         engine = d.get("engine") or "prenorm_" + d["arch"]
-        medians[(d["case"], engine, d["threads"])] = d["median_ms"]
+        key = (d["case"], engine, d["threads"])
+        medians[key] = min(medians.get(key, math.inf), d["median_ms"])
     threads = sorted({key[2] for key in medians})
     print("| case | threads | " + " | ".join(f"{label} (ms)" for _, label in ENGINES)
           + " | pre_ln / ORT | pre_crmsnorm / ORT |")
