@@ -3,7 +3,7 @@
 // prenorm's own layout (README.md, "Checkpoint layout"). Needs prenorm::io.
 //
 // Nothing is downloaded here: the program first writes a small random GPT-2
-// checkpoint into a temporary folder with the library's writer (write_hf_gpt2),
+// checkpoint into a temporary folder with the library's writer (save_hf_gpt2),
 // then loads it as a user would load a real one, e.g. the "gpt2" model saved
 // by transformers' save_pretrained(..., safe_serialization=True).
 // Exit code 1 if a model does not compute what it should.
@@ -40,25 +40,24 @@ int main() {
                                 .layers = 2, .mlp_width = 256};
   prenorm::Gpt<Arch::PreLN, float> original(tiny);
   original.init_random(/*seed=*/11, /*stddev=*/0.2, /*random_affine=*/true);
-  io::write_hf_gpt2(original, hf_file, io::Dtype::F32);
+  io::save_hf_gpt2(original, hf_file, io::Dtype::F32);
   io::write_json_file(hf_config, io::gpt2_config_to_json(original.config));
 
-  // 1. Load it: config.json gives the shapes, the file the weights (any of
-  //    F32, F16, BF16, F64; converted to float here). A Pre-LN GPT.
-  const prenorm::GptConfig config = io::gpt2_config_from_json(io::read_json_file(hf_config), hf_config.string());
-  auto gpt2 = io::load_hf_gpt2<float>(io::SafetensorsFile(hf_file), config);
+  // 1. Load it: config.json beside the file gives the shapes, the file the
+  //    weights (any of F32, F16, BF16, F64; converted to float here). A Pre-LN GPT.
+  auto gpt2 = io::load_hf_gpt2<float>(hf_file);
 
   // 2. Convert, and save in prenorm's layout (the metadata records the source).
   auto crms = prenorm::convert<Arch::PreCRMSNorm>(gpt2);
   const fs::path out = dir.path / "model.pre_crmsnorm.safetensors";
   io::save_prenorm(crms, out, io::Dtype::F32, {.converted_from = Arch::PreLN});
-  auto reloaded = io::load_prenorm_gpt<Arch::PreCRMSNorm, float>(io::SafetensorsFile(out));
+  auto reloaded = io::load_prenorm<prenorm::Gpt<Arch::PreCRMSNorm, float>>(out);
   std::printf("wrote %s (%lld bytes): Pre-CRMSNorm, main branch width %lld\n", out.filename().c_str(),
               (long long)fs::file_size(out), (long long)reloaded.main());
 
   // 3. The checks, on one sequence of 16 tokens.
   std::vector<int> ids;
-  for (int i = 0; i < 16; ++i) ids.push_back((i * 29 + 3) % int(config.vocab));
+  for (int i = 0; i < 16; ++i) ids.push_back((i * 29 + 3) % int(gpt2.config.vocab));
   const prenorm::TokenBatch tokens(ids, /*batch=*/1, /*seq=*/16);
   const Logits want = original.forward(tokens);
   const Logits loaded = gpt2.forward(tokens);

@@ -198,9 +198,8 @@ void time_model(const Model<Arch::PreLN, float>& model, const Options& o) {
     case Arch::PreLN: run(model); return;
     case Arch::PreRMSNorm: run(prenorm::convert<Arch::PreRMSNorm>(model)); return;
     case Arch::PreCRMSNorm: run(prenorm::convert<Arch::PreCRMSNorm>(model)); return;
-    case Arch::NoNorm: break;
   }
-  prenorm::detail::fail("prenorm-peers-time", "no_norm is not a conversion target");
+  prenorm::detail::fail("prenorm-peers-time", "unknown architecture");
 }
 
 int run(const Options& o) {
