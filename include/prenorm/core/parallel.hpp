@@ -35,10 +35,11 @@
 // padded product).
 //
 // At the models' shapes: every forward and training step of ViT-Ti and GPT-3
-// Small is far above it; a decode step (one row per sequence) runs its row
-// loops and products serially (one row, or fewer than 2 x 16 for a product)
-// and its attention in parallel from 683 cached keys at batch 1 with 12 heads
-// of 64 (from 651 before).
+// Small is far above it; a decode step at batch 1 runs its row loops and
+// products serially (one row: a matrix-vector product) and its attention in
+// parallel from 683 cached keys with 12 heads of 64 (from 651 before). (The
+// padded product's figures above were taken when its threads split x's rows;
+// they now split W's rows, layers/detail/padded_product.hpp.)
 
 #include <algorithm>
 
