@@ -231,11 +231,13 @@ class VitBlockForward {
   prenorm::BlockWorkspace<Scalar> workspace_;
 };
 
-// A model with random weights (cheap_init, kSeed).
+// A model with random weights (cheap_init, kSeed), packed for the GEMM
+// backend as for inference (a no-op without oneDNN).
 template <class Model, class Config>
 std::unique_ptr<Model> make_model(const Config& config) {
   auto model = std::make_unique<Model>(config);
   cheap_init(*model, kSeed);
+  prenorm::pack_weights(*model);
   return model;
 }
 

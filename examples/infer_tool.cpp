@@ -266,6 +266,7 @@ int run(const Options& o) {
                   << io::model_kind_name(io::kind_of(loaded.model)) << ", " << describe(model)
                   << " (" << io::dtype_name(loaded.dtype) << ")\n";
         using Model = std::decay_t<decltype(model)>;
+        prenorm::pack_weights(model);  // for the GEMM backend, once (a no-op without oneDNN)
         if constexpr (requires { model.config.vocab; }) {
           if (!o.tokens)
             prenorm::detail::fail("prenorm-infer", o.model.string(),

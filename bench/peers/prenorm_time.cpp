@@ -190,7 +190,9 @@ void time_vit(const prenorm::Vit<A, float>& model, const Options& o) {
 // Times the Pre-LN model as loaded or converted to o.arch.
 template <template <Arch, class> class Model>
 void time_model(const Model<Arch::PreLN, float>& model, const Options& o) {
-  const auto run = [&o]<Arch A>(const Model<A, float>& m) {
+  // A copy of its own, packed for the GEMM backend as for inference.
+  const auto run = [&o]<Arch A>(Model<A, float> m) {
+    prenorm::pack_weights(m);
     if constexpr (std::is_same_v<Model<A, float>, prenorm::Gpt<A, float>>) time_gpt(m, o);
     else time_vit(m, o);
   };

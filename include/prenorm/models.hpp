@@ -6,5 +6,6 @@
 #include "models/config.hpp"
 #include "models/gpt.hpp"
 #include "models/gpt_session.hpp"
+#include "models/packing.hpp"
 #include "models/vit.hpp"
 #include "models/vit_session.hpp"

@@ -42,6 +42,7 @@
 #include "../core/parallel.hpp"
 #include "../core/types.hpp"
 #include "../models/gpt.hpp"
+#include "../models/packing.hpp"
 #include "../models/vit.hpp"
 #include "convert.hpp"
 #include "roles.hpp"
@@ -209,6 +210,7 @@ template <Arch To, class S>
 void convert_into(const Gpt<Arch::PreLN, S>& theta, Gpt<To, S>& phi, ConvertWorkspace<S>& ws) {
   conversion::detail::check_training_direction<To>();
   conversion::detail::check_converted("convert_into(Gpt)", theta, phi);
+  unpack_weights(phi);  // its weights are rewritten in place
   using namespace conversion;
   const RowMatrix<S>& E = theta.token_embedding.table;
   convert_token_table_into(theta, phi);
@@ -282,6 +284,7 @@ template <Arch To, class S>
 void convert_into(const Vit<Arch::PreLN, S>& theta, Vit<To, S>& phi, ConvertWorkspace<S>& ws) {
   conversion::detail::check_training_direction<To>();
   conversion::detail::check_converted("convert_into(Vit)", theta, phi);
+  unpack_weights(phi);  // its weights are rewritten in place
   using namespace conversion;
   using namespace conversion::detail;
   writer_into<To>(theta.patch, phi.patch, ws);

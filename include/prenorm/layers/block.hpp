@@ -79,7 +79,9 @@ class PreNormBlock {
   // rounded up to the GEMM's register block where that makes the writers
   // (attn.out, mlp.proj) faster, e.g. 192 for ViT-Ti's Pre-CRMSNorm main
   // branch of 191 (see Linear::forward_padded).
+  // Packed writers (oneDNN) want it main() wide: their kernels need dense rows.
   Index branch_width() const {
+    if (attn.out.is_packed() || mlp.proj.is_packed()) return main();
     const Index padded = detail::PaddedProduct<S>::padded_outputs(main());
     return padded != 0 ? padded : main();
   }

@@ -4,6 +4,14 @@
 // Activations are row-major [tokens x features], so the product is one GEMM
 // x [tokens x in] * W^T [in x out]; Eigen packs both operands, so the strides
 // of odd widths (767) cost nothing extra.
+//
+// With oneDNN (PRENORM_WITH_ONEDNN), pack() lays a float layer's weights out
+// once in oneDNN's blocked format (detail/packed_weight.hpp); the products
+// of 4 rows or more then read that copy, with the bias fused. The plain weight
+// stays the parameter: training, conversion and io read it, decoding (fewer
+// rows) multiplies by it. A packed layer must not have its weight changed in
+// place: unpack() first (models/packing.hpp does both for a whole model).
+// Copies are not packed.
 
 #include <Eigen/Core>
 
@@ -15,6 +23,7 @@
 #include "../core/parallel.hpp"
 #include "../core/types.hpp"
 #include "detail/masked_tail_gemv.hpp"
+#include "detail/packed_weight.hpp"
 #include "detail/padded_product.hpp"
 
 namespace prenorm {
@@ -48,6 +57,16 @@ class Linear {
   // Zero weights (out, in) and, with_bias, a zero bias (out).
   Linear(Index in, Index out, bool with_bias = true)
       : weight(RowMatrix<S>::Zero(out, in)), bias(with_bias ? Vector<S>::Zero(out) : Vector<S>()) {}
+
+  // Packs the weights for the GEMM backend (see the header comment): a no-op
+  // without oneDNN or for double. Call again after changing the weights.
+  void pack() {
+    validate("Linear::pack", "the layer", in_features(), out_features());
+    packed_.pack(weight, bias);
+  }
+  // Drops the packed copy: products multiply by the plain weight again.
+  void unpack() { packed_.reset(); }
+  bool is_packed() const { return packed_.packed(); }
 
   Index in_features() const { return weight.cols(); }
   Index out_features() const { return weight.rows(); }
@@ -120,6 +139,10 @@ class Linear {
     check_forward(op, x.rows(), x.cols(), y.rows(), out);
     if (x.rows() == 0) return;
     with_bias = with_bias && has_bias();
+    if (packed_.multiply(op, x, y, weight, bias, with_bias)) {
+      zero_tail(y, out);
+      return;
+    }
 #ifndef EIGEN_USE_BLAS  // with BLAS, Eigen hands the product to sgemm/dgemm
     using Product = detail::PaddedProduct<S>;
     using Gemv = detail::MaskedTailGemv<S>;
@@ -142,10 +165,19 @@ class Linear {
 #endif
     y.leftCols(out).noalias() = x * weight.transpose();
     if (with_bias) add_bias(y.leftCols(out));
+    zero_tail(y, out);
+  }
+
+  // y's columns from out on = 0 (a padded output; nothing when y is out wide).
+  static void zero_tail(RowsRef<S>& y, Index out) {
     if (y.cols() > out)
       detail::for_each_row(y.rows(), y.cols() - out,
                            [&](Index r) { y.row(r).tail(y.cols() - out).setZero(); });
   }
+
+  // A shape change after pack() is caught there; a change of values cannot be
+  // without reading them all: the rule is unpack() before changing them.
+  detail::PackedSlot<S> packed_;
 
   // row [cols] = [b 0], b [out] (zeros where b is null). In unaligned packets,
   // the last of b's ending at out, over the one before when out is not a whole

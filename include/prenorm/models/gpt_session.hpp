@@ -245,14 +245,14 @@ class GptSession {
     const Index N = x.rows();
     logits_.resize(N, g.config.vocab);
     if (N == 0) return;
-    const auto& E = g.token_embedding.table;
+    const auto& E = g.token_embedding;
     if (g.tied_affine()) {
       // u = tied_gamma * decompress(x) + tied_beta, then logits = u E^T.
       u_.resize(N, g.config.width);
       detail::tied_head_input<S>(x, g.tied_gamma, g.tied_beta, u_);
-      logits_.noalias() = u_ * E.transpose();
+      E.multiply_transposed(u_, logits_);
     } else if (g.config.tied) {
-      logits_.noalias() = x * E.transpose();
+      E.multiply_transposed(x, logits_);
     } else {
       g.head.product_padded(x, logits_);  // a decoding row at depth d - 1: masked tail
     }

@@ -55,6 +55,7 @@
 #include "../convert/model_adjoint.hpp"
 #include "../core/arch.hpp"
 #include "../models/gpt.hpp"
+#include "../models/packing.hpp"
 #include "../models/vit.hpp"
 #include "gpt_train.hpp"
 #include "optim.hpp"
@@ -137,7 +138,9 @@ class Trainer {
 
   // Zero gradients of the model's shapes; the optimizer binds on the first step.
   Trainer(Model model, Optimizer optimizer)
-      : model_(std::move(model)), grads_(model_.config), optimizer_(std::move(optimizer)) {}
+      : model_(std::move(model)), grads_(model_.config), optimizer_(std::move(optimizer)) {
+    unpack_weights(model_);  // the optimizer changes the weights in place
+  }
   Trainer(const Trainer&) = delete;  // the optimizer holds addresses of model and grads
   Trainer& operator=(const Trainer&) = delete;
 
@@ -241,6 +244,7 @@ class ReparamTrainer {
         phi_(convert<To>(theta_, ConvertOptions{.tied = options.tied})),
         optimizer_(std::move(optimizer)),
         options_(options) {
+    unpack_weights(theta_);  // the optimizer changes the weights in place
     if (options_.adjoint == AdjointMode::Explicit) grad_phi_.emplace(phi_.config);
   }
   ReparamTrainer(const ReparamTrainer&) = delete;
