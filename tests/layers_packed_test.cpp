@@ -200,6 +200,26 @@ TEST(PackedModels, VitComputesItsUnpackedLogits) {
   EXPECT_LT((packed - plain).cwiseAbs().maxCoeff(), 1e-5f * plain.cwiseAbs().maxCoeff());
 }
 
+// README: results do not depend on the thread count. oneDNN's kernels split
+// the rows and columns of a product between threads, never its depth.
+TEST(PackedModels, ThreadCountDoesNotChangeTheLogits) {
+  prenorm::GptConfig config{.vocab = 300, .context = 64, .width = 96, .heads = 4, .layers = 2,
+                            .mlp_width = 384, .tied = false};
+  prenorm::Gpt<Arch::PreCRMSNorm, float> model(config);
+  model.init_random(11, 0.2, /*random_affine=*/true);
+  prenorm::pack_weights(model);
+  std::vector<int> ids(64);
+  for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = int((i * 13 + 1) % config.vocab);
+  const prenorm::TokenBatch tokens(ids, 1, 64);
+  const int before = prenorm::num_threads();
+  prenorm::set_num_threads(1);
+  const RowMatrix<float> one = model.forward(tokens);
+  prenorm::set_num_threads(2);
+  const RowMatrix<float> two = model.forward(tokens);
+  prenorm::set_num_threads(before);
+  EXPECT_TRUE(one == two) << "max difference " << (one - two).cwiseAbs().maxCoeff();
+}
+
 TEST(PackedModels, TrainingAndConvertIntoUnpack) {
   prenorm::GptConfig config{.vocab = 17, .context = 8, .width = 16, .heads = 2, .layers = 1,
                             .mlp_width = 32};
