@@ -26,7 +26,7 @@ struct GptConfig {
   bool head_bias = false;  // a (vocab) bias on the logits
   Index head_dim = 0;      // 0: width / heads. GPT-3 XL has 24 heads of 128 at width 2048.
   Index kv_heads = 0;      // key/value heads (0: heads). Grouped-query: a divisor; multi-query: 1
-  Rotary rotary;           // rotary embedding of q and k (dims 0: none)
+  Rotary rotary = {};      // rotary embedding of q and k (dims 0: none)
   bool alibi = false;      // BLOOM's ALiBi
   double score_scale = 0;  // the attention scores' factor; 0: 1/sqrt(head_dim) (GPT-Neo: 1)
   Index window = 0;        // local attention to the last `window` keys (0: global everywhere)
