@@ -11,6 +11,8 @@
 // GPT-Neo's bias ^ tril(bias, -window) mask), not from prenorm's runtime.
 // Typed over float and double: relative error <= 1e-5 (float), 1e-12 (double).
 
+#include "support/alloc_count.hpp"  // first: before any Eigen header
+
 #include <gtest/gtest.h>
 
 #include <prenorm/convert.hpp>
@@ -489,6 +491,28 @@ TYPED_TEST(AttentionVariants, GptDecodingAndConversion) {
   }
   report(std::string("GPT with attention options, decoding vs forward, ") + dtype<S>(), worst_decode);
   report(std::string("GPT with attention options, converted logits, ") + dtype<S>(), worst_convert);
+}
+
+// The options add no allocation: a repeated forward and every decoding step
+// after the first allocate nothing (the rotary table is refilled in place).
+TYPED_TEST(AttentionVariants, RepeatedCallsDoNotAllocate) {
+  using S = TypeParam;
+  for (int which : {0, 1}) {
+    SCOPED_TRACE("config " + std::to_string(which));
+    const auto m = cast_model<S>(random_gpt(gpt_config(which), 70 + which));
+    const Tokens tokens = random_tokens(2, 20, m.config.vocab, 8);
+    prenorm::GptSession session(m);
+    session.forward(tokens.view());
+    auto a = alloc_count::count_allocations([&] { session.forward(tokens.view()); });
+    EXPECT_EQ(a.eigen + a.news, 0) << "allocations in a repeated forward";
+    session.prefill(tokens.slice(0, 3).view());
+    const std::vector<int> next = {3, 4};
+    session.step(next);
+    a = alloc_count::count_allocations([&] {
+      for (int t = 0; t < 6; ++t) session.step(next);  // past the window
+    });
+    EXPECT_EQ(a.eigen + a.news, 0) << "allocations in decoding steps";
+  }
 }
 
 #ifdef PRENORM_TEST_IO

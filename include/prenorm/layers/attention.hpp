@@ -135,15 +135,17 @@ class MultiHeadAttention {
   // and out is (width, heads*head_dim). name: a string or a callable returning one.
   template <class Name>
   void validate(const char* op, const Name& name, Index width) const {
-    check_options(op, detail::tensor_name(name) + ".");
+    check_options(op, [&] { return detail::tensor_name(name) + "."; });
     qkv.validate(op, detail::sub_name(name, ".qkv"), width, qkv_rows());
     out.validate(op, detail::sub_name(name, ".out"), inner(), width);
   }
 
  private:
-  void check_options(const char* op, const std::string& prefix) const {
+  // prefix(): the name of this layer in messages, e.g. "blocks[3].attn.".
+  template <class Prefix>
+  void check_options(const char* op, const Prefix& prefix) const {
     if (heads <= 0 || head_dim <= 0)
-      detail::fail(op, prefix, "heads is ", heads, " and head_dim ", head_dim, ", expected both > 0");
+      detail::fail(op, prefix(), "heads is ", heads, " and head_dim ", head_dim, ", expected both > 0");
     detail::check_attention_options(op, prefix, heads, head_dim, kv_heads, rotary, window, causal,
                                     score_scale);
   }
@@ -152,7 +154,7 @@ class MultiHeadAttention {
   // [batch*T x width] and y.
   Index check_forward(const char* op, const ConstRowsRef<S>& x, Index batch,
                       const RowsRef<S>& y) const {
-    check_options(op, "");
+    check_options(op, [] { return std::string(); });
     if (qkv.out_features() != qkv_rows())
       detail::fail(op, "qkv has ", qkv.out_features(), " output rows, expected ", qkv_rows(),
                    " ((heads ", heads, " + 2 * kv_heads ", kv_head_count(), ") * head_dim ",

@@ -60,25 +60,24 @@ namespace detail {
 // Throws unless the options fit `heads` heads of head_dim: kv_heads 0 or a
 // divisor of heads; rotary dims even, within [0, head_dim], base finite and
 // > 0; window >= 0, and > 0 only when causal; score_scale 0 or finite > 0.
-// prefix names the holder of the fields in messages ("", "blocks[3].attn.").
-inline void check_attention_options(const char* op, const std::string& prefix, Index heads,
-                                    Index head_dim, Index kv_heads, const Rotary& rotary,
-                                    Index window, bool causal, double score_scale) {
+// prefix() names the holder of the fields in messages ("", "blocks[3].attn."),
+// built only on failure (a forward checks the options every call).
+template <class Prefix>
+void check_attention_options(const char* op, const Prefix& prefix, Index heads, Index head_dim,
+                             Index kv_heads, const Rotary& rotary, Index window, bool causal,
+                             double score_scale) {
+  const auto bad = [&](auto&&... parts) { fail(op, prefix(), parts...); };
   if (kv_heads < 0 || (kv_heads > 0 && heads % kv_heads != 0))
-    fail(op, prefix, "kv_heads is ", kv_heads, ", expected 0 (one per head) or a divisor of heads ",
-         heads);
+    bad("kv_heads is ", kv_heads, ", expected 0 (one per head) or a divisor of heads ", heads);
   if (rotary.dims < 0 || rotary.dims % 2 != 0 || rotary.dims > head_dim)
-    fail(op, prefix, "rotary.dims is ", rotary.dims, ", expected an even number in [0, head_dim ",
-         head_dim, "]");
+    bad("rotary.dims is ", rotary.dims, ", expected an even number in [0, head_dim ", head_dim, "]");
   if (rotary.dims != 0 && !(rotary.base > 0 && std::isfinite(rotary.base)))
-    fail(op, prefix, "rotary.base is ", rotary.base, ", expected a finite number > 0");
-  if (window < 0) fail(op, prefix, "window is ", window, ", expected >= 0 (0: global attention)");
+    bad("rotary.base is ", rotary.base, ", expected a finite number > 0");
+  if (window < 0) bad("window is ", window, ", expected >= 0 (0: global attention)");
   if (window > 0 && !causal)
-    fail(op, prefix, "window is ", window, " without a causal mask, expected window 0 "
-         "(local attention is causal)");
+    bad("window is ", window, " without a causal mask, expected window 0 (local attention is causal)");
   if (!(score_scale == 0 || (score_scale > 0 && std::isfinite(score_scale))))
-    fail(op, prefix, "score_scale is ", score_scale,
-         ", expected 0 (1/sqrt(head_dim)) or a finite number > 0");
+    bad("score_scale is ", score_scale, ", expected 0 (1/sqrt(head_dim)) or a finite number > 0");
 }
 
 // cos, sin [T x dims/2] of positions [past, past + T), reused while the

@@ -58,8 +58,8 @@ struct GptConfig {
     if (layers < 0) detail::fail(op, "layers is ", layers, ", expected >= 0");
     if (mlp_width <= 0) detail::fail(op, "mlp_width is ", mlp_width, ", expected > 0");
     if (!(epsilon > 0)) detail::fail(op, "epsilon is ", epsilon, ", expected > 0");
-    detail::check_attention_options(op, "", heads, head_size(), kv_heads, rotary, window,
-                                    /*causal=*/true, score_scale);
+    detail::check_attention_options(op, [] { return std::string(); }, heads, head_size(), kv_heads,
+                                    rotary, window, /*causal=*/true, score_scale);
     if (window_period < 1)
       detail::fail(op, "window_period is ", window_period, ", expected >= 1");
   }
