@@ -113,6 +113,11 @@ inline nlohmann::json gpt2_config_to_json(const GptConfig& config) {
                           ": GPT-2 has head_dim = n_embd / n_head");
   if (config.head_bias)
     prenorm::detail::fail(op, "the model has a head bias, which GPT-2 does not");
+  if (!config.plain_attention())
+    prenorm::detail::fail(op, "the model's attention has options GPT-2's does not (kv_heads ",
+                          config.kv_head_count(), " of ", config.heads, ", rotary.dims ",
+                          config.rotary.dims, ", alibi ", config.alibi ? "true" : "false",
+                          ", score_scale ", config.score_scale, ", window ", config.window, ")");
   nlohmann::ordered_json json;
   json["model_type"] = "gpt2";
   json["architectures"] = {"GPT2LMHeadModel"};

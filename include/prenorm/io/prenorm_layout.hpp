@@ -16,7 +16,11 @@
 //   epsilon (17 significant digits: the double round-trips exactly),
 //   activation "gelu_tanh" | "gelu_erf",
 //   converted_from "none" or an arch name,
-//   GPT: vocab, context, tied "untied" | "keep", head_bias "true" | "false";
+//   GPT: vocab, context, tied "untied" | "keep", head_bias "true" | "false",
+//     and the attention options only where they differ from GPT-2's (so that
+//     a GPT-2-like model's file has none of them): kv_heads; rotary_dims,
+//     rotary_pairing "rotate_half" | "interleaved", rotary_base; alibi "true";
+//     score_scale; window, window_period;
 //   ViT: classes, image_size, patch_size, channels.
 // Reading is strict: a missing key, a key that is not in this list (or is for
 // the other kind), or a value that does not parse throws FormatError naming
@@ -147,6 +151,8 @@ class MetadataReader {
     return number;
   }
 
+  bool has(const char* key) const { return metadata_.count(key) != 0; }
+
   bool boolean(const char* key) {
     const std::string& value = text(key);
     if (value == "true") return true;
@@ -159,6 +165,13 @@ class MetadataReader {
     const std::optional<Arch> arch = arch_from_name(value);
     if (!arch) bad(key, value, "one of pre_ln, pre_rmsnorm, pre_crmsnorm");
     return *arch;
+  }
+
+  RotaryPairing rotary_pairing(const char* key) {
+    const std::string& value = text(key);
+    for (RotaryPairing p : {RotaryPairing::RotateHalf, RotaryPairing::Interleaved})
+      if (value == rotary_pairing_name(p)) return p;
+    bad(key, value, "'rotate_half' or 'interleaved'");
   }
 
   Activation activation(const char* key) {
@@ -208,6 +221,38 @@ std::vector<ExpectedTensor> prenorm_expected(const Model& model) {
       expected.push_back({prenorm_tensor_name(name), {tensor.rows(), tensor.cols()}, ""});
   });
   return expected;
+}
+
+// A GPT's attention options, each only where it differs from GPT-2's.
+inline void write_attention_options(SafetensorsWriter& writer, const GptConfig& c) {
+  if (c.kv_head_count() != c.heads) writer.set_metadata("kv_heads", std::to_string(c.kv_heads));
+  if (c.rotary.dims != 0) {
+    writer.set_metadata("rotary_dims", std::to_string(c.rotary.dims));
+    writer.set_metadata("rotary_pairing", std::string(rotary_pairing_name(c.rotary.pairing)));
+    writer.set_metadata("rotary_base", format_epsilon(c.rotary.base));
+  }
+  if (c.alibi) writer.set_metadata("alibi", "true");
+  if (c.score_scale != 0) writer.set_metadata("score_scale", format_epsilon(c.score_scale));
+  if (c.window != 0) {
+    writer.set_metadata("window", std::to_string(c.window));
+    writer.set_metadata("window_period", std::to_string(c.window_period));
+  }
+}
+
+// What write_attention_options wrote; an absent key leaves GPT-2's default.
+inline void read_attention_options(MetadataReader& m, GptConfig& c) {
+  if (m.has("kv_heads")) c.kv_heads = m.integer("kv_heads", 1);
+  if (m.has("rotary_dims")) {
+    c.rotary.dims = m.integer("rotary_dims", 2);
+    c.rotary.pairing = m.rotary_pairing("rotary_pairing");
+    c.rotary.base = m.positive("rotary_base");
+  }
+  if (m.has("alibi")) c.alibi = m.boolean("alibi");
+  if (m.has("score_scale")) c.score_scale = m.positive("score_scale");
+  if (m.has("window")) {
+    c.window = m.integer("window", 1);
+    c.window_period = m.integer("window_period", 1);
+  }
 }
 
 // Metadata shared by GPT and ViT.
@@ -304,6 +349,7 @@ inline PrenormMetadata read_prenorm_metadata(const SafetensorsFile& file) {
     else if (tied == "untied") c.tied = false;
     else m.bad("tied", tied, "'untied' or 'keep'");
     c.head_bias = m.boolean("head_bias");
+    detail::read_attention_options(m, c);
     detail::validate_config(op, c, m.file());
   } else {
     VitConfig& c = result.vit;
@@ -390,6 +436,7 @@ template <Arch A, class S>
   writer.set_metadata("context", std::to_string(c.context));
   writer.set_metadata("tied", c.tied ? "keep" : "untied");
   writer.set_metadata("head_bias", c.head_bias ? "true" : "false");
+  detail::write_attention_options(writer, c);
   detail::add_tensors(writer, model, dtype);
   return writer;
 }

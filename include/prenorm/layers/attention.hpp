@@ -1,13 +1,22 @@
 #pragma once
-// Multi-head self-attention with a fused QKV projection (GPT-2's c_attn):
-//   [q | k | v] = x Wqkv^T + bqkv,   each of heads*head_dim columns, head h at h*head_dim;
-//   context_h  = softmax(q_h k_h^T / sqrt(head_dim), causal mask) v_h;
+// Multi-head self-attention with a fused QKV projection (GPT-2's c_attn), and
+// the variants of the Pre-LN families as data members (defaults: GPT-2's):
+//   [q | k | v] = x Wqkv^T + bqkv:  q of H*hd columns (head h at h*hd), k and v of
+//                 G*hd each (G = kv_heads; 0 means H), hd = head_dim;
+//   q_h, k_g   <- rotary(q_h, p), rotary(k_g, p)   on their first rotary.dims
+//                 coordinates, p the token's position (layers/attention_options.hpp);
+//   s_h(i, j)  = scale * q_h(i) . k_g(j) [+ slope_h * (j - i) with alibi],
+//                 g = h / (H / G) (grouped-query: Hugging Face's repeat_kv;
+//                 multi-query: G = 1), scale = score_scale, or 1/sqrt(hd) when 0;
+//   context_h  = softmax_j(s_h) v_g over the keys j that query i sees: all,
+//                 j <= i (causal), or i - window < j <= i (window > 0, GPT-Neo's local);
 //   y          = [context_1 ... context_H] Wout^T + bout.
 //
 // Per (sequence, head) the two products are Eigen GEMMs on strided blocks of
 // the row-major QKV buffer (no transposed copies). A causal pass walks the
 // queries in chunks, and each chunk reads only the keys it may see, which
-// halves the work of a long prompt.
+// halves the work of a long prompt; with a window, only those of the window.
+// The rotary embedding is applied once, in place, to the QKV buffer before.
 
 #include <Eigen/Core>
 
@@ -19,6 +28,7 @@
 #include "../core/parallel.hpp"
 #include "../core/types.hpp"
 #include "../ops/softmax.hpp"
+#include "attention_options.hpp"
 #include "linear.hpp"
 
 namespace prenorm {
@@ -27,9 +37,10 @@ namespace prenorm {
 // they have grown to the largest shape seen).
 template <class S>
 struct AttentionWorkspace {
-  RowMatrix<S> qkv;      // [tokens x 3*heads*head_dim]
+  RowMatrix<S> qkv;      // [tokens x (heads + 2*kv_heads)*head_dim]
   RowMatrix<S> context;  // [tokens x heads*head_dim]
   Vector<S> scores;      // grow-only: one [queries x keys] block per thread
+  detail::RotaryTable<S> rotary;  // cos, sin [tokens x rotary.dims/2] of the positions
 };
 
 template <class S>
@@ -37,22 +48,33 @@ class MultiHeadAttention {
  public:
   using Scalar = S;
 
-  Linear<S> qkv;  // (3*heads*head_dim, width): output rows [q heads..., k heads..., v heads...]
+  // ((heads + 2*kv_heads)*head_dim, width): output rows [q heads..., k heads..., v heads...]
+  Linear<S> qkv;
   Linear<S> out;  // (width, heads*head_dim)
   Index heads = 0;
   Index head_dim = 0;
   bool causal = false;
+  Index kv_heads = 0;       // key/value heads, a divisor of heads; 0: heads (plain multi-head)
+  Rotary rotary;            // rotary embedding of q and k (dims 0: none)
+  bool alibi = false;       // BLOOM's ALiBi bias slope_h * (j - i) on the scaled scores
+  Index window = 0;         // > 0: local attention to the last `window` keys (causal only)
+  double score_scale = 0;   // the scores' factor; 0: 1/sqrt(head_dim) (GPT-Neo: 1)
 
   MultiHeadAttention() = default;
   // Zero weights with biases. width: the main-branch width the layer reads and writes.
-  MultiHeadAttention(Index width, Index heads_, Index head_dim_, bool causal_, bool bias = true)
-      : qkv(width, 3 * heads_ * head_dim_, bias),
+  MultiHeadAttention(Index width, Index heads_, Index head_dim_, bool causal_, bool bias = true,
+                     Index kv_heads_ = 0)
+      : qkv(width, (heads_ + 2 * (kv_heads_ != 0 ? kv_heads_ : heads_)) * head_dim_, bias),
         out(heads_ * head_dim_, width, bias),
         heads(heads_),
         head_dim(head_dim_),
-        causal(causal_) {}
+        causal(causal_),
+        kv_heads(kv_heads_) {}
 
   Index inner() const { return heads * head_dim; }  // heads*head_dim
+  Index kv_head_count() const { return kv_heads != 0 ? kv_heads : heads; }
+  Index kv_inner() const { return kv_head_count() * head_dim; }  // the KV cache's columns
+  Index qkv_rows() const { return inner() + 2 * kv_inner(); }
   Index width() const { return qkv.in_features(); }
 
   // y [batch*T x width] = Attn(x [batch*T x width]); sequence b is rows [b*T, (b+1)*T).
@@ -61,12 +83,13 @@ class MultiHeadAttention {
   void forward(const ConstRowsRef<S>& x, Index batch, RowsRef<S> y, AttentionWorkspace<S>& ws) const {
     const Index tokens = check_forward("MultiHeadAttention::forward", x, batch, y);
     if (tokens == 0) return;
-    const Index T = tokens / batch, I = inner();
-    ws.qkv.resize(tokens, 3 * I);
+    const Index T = tokens / batch, I = inner(), R = qkv_rows();
+    ws.qkv.resize(tokens, R);
     qkv.forward_padded(x, ws.qkv);
+    if (rotary.dims != 0) rotate(T, 0, ws);
     ws.context.resize(tokens, I);
     const S* q = ws.qkv.data();
-    attend(q, 3 * I, q + I, q + 2 * I, 3 * I, T, batch, T, 0, T, ws);
+    attend(q, R, q + I, q + I + kv_inner(), R, T, batch, T, 0, T, ws);
     out.forward_padded(ws.context, y);
   }
   // The same with buffers of its own (allocates; for tests and one-off calls).
@@ -76,48 +99,66 @@ class MultiHeadAttention {
   }
 
   // Incremental decoding. x [batch*T x width] holds T new tokens per sequence,
-  // at positions [past, past+T). keys, values [batch*capacity x heads*head_dim]
+  // at positions [past, past+T). keys, values [batch*capacity x kv_heads*head_dim]
   // hold position p of sequence b in row b*capacity + p: the new rows are
-  // written, then the queries attend to positions [0, past+T). y: as in forward.
+  // written (keys after their rotary embedding), then the queries attend to
+  // positions [0, past+T) (the window's with one). y: as in forward.
   void forward_cached(const ConstRowsRef<S>& x, Index batch, Index past, RowMatrix<S>& keys,
                       RowMatrix<S>& values, RowsRef<S> y, AttentionWorkspace<S>& ws) const {
     constexpr const char* op = "MultiHeadAttention::forward_cached";
     const Index tokens = check_forward(op, x, batch, y);
     if (tokens == 0) return;
-    const Index T = tokens / batch, I = inner();
-    if (keys.cols() != I || values.cols() != I || keys.rows() != values.rows() ||
+    const Index T = tokens / batch, I = inner(), KI = kv_inner(), R = qkv_rows();
+    if (keys.cols() != KI || values.cols() != KI || keys.rows() != values.rows() ||
         keys.rows() % batch != 0)
       detail::fail(op, "keys (", keys.rows(), " x ", keys.cols(), ") and values (", values.rows(),
-                   " x ", values.cols(), ") must both be (batch*capacity x ", I, ") with batch ", batch);
+                   " x ", values.cols(), ") must both be (batch*capacity x ", KI,
+                   ") with batch ", batch, " (kv_heads*head_dim columns)");
     const Index capacity = keys.rows() / batch;
     if (past < 0 || past + T > capacity)
       detail::fail(op, "positions [", past, ", ", past + T, ") do not fit the cache capacity ", capacity);
-    ws.qkv.resize(tokens, 3 * I);
+    ws.qkv.resize(tokens, R);
     qkv.forward_padded(x, ws.qkv);
+    if (rotary.dims != 0) rotate(T, past, ws);
     for (Index b = 0; b < batch; ++b) {
-      keys.middleRows(b * capacity + past, T) = ws.qkv.block(b * T, I, T, I);
-      values.middleRows(b * capacity + past, T) = ws.qkv.block(b * T, 2 * I, T, I);
+      keys.middleRows(b * capacity + past, T) = ws.qkv.block(b * T, I, T, KI);
+      values.middleRows(b * capacity + past, T) = ws.qkv.block(b * T, I + KI, T, KI);
     }
     ws.context.resize(tokens, I);
-    attend(ws.qkv.data(), 3 * I, keys.data(), values.data(), I, capacity, batch, T, past, capacity, ws);
+    attend(ws.qkv.data(), R, keys.data(), values.data(), KI, capacity, batch, T, past, capacity, ws);
     out.forward_padded(ws.context, y);
   }
 
-  // Throws unless qkv is (3*heads*head_dim, width) and out is (width, heads*head_dim).
-  // name: a string or a callable returning one.
+  // Throws unless heads, head_dim > 0, the options fit them (kv_heads a
+  // divisor of heads, rotary.dims even and <= head_dim, a window only when
+  // causal, score_scale 0 or > 0), qkv is ((heads + 2*kv_heads)*head_dim, width)
+  // and out is (width, heads*head_dim). name: a string or a callable returning one.
   template <class Name>
   void validate(const char* op, const Name& name, Index width) const {
-    if (heads <= 0 || head_dim <= 0)
-      detail::fail(op, detail::tensor_name(name), " has heads ", heads, " and head_dim ", head_dim,
-                   ", expected both > 0");
-    qkv.validate(op, detail::sub_name(name, ".qkv"), width, 3 * inner());
+    check_options(op, [&] { return detail::tensor_name(name) + "."; });
+    qkv.validate(op, detail::sub_name(name, ".qkv"), width, qkv_rows());
     out.validate(op, detail::sub_name(name, ".out"), inner(), width);
   }
 
  private:
-  // Returns the number of tokens, after checking x [batch*T x width] and y.
+  // prefix(): the name of this layer in messages, e.g. "blocks[3].attn.".
+  template <class Prefix>
+  void check_options(const char* op, const Prefix& prefix) const {
+    if (heads <= 0 || head_dim <= 0)
+      detail::fail(op, prefix(), "heads is ", heads, " and head_dim ", head_dim, ", expected both > 0");
+    detail::check_attention_options(op, prefix, heads, head_dim, kv_heads, rotary, window, causal,
+                                    score_scale);
+  }
+
+  // Returns the number of tokens, after checking the options, qkv's rows, x
+  // [batch*T x width] and y.
   Index check_forward(const char* op, const ConstRowsRef<S>& x, Index batch,
                       const RowsRef<S>& y) const {
+    check_options(op, [] { return std::string(); });
+    if (qkv.out_features() != qkv_rows())
+      detail::fail(op, "qkv has ", qkv.out_features(), " output rows, expected ", qkv_rows(),
+                   " ((heads ", heads, " + 2 * kv_heads ", kv_head_count(), ") * head_dim ",
+                   head_dim, ")");
     const Index tokens = x.rows();
     if (x.cols() != width())
       detail::fail(op, "x has ", x.cols(), " columns, expected ", width(), " (the width of qkv)");
@@ -129,9 +170,24 @@ class MultiHeadAttention {
     return tokens;
   }
 
+  // Rotates, in place, the first rotary.dims coordinates of every q and k head
+  // of ws.qkv [batch*T x qkv_rows()], row b*T + t at position past + t.
+  void rotate(Index T, Index past, AttentionWorkspace<S>& ws) const {
+    ws.rotary.prepare(rotary, past, T);
+    const Index kvh = kv_head_count(), I = inner();
+    detail::for_each_row(ws.qkv.rows(), 3 * (heads + kvh) * rotary.dims, [&](Index r) {
+      const S* c = ws.rotary.cos.row(r % T).data();
+      const S* s = ws.rotary.sin.row(r % T).data();
+      S* row = ws.qkv.row(r).data();
+      detail::rotate_heads(rotary, row, heads, head_dim, c, s);
+      detail::rotate_heads(rotary, row + I, kvh, head_dim, c, s);
+    });
+  }
+
   // ws.context [batch*T x heads*head_dim] = attention of the queries (row b*T+t
   // of q, stride q_stride) over keys/values k, v (row b*kv_rows+p, stride kv_stride)
-  // at positions [0, past+T). Head h is columns [h*head_dim, (h+1)*head_dim).
+  // at positions [0, past+T). Query head h is columns [h*head_dim, (h+1)*head_dim)
+  // of q and the context, and reads key/value head h / (heads / kv_heads) of k, v.
   // max_keys (>= past+T) sizes the scores buffer: the cache capacity when
   // decoding, so that it does not grow with every step.
   void attend(const S* q, Index q_stride, const S* k, const S* v, Index kv_stride, Index kv_rows,
@@ -139,34 +195,51 @@ class MultiHeadAttention {
     using ConstBlock = Eigen::Map<const RowMatrix<S>, 0, Eigen::OuterStride<>>;
     using Block = Eigen::Map<RowMatrix<S>, 0, Eigen::OuterStride<>>;
     const Index hd = head_dim, keys = past + T, tasks = batch * heads;
+    const Index group = heads / kv_head_count();  // query heads per key/value head
     const Index ctx_stride = ws.context.cols();
-    const S scale = S(1) / std::sqrt(S(hd));
+    const S scale = score_scale != 0 ? S(score_scale) : S(1) / std::sqrt(S(hd));
     // Causal queries go in chunks so that each reads only the keys it may see.
-    const Index chunk = causal ? std::min<Index>(T, 64) : T;
+    // With a window, chunks of at most `window` queries: a chunk then reads at
+    // most 2*window - 1 keys, each row about half of them (the band's edges).
+    const Index chunk = causal ? std::min<Index>(T, window > 0 ? std::min<Index>(window, 64) : 64) : T;
+    const Index span = window > 0 ? std::min(keys, window) : keys;  // keys a query sees at most
 
     // One scores block per thread slot; the flop count decides whether threads pay off.
-    const double flops = 4.0 * double(tasks) * double(T) * double(keys) * double(hd);
+    const double flops = 4.0 * double(tasks) * double(T) * double(span) * double(hd);
     const Index slots = detail::thread_slots();
     const Index slot_size = detail::aligned_slot_size<S>(chunk * std::max(keys, max_keys));
     if (ws.scores.size() < slots * slot_size) ws.scores.resize(slots * slot_size);
     S* scores = ws.scores.data();
 
     auto task = [&](Index i, Index slot) {
-      const Index b = i / heads, h = i % heads;
+      const Index b = i / heads, h = i % heads, g = h / group;
       const S* qb = q + b * T * q_stride + h * hd;
-      const S* kb = k + b * kv_rows * kv_stride + h * hd;
-      const S* vb = v + b * kv_rows * kv_stride + h * hd;
+      const S* kb = k + b * kv_rows * kv_stride + g * hd;
+      const S* vb = v + b * kv_rows * kv_stride + g * hd;
       S* cb = ws.context.data() + b * T * ctx_stride + h * hd;
+      const S slope = alibi ? S(alibi_slope(heads, h)) : S(0);
       for (Index r0 = 0; r0 < T; r0 += chunk) {
         const Index rows = std::min(chunk, T - r0);
-        const Index seen = causal ? past + r0 + rows : keys;  // keys the chunk may see
+        // The chunk reads keys [first, seen): those its queries may see.
+        const Index seen = causal ? past + r0 + rows : keys;
+        const Index first = window > 0 ? std::max<Index>(0, past + r0 - window + 1) : 0;
+        const Index n = seen - first;
         const ConstBlock Q(qb + r0 * q_stride, rows, hd, Eigen::OuterStride<>(q_stride));
-        const ConstBlock K(kb, seen, hd, Eigen::OuterStride<>(kv_stride));
-        const ConstBlock V(vb, seen, hd, Eigen::OuterStride<>(kv_stride));
-        Eigen::Map<RowMatrix<S>> P(scores + slot * slot_size, rows, seen);
+        const ConstBlock K(kb + first * kv_stride, n, hd, Eigen::OuterStride<>(kv_stride));
+        const ConstBlock V(vb + first * kv_stride, n, hd, Eigen::OuterStride<>(kv_stride));
+        Eigen::Map<RowMatrix<S>> P(scores + slot * slot_size, rows, n);
         P.noalias() = scale * (Q * K.transpose());
-        for (Index r = 0; r < rows; ++r)
-          detail::softmax_row_inplace(&P.coeffRef(r, 0), seen, causal ? past + r0 + r + 1 : seen);
+        for (Index r = 0; r < rows; ++r) {
+          // Query at position p sees the row's columns [lo, hi): keys [first + lo, first + hi).
+          const Index p = past + r0 + r;
+          const Index hi = causal ? p + 1 - first : n;
+          const Index lo = window > 0 ? std::max<Index>(0, p - window + 1) - first : 0;
+          S* row = &P.coeffRef(r, 0);
+          if (alibi)
+            for (Index c = lo; c < hi; ++c) row[c] += slope * S(first + c - p);
+          std::fill(row, row + lo, S(0));
+          detail::softmax_row_inplace(row + lo, n - lo, hi - lo);
+        }
         Block C(cb + r0 * ctx_stride, rows, hd, Eigen::OuterStride<>(ctx_stride));
         C.noalias() = P * V;
       }

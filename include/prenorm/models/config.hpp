@@ -6,11 +6,13 @@
 
 #include "../core/error.hpp"
 #include "../core/types.hpp"
+#include "../layers/attention_options.hpp"
 #include "../ops/activation.hpp"
 
 namespace prenorm {
 
-// A GPT-style decoder: learned positions, causal attention.
+// A GPT-style decoder: learned positions, causal attention (with the options
+// of MultiHeadAttention, layers/attention.hpp, the same in every layer but the window).
 struct GptConfig {
   Index vocab = 0;
   Index context = 0;    // the longest sequence (positions)
@@ -23,9 +25,25 @@ struct GptConfig {
   bool tied = true;        // the head is the token embedding
   bool head_bias = false;  // a (vocab) bias on the logits
   Index head_dim = 0;      // 0: width / heads. GPT-3 XL has 24 heads of 128 at width 2048.
+  Index kv_heads = 0;      // key/value heads (0: heads). Grouped-query: a divisor; multi-query: 1
+  Rotary rotary = {};      // rotary embedding of q and k (dims 0: none)
+  bool alibi = false;      // BLOOM's ALiBi
+  double score_scale = 0;  // the attention scores' factor; 0: 1/sqrt(head_dim) (GPT-Neo: 1)
+  Index window = 0;        // local attention to the last `window` keys (0: global everywhere)
+  Index window_period = 1; // ... in the layers i with i % window_period == window_period - 1
 
   constexpr Index head_size() const { return head_dim != 0 ? head_dim : (heads ? width / heads : 0); }
   constexpr Index attention_width() const { return heads * head_size(); }  // heads*head_dim
+  constexpr Index kv_head_count() const { return kv_heads != 0 ? kv_heads : heads; }
+  constexpr Index kv_width() const { return kv_head_count() * head_size(); }  // a KV cache's columns
+  // The window of layer i (0: global). GPT-Neo alternates global and local: window_period 2.
+  constexpr Index layer_window(Index i) const {
+    return window_period > 0 && i % window_period == window_period - 1 ? window : 0;
+  }
+  // GPT-2's attention: none of the options above.
+  bool plain_attention() const {
+    return kv_head_count() == heads && rotary.dims == 0 && !alibi && score_scale == 0 && window == 0;
+  }
 
   // Throws prenorm::Error naming the first bad field.
   void validate(const char* op = "GptConfig") const {
@@ -40,6 +58,10 @@ struct GptConfig {
     if (layers < 0) detail::fail(op, "layers is ", layers, ", expected >= 0");
     if (mlp_width <= 0) detail::fail(op, "mlp_width is ", mlp_width, ", expected > 0");
     if (!(epsilon > 0)) detail::fail(op, "epsilon is ", epsilon, ", expected > 0");
+    detail::check_attention_options(op, [] { return std::string(); }, heads, head_size(), kv_heads,
+                                    rotary, window, /*causal=*/true, score_scale);
+    if (window_period < 1)
+      detail::fail(op, "window_period is ", window_period, ", expected >= 1");
   }
 };
 

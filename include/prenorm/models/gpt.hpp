@@ -102,9 +102,11 @@ class Gpt {
     token_embedding = Embedding<S>(config.vocab, tied_affine() ? d : m);
     position_embedding = Embedding<S>(config.context, m);
     blocks.reserve(config.layers);
-    for (Index i = 0; i < config.layers; ++i)
-      blocks.emplace_back(d, config.heads, config.head_size(), config.mlp_width, /*causal=*/true,
-                          config.activation, S(config.epsilon));
+    for (Index i = 0; i < config.layers; ++i) {
+      Block& b = blocks.emplace_back(d, config.heads, config.head_size(), config.mlp_width,
+                                     /*causal=*/true, config.activation, S(config.epsilon));
+      set_attention_options(b.attn, i);
+    }
     if (ArchTraits<A>::affine) {
       final_gamma.setOnes(d);
       final_beta.setZero(d);
@@ -172,6 +174,7 @@ class Gpt {
       const Block& b = blocks[i];
       if (b.width != d) detail::fail(op, name(), ".width is ", b.width, ", expected ", d);
       if (!b.attn.causal) detail::fail(op, name(), ".attn.causal is false, expected true");
+      check_attention_options(op, name, b.attn, Index(i));
       b.validate(op, name, config.heads, config.head_size(), config.mlp_width);
     }
     check_vector(op, "final_gamma", final_gamma, ArchTraits<A>::affine ? d : 0);
@@ -218,6 +221,40 @@ class Gpt {
   }
 
  private:
+  // Gives attn (plain, from the block's constructor) the config's options for layer i.
+  void set_attention_options(MultiHeadAttention<S>& attn, Index layer) const {
+    if (config.kv_head_count() != config.heads)  // fewer key/value rows in qkv
+      attn = MultiHeadAttention<S>(attn.width(), config.heads, config.head_size(), /*causal=*/true,
+                                   /*bias=*/true, config.kv_heads);
+    attn.rotary = config.rotary;
+    attn.alibi = config.alibi;
+    attn.score_scale = config.score_scale;
+    attn.window = config.layer_window(layer);
+  }
+
+  // Throws unless block i's attention has the config's options for layer i.
+  template <class Name>
+  void check_attention_options(const char* op, const Name& name, const MultiHeadAttention<S>& a,
+                               Index i) const {
+    const Rotary& r = a.rotary;
+    const Rotary& e = config.rotary;
+    const auto fail = [&](auto&&... parts) { detail::fail(op, name(), ".attn.", parts...); };
+    if (a.kv_head_count() != config.kv_head_count())
+      fail("kv_heads is ", a.kv_head_count(), ", expected ", config.kv_head_count(), " (kv_heads)");
+    if (!(r == e))
+      fail("rotary is {dims ", r.dims, ", ", rotary_pairing_name(r.pairing), ", base ", r.base,
+           "}, expected {dims ", e.dims, ", ", rotary_pairing_name(e.pairing), ", base ", e.base,
+           "} (rotary)");
+    if (a.alibi != config.alibi)
+      fail("alibi is ", a.alibi ? "true" : "false", ", expected ", config.alibi ? "true" : "false",
+           " (alibi)");
+    if (a.score_scale != config.score_scale)
+      fail("score_scale is ", a.score_scale, ", expected ", config.score_scale, " (score_scale)");
+    if (a.window != config.layer_window(i))
+      fail("window is ", a.window, ", expected ", config.layer_window(i), " (window ",
+           config.window, " every ", config.window_period, " layers)");
+  }
+
   static void check_vector(const char* op, const char* name, const Vector<S>& v, Index expected) {
     if (v.size() != expected)
       detail::fail(op, name, " has ", v.size(), " elements, expected ", expected);

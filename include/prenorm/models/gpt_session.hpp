@@ -30,7 +30,7 @@ struct KvCache {
   Index batch = 0;     // sequences
   Index capacity = 0;  // positions per sequence
   Index length = 0;    // positions filled, the same for every sequence
-  std::vector<RowMatrix<S>> keys;    // [layers] of (batch*capacity, heads*head_dim): row b*capacity + p
+  std::vector<RowMatrix<S>> keys;    // [layers] of (batch*capacity, kv_heads*head_dim): row b*capacity + p
   std::vector<RowMatrix<S>> values;  // [layers], same shape
 
   KvCache() = default;
@@ -104,7 +104,7 @@ class GptSession {
     if (tokens.batch < 0 || capacity < 0 || capacity > context)
       detail::fail(op, "batch ", tokens.batch, " and capacity ", capacity,
                    " must be >= 0, and the capacity at most the context ", context);
-    const Index layers = model_->config.layers, kv = model_->config.attention_width();
+    const Index layers = model_->config.layers, kv = model_->config.kv_width();
     if (cache_.batch != tokens.batch || cache_.capacity != capacity ||
         Index(cache_.keys.size()) != layers ||
         (layers > 0 && cache_.keys[0].cols() != kv))

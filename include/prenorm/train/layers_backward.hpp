@@ -246,9 +246,27 @@ using ConstStridedMap = Eigen::Map<const RowMatrix<S>, 0, Eigen::OuterStride<>>;
 // Causal queries go in chunks so that each reads only the keys it may see.
 inline Index attention_chunk(bool causal, Index T) { return causal ? std::min<Index>(T, 64) : T; }
 
+// Training supports GPT-2's attention only: the options of MultiHeadAttention
+// are refused by name rather than differentiated wrongly.
+template <class S>
+void check_plain_attention(const char* op, const MultiHeadAttention<S>& attn) {
+  const char* later = " is not supported in training yet";
+  if (attn.kv_head_count() != attn.heads)
+    fail(op, "grouped-query attention (kv_heads = ", attn.kv_heads, " for ", attn.heads,
+         " heads)", later);
+  if (attn.rotary.dims != 0)
+    fail(op, "rotary embedding (rotary.dims = ", attn.rotary.dims, ")", later);
+  if (attn.alibi) fail(op, "ALiBi (alibi = true)", later);
+  if (attn.window != 0) fail(op, "local attention (window = ", attn.window, ")", later);
+  if (attn.score_scale != 0)
+    fail(op, "a score scale other than 1/sqrt(head_dim) (score_scale = ", attn.score_scale, ")",
+         later);
+}
+
 template <class S>
 Index check_attention(const char* op, const MultiHeadAttention<S>& attn, Index rows, Index cols,
                       Index batch) {
+  check_plain_attention(op, attn);
   if (cols != attn.width())
     fail(op, "x has ", cols, " columns, expected ", attn.width(), " (the width of qkv)");
   if (rows != 0 && (batch <= 0 || rows % batch != 0))
@@ -260,7 +278,8 @@ Index check_attention(const char* op, const MultiHeadAttention<S>& attn, Index r
 
 // y [N x width] = Attn(x [N x width]), N = batch*T, saving qkv, the attention
 // probabilities and the context in acts. The same arithmetic as
-// MultiHeadAttention::forward, with the causal mask.
+// MultiHeadAttention::forward, with the causal mask; the attention options
+// (kv_heads, rotary, alibi, window, score_scale) throw, as in attention_backward.
 template <class S>
 void attention_forward_train(const MultiHeadAttention<S>& attn, const ConstRowsRef<S>& x, Index batch,
                              RowsRef<S> y, AttentionActivations<S>& acts) {
