@@ -216,7 +216,7 @@ struct HfSizes {
 // A random token sequence of length `count` for `f` (ids in [0, vocab)).
 inline std::vector<int> random_tokens(const Fixture& f, int count, std::uint64_t seed) {
   detail::FixtureRng rng(seed);
-  std::vector<int> tokens(std::size_t(count));
+  std::vector<int> tokens(static_cast<std::size_t>(count));
   for (int& t : tokens) t = int((rng.uniform() + 1.0) * 0.5 * f.vocab()) % f.vocab();
   return tokens;
 }

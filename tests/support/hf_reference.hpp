@@ -164,7 +164,7 @@ inline Mat embedding(const Mat& table, std::span<const int> ids, int offset = 0)
 
 // Row positions 0..T-1 (position_ids = arange(T)).
 inline std::vector<int> positions(int count) {
-  std::vector<int> p(std::size_t(count));
+  std::vector<int> p(static_cast<std::size_t>(count));
   for (int t = 0; t < count; ++t) p[std::size_t(t)] = t;
   return p;
 }
@@ -248,7 +248,7 @@ inline Mat activation(const std::string& name, Mat x) {
 
 // inv_freq = 1 / base ** (arange(0, dim, 2) / dim): dim / 2 frequencies.
 inline Vec rope_inv_freq(int dim, LD base) {
-  Vec f(std::size_t(dim / 2));
+  Vec f(static_cast<std::size_t>(dim / 2));
   for (int i = 0; i < dim / 2; ++i) f[std::size_t(i)] = 1.0L / std::pow(base, LD(2 * i) / LD(dim));
   return f;
 }
@@ -261,7 +261,8 @@ inline void rope_rotate_half(Mat& x, int ndims, LD base, std::span<const int> po
   const Vec inv_freq = rope_inv_freq(ndims, base);
   const int half = ndims / 2;
   for (int t = 0; t < x.rows; ++t) {
-    Vec cos(std::size_t(ndims)), sin(std::size_t(ndims)), rotated(std::size_t(ndims));
+    const auto n = static_cast<std::size_t>(ndims);
+    Vec cos(n), sin(n), rotated(n);
     for (int i = 0; i < ndims; ++i) {
       const LD angle = LD(pos[std::size_t(t)]) * inv_freq[std::size_t(i % half)];  // cat(freqs, freqs)
       cos[std::size_t(i)] = std::cos(angle);
@@ -280,7 +281,7 @@ inline void rope_rotate_half(Mat& x, int ndims, LD base, std::span<const int> po
 inline void rope_every_two(Mat& x, int rotary_dim, std::span<const int> pos, LD base = 10000.0L) {
   const Vec inv_freq = rope_inv_freq(rotary_dim, base);
   for (int t = 0; t < x.rows; ++t) {
-    Vec out(std::size_t(rotary_dim));
+    Vec out(static_cast<std::size_t>(rotary_dim));
     for (int i = 0; i < rotary_dim; ++i) {
       const LD angle = LD(pos[std::size_t(t)]) * inv_freq[std::size_t(i / 2)];  // repeat_interleave
       const LD rotated = i % 2 == 0 ? -x(t, i + 1) : x(t, i - 1);
@@ -334,7 +335,7 @@ inline Mat causal_attention(const std::vector<Mat>& q, const std::vector<Mat>& k
     const Mat& vh = v[std::size_t(h / group)];
     for (int i = 0; i < T; ++i) {
       const int first = spec.window > 0 ? std::max(0, i - spec.window + 1) : 0;
-      Vec score(std::size_t(i + 1), 0.0L);
+      Vec score(static_cast<std::size_t>(i + 1), 0.0L);
       LD max = -INFINITY;
       for (int j = first; j <= i; ++j) {
         LD s = 0;
