@@ -23,7 +23,8 @@
 //    the embeddings and of the residual writers' biases changes each row of
 //    logits by one constant only (every norm centers; a shift of one entry
 //    does not pass); GPT-Neo's local layers reach exactly layers * (window-1)
-//    tokens back; OPT reads positions from row 2; F16 and BF16 fixtures hold
+//    tokens back; OPT reads positions from row 2; BLOOM with zero blocks is
+//    its norms alone (residual before or after the norms); F16 and BF16 fixtures hold
 //    values of their dtype, close to the F32 fixture's, with close logits;
 //  - the configs and names are the families' (model_type, architectures,
 //    a few tensors and shapes), and the reference refuses what it does not
@@ -892,6 +893,36 @@ TEST(HfReferenceFamilies, OptHeadVariants) {
   HfTensors as_tied = untied.tensors;
   as_tied["lm_head.weight"] = as_tied.at("model.decoder.embed_tokens.weight");
   EXPECT_EQ(relative_error(reference_logits_opt(untied.config, as_tied, kTokens), tied), 0.0);
+}
+
+// BLOOM with every block weight and bias zero: the blocks add nothing, so
+// the logits are ln_f(word_embeddings_layernorm(E[x])) E^T; with
+// apply_residual_connection_post_layernorm the residual is each norm's
+// output, so every layer applies input_layernorm, then post_attention_layernorm.
+TEST(HfReferenceFamilies, BloomWithZeroBlocksIsItsNormsAlone) {
+  for (const bool post : {false, true}) {
+    TempDir dir;
+    const Fixture f = write_bloom_fixture(dir / "bloom", {.apply_residual_connection_post_layernorm = post},
+                                          Dtype::F32, 33);
+    HfTensors zeroed = f.tensors;
+    for (auto& [name, t] : zeroed)
+      if (name.rfind("transformer.h.", 0) == 0 && name.find("layernorm") == std::string::npos)
+        for (double& x : t.values) x = 0.0;
+    const detail::Weights w(zeroed);
+    const LD eps = 1e-5L;
+    auto norm = [&](const Mat& x, const std::string& name) {
+      return layer_norm(x, w.vector(name + ".weight"), w.vector(name + ".bias"), eps);
+    };
+    const std::string p = "transformer.";
+    Mat h = norm(embedding(w.matrix(p + "word_embeddings.weight"), kTokens), p + "word_embeddings_layernorm");
+    for (int i = 0; post && i < 3; ++i) {
+      const std::string l = p + "h." + std::to_string(i) + ".";
+      h = norm(norm(h, l + "input_layernorm"), l + "post_attention_layernorm");
+    }
+    const Mat expected = linear(norm(h, p + "ln_f"), w.matrix(p + "word_embeddings.weight"), nullptr);
+    const double error = relative_error(reference_logits_bloom(f.config, zeroed, kTokens), expected);
+    EXPECT_LT(error, 1e-18) << (post ? "residual after the norms" : "residual before the norms");
+  }
 }
 
 TEST(HfReferenceFamilies, LayoutsHaveTheRealNamesAndShapes) {
