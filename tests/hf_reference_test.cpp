@@ -37,14 +37,15 @@
 
 #include "support/hf_fixtures.hpp"
 #include "support/hf_reference.hpp"
+#include "support/temp_dir.hpp"
 
 #include <cmath>
 #include <complex>
 #include <cstdint>
-#include <cstdlib>
 #include <functional>
 #include <ostream>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -55,22 +56,7 @@ using namespace prenorm_test::hf;
 
 [[maybe_unused]] const bool kSingleThreaded = (prenorm::set_num_threads(1), true);
 
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "prenorm-hf-reference-XXXXXX").string();
-    if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code error;
-    fs::remove_all(path_, error);
-  }
-  fs::path operator/(const std::string& name) const { return path_ / name; }
-
- private:
-  fs::path path_;
-};
+using prenorm_test::TempDir;  // each test's checkpoints, removed after it
 
 void report(const std::string& what, double error) {
   std::printf("[ max error ] %-64s %.3g\n", what.c_str(), error);
@@ -123,6 +109,27 @@ std::vector<std::int64_t> per_head_qkv_to_blocks(int heads, int hd) {
     for (int h = 0; h < heads; ++h)
       for (int j = 0; j < hd; ++j) rows.push_back(std::int64_t(h * 3 * hd + part * hd + j));
   return rows;
+}
+
+// The parts of a GPT-2 block that other layouts hold under other names:
+// the two LayerNorms, and the attention output, MLP in and MLP out
+// projections, nn.Linear (out, in) there, Conv1D (in, out) in GPT-2.
+struct Gpt2BlockSource {
+  std::string ln_1, ln_2, attn_proj, fc, proj;  // names without ".weight" / ".bias"
+};
+
+void add_gpt2_block(HfTensors& g, const std::string& h, const HfTensors& from,
+                    const Gpt2BlockSource& s) {
+  for (const char* x : {".weight", ".bias"}) {
+    g[h + "ln_1" + x] = from.at(s.ln_1 + x);
+    g[h + "ln_2" + x] = from.at(s.ln_2 + x);
+  }
+  const std::pair<const char*, const std::string*> linears[] = {
+      {"attn.c_proj", &s.attn_proj}, {"mlp.c_fc", &s.fc}, {"mlp.c_proj", &s.proj}};
+  for (const auto& [to, source] : linears) {
+    g[h + to + ".weight"] = transposed(from.at(*source + ".weight"));
+    g[h + to + ".bias"] = from.at(*source + ".bias");
+  }
 }
 
 // A GPT2Config for rewritten checkpoints.
@@ -200,12 +207,7 @@ TEST(HfReferenceChains, BigcodeMultiHeadIsGpt2) {
     const auto order = per_head_qkv_to_blocks(s.heads, s.head_dim());
     g[h + "attn.c_attn.weight"] = transposed(select_rows(f.tensors.at(h + "attn.c_attn.weight"), order));
     g[h + "attn.c_attn.bias"] = select_rows(f.tensors.at(h + "attn.c_attn.bias"), order);
-    for (const char* name : {"attn.c_proj", "mlp.c_fc", "mlp.c_proj"}) {
-      g[h + name + ".weight"] = transposed(f.tensors.at(h + name + ".weight"));
-      g[h + name + ".bias"] = f.tensors.at(h + name + ".bias");
-    }
-    for (const char* name : {"ln_1.weight", "ln_1.bias", "ln_2.weight", "ln_2.bias"})
-      g[h + name] = f.tensors.at(h + name);
+    add_gpt2_block(g, h, f.tensors, {h + "ln_1", h + "ln_2", h + "attn.c_proj", h + "mlp.c_fc", h + "mlp.c_proj"});
   }
   g[p + "ln_f.weight"] = f.tensors.at(p + "ln_f.weight");
   g[p + "ln_f.bias"] = f.tensors.at(p + "ln_f.bias");
@@ -246,14 +248,7 @@ TEST(HfReferenceChains, GptNeoWithinItsWindowIsGpt2) {
     }
     g[h + "attn.c_attn.weight"] = c_attn;
     g[h + "attn.c_attn.bias"] = zeros({3 * s.width});
-    g[h + "attn.c_proj.weight"] = transposed(f.tensors.at(a + "out_proj.weight"));
-    g[h + "attn.c_proj.bias"] = f.tensors.at(a + "out_proj.bias");
-    for (const char* name : {"mlp.c_fc", "mlp.c_proj"}) {
-      g[h + name + ".weight"] = transposed(f.tensors.at(h + name + ".weight"));
-      g[h + name + ".bias"] = f.tensors.at(h + name + ".bias");
-    }
-    for (const char* name : {"ln_1.weight", "ln_1.bias", "ln_2.weight", "ln_2.bias"})
-      g[h + name] = f.tensors.at(h + name);
+    add_gpt2_block(g, h, f.tensors, {h + "ln_1", h + "ln_2", a + "out_proj", h + "mlp.c_fc", h + "mlp.c_proj"});
   }
   g[p + "ln_f.weight"] = f.tensors.at(p + "ln_f.weight");
   g[p + "ln_f.bias"] = f.tensors.at(p + "ln_f.bias");
@@ -289,16 +284,9 @@ TEST(HfReferenceChains, GptNeoxSequentialWithoutRotaryIsGpt2) {
     g[h + "attn.c_attn.weight"] =
         transposed(select_rows(f.tensors.at(l + "attention.query_key_value.weight"), order));
     g[h + "attn.c_attn.bias"] = select_rows(f.tensors.at(l + "attention.query_key_value.bias"), order);
-    g[h + "attn.c_proj.weight"] = transposed(f.tensors.at(l + "attention.dense.weight"));
-    g[h + "attn.c_proj.bias"] = f.tensors.at(l + "attention.dense.bias");
-    g[h + "mlp.c_fc.weight"] = transposed(f.tensors.at(l + "mlp.dense_h_to_4h.weight"));
-    g[h + "mlp.c_fc.bias"] = f.tensors.at(l + "mlp.dense_h_to_4h.bias");
-    g[h + "mlp.c_proj.weight"] = transposed(f.tensors.at(l + "mlp.dense_4h_to_h.weight"));
-    g[h + "mlp.c_proj.bias"] = f.tensors.at(l + "mlp.dense_4h_to_h.bias");
-    for (const char* x : {"weight", "bias"}) {
-      g[h + "ln_1." + x] = f.tensors.at(l + "input_layernorm." + x);
-      g[h + "ln_2." + x] = f.tensors.at(l + "post_attention_layernorm." + x);
-    }
+    add_gpt2_block(g, h, f.tensors,
+                   {l + "input_layernorm", l + "post_attention_layernorm", l + "attention.dense",
+                    l + "mlp.dense_h_to_4h", l + "mlp.dense_4h_to_h"});
   }
   g["ln_f.weight"] = f.tensors.at(p + "final_layer_norm.weight");
   g["ln_f.bias"] = f.tensors.at(p + "final_layer_norm.bias");
@@ -344,16 +332,9 @@ TEST(HfReferenceChains, OptIsGpt2WithPositionsFromRowTwo) {
     }
     g[h + "attn.c_attn.weight"] = c_attn;
     g[h + "attn.c_attn.bias"] = c_attn_bias;
-    g[h + "attn.c_proj.weight"] = transposed(f.tensors.at(l + "self_attn.out_proj.weight"));
-    g[h + "attn.c_proj.bias"] = f.tensors.at(l + "self_attn.out_proj.bias");
-    g[h + "mlp.c_fc.weight"] = transposed(f.tensors.at(l + "fc1.weight"));
-    g[h + "mlp.c_fc.bias"] = f.tensors.at(l + "fc1.bias");
-    g[h + "mlp.c_proj.weight"] = transposed(f.tensors.at(l + "fc2.weight"));
-    g[h + "mlp.c_proj.bias"] = f.tensors.at(l + "fc2.bias");
-    for (const char* x : {"weight", "bias"}) {
-      g[h + "ln_1." + x] = f.tensors.at(l + "self_attn_layer_norm." + x);
-      g[h + "ln_2." + x] = f.tensors.at(l + "final_layer_norm." + x);
-    }
+    add_gpt2_block(g, h, f.tensors,
+                   {l + "self_attn_layer_norm", l + "final_layer_norm", l + "self_attn.out_proj",
+                    l + "fc1", l + "fc2"});
   }
   g["ln_f.weight"] = f.tensors.at(p + "final_layer_norm.weight");
   g["ln_f.bias"] = f.tensors.at(p + "final_layer_norm.bias");
