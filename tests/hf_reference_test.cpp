@@ -932,6 +932,9 @@ TEST(HfReferenceFamilies, LayoutsHaveTheRealNamesAndShapes) {
   const Fixture neo = write_gpt_neo_fixture(dir / "neo", {}, Dtype::F32, 1);
   EXPECT_EQ(shape(neo, "transformer.h.0.mlp.c_fc.weight"), (Shape{4 * d, d})) << "nn.Linear (out, in)";
   EXPECT_EQ(neo.config.at("attention_layers"), nlohmann::json({"global", "local", "global"}));
+  const Fixture neo4 = write_gpt_neo_fixture(dir / "neo4", {.sizes = {.layers = 4}}, Dtype::F32, 1);
+  EXPECT_EQ(neo4.config.at("attention_types"), nlohmann::json::parse(R"([[["global", "local"], 2]])"));
+  EXPECT_EQ(gpt_neo_layer_types(neo4.config), (std::vector<std::string>{"global", "local", "global", "local"}));
   const Fixture gpt2 = write_gpt2_fixture(dir / "gpt2", {}, Dtype::F32, 1);
   EXPECT_EQ(shape(gpt2, "transformer.h.0.mlp.c_fc.weight"), (Shape{d, 4 * d})) << "Conv1D (in, out)";
   const Fixture bloom = write_bloom_fixture(dir / "bloom", {}, Dtype::F32, 1);

@@ -583,9 +583,20 @@ inline Fixture write_gpt_neo_fixture(const fs::path& dir, const GptNeoOptions& o
     b.residual_bias(h + "mlp.c_proj.bias", d);
   }
   b.layer_norm(p + "ln_f.", d);
-  // attention_types: runs of equal consecutive types, as [[types], count].
+  // attention_types as the Hub's configs write it: [[pattern, repeats]] with
+  // the shortest pattern that repeats to the layer list (e.g. [[["global",
+  // "local"], 12]] for GPT-Neo 125M).
+  std::size_t period = 1;
+  auto repeats_with = [&](std::size_t n) {
+    if (types.size() % n != 0) return false;
+    for (std::size_t i = n; i < types.size(); ++i)
+      if (types[i] != types[i - n]) return false;
+    return true;
+  };
+  while (!repeats_with(period)) ++period;
+  const std::vector<std::string> pattern(types.begin(), types.begin() + std::ptrdiff_t(period));
   nlohmann::ordered_json attention_types = nlohmann::ordered_json::array();
-  for (const std::string& t : types) attention_types.push_back({{t}, 1});
+  attention_types.push_back({pattern, int(types.size() / period)});
   nlohmann::ordered_json c;
   c["activation_function"] = "gelu_new";
   c["architectures"] = {"GPTNeoForCausalLM"};
