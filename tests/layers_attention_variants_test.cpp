@@ -379,12 +379,14 @@ GptConfig gpt_config(int which) {
     c.rotary = rotate_half(2);
     c.window = 3;
     c.window_period = 2;
+    c.learned_positions = false;  // the rotary families have no position table
   } else {  // multi-query (GPT-BigCode) + ALiBi + interleaved rotary + no scaling
     c.kv_heads = 1;
     c.alibi = true;
     c.rotary = interleaved(4, 1000);
     c.score_scale = 1.0;
     c.window = 5;
+    c.position_offset = 2;  // OPT reads its table at position + 2
   }
   return c;
 }
@@ -532,6 +534,8 @@ TEST(AttentionVariantsGpt, PrenormLayoutRoundTrip) {
     EXPECT_EQ(back.score_scale, c.score_scale);
     EXPECT_EQ(back.window, c.window);
     EXPECT_EQ(back.window_period, c.window_period);
+    EXPECT_EQ(back.learned_positions, c.learned_positions);
+    EXPECT_EQ(back.position_offset, c.position_offset);
     const auto loaded = io::load_prenorm<prenorm::Gpt<Arch::PreCRMSNorm, double>>(file);
     const Tokens tokens = random_tokens(2, 7, c.vocab, 5);
     EXPECT_TRUE(logits(loaded, tokens) == logits(crms, tokens));
@@ -541,11 +545,12 @@ TEST(AttentionVariantsGpt, PrenormLayoutRoundTrip) {
   }
   // A plain model's file has none of the keys.
   GptConfig plain = gpt_config(0);
-  plain.kv_heads = 0, plain.rotary = {}, plain.window = 0;
+  plain.kv_heads = 0, plain.rotary = {}, plain.window = 0, plain.learned_positions = true;
   const auto file = io::SafetensorsFile::from_bytes(
       io::save_prenorm(random_gpt(plain, 1), io::Dtype::F32).bytes(), "plain.safetensors");
   for (const char* key : {"kv_heads", "rotary_dims", "rotary_pairing", "rotary_base", "alibi",
-                          "score_scale", "window", "window_period"})
+                          "score_scale", "window", "window_period", "learned_positions",
+                          "position_offset"})
     EXPECT_EQ(file.metadata().count(key), 0u) << key;
 }
 #endif

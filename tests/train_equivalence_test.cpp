@@ -383,25 +383,38 @@ const prenorm::ReparamOptions kModes[] = {
     {prenorm::AdjointMode::InBackward, prenorm::ConvertMode::Separate},
     {prenorm::AdjointMode::Explicit, prenorm::ConvertMode::InOptimizer}};
 
-// GPT layouts: untied, and tied with phi's head untied or kept tied.
+// GPT layouts: untied, and tied with phi's head untied or kept tied; and the
+// position table absent (rotary / ALiBi families) or read at an offset (OPT).
 struct Layout {
   bool tied;
   TiedPolicy policy;  // ignored when untied
+  bool learned_positions = true;
+  Index position_offset = 0;
 };
-constexpr Layout kLayouts[] = {{false, TiedPolicy::Keep}, {true, TiedPolicy::Untie}, {true, TiedPolicy::Keep}};
+constexpr Layout kLayouts[] = {{false, TiedPolicy::Keep},
+                               {true, TiedPolicy::Untie},
+                               {true, TiedPolicy::Keep},
+                               {false, TiedPolicy::Keep, false, 0},
+                               {true, TiedPolicy::Keep, true, 2}};
 
 std::string mode_name(const prenorm::ReparamOptions& o) {
   return std::string(o.adjoint == prenorm::AdjointMode::InBackward ? "adj-in-bwd" : "adj-explicit") +
          (o.convert == prenorm::ConvertMode::InOptimizer ? "+conv-in-opt" : "+conv-separate");
 }
-std::string layout_name(const Layout& l) { return l.tied ? "tied " + policy_name(l.policy) : "untied"; }
+std::string layout_name(const Layout& l) {
+  return (l.tied ? "tied " + policy_name(l.policy) : std::string("untied")) +
+         (!l.learned_positions ? " no-pos" : l.position_offset != 0 ? " pos+2" : "");
+}
 
 template <Arch To, class S, class Optimizer>
 void check_equivalent_training(const Layout& layout, double loss_tolerance, double theta_tolerance,
                                prenorm::ReparamOptions mode) {
   const bool tied = layout.tied;
   mode.tied = layout.policy;
-  GptLN<S> init(tiny_gpt(tied));
+  prenorm::GptConfig config = tiny_gpt(tied);
+  config.learned_positions = layout.learned_positions;
+  config.position_offset = layout.position_offset;
+  GptLN<S> init(config);
   init.init_random(21, 0.3, true);
   const Batches batches(kSteps, init.config.vocab, 22);
   prenorm::Trainer<GptLN<S>, Optimizer> ln(init, make_optimizer<Optimizer>());

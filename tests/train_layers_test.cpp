@@ -382,16 +382,22 @@ TYPED_TEST(TrainArchTest, BlockBackward) {
     if (sizes[i] > 0) EXPECT_GRADIENT(finite_difference(params[i], sizes[i], gp[i], loss), names[i]);
 }
 
-prenorm::GptConfig tiny_gpt(bool tied, bool head_bias) {
+// positions: the table as GPT-2's (offset 0), none, or read at offset 2 (OPT's).
+enum class Positions { Learned, None, Offset2 };
+
+prenorm::GptConfig tiny_gpt(bool tied, bool head_bias, Positions positions = Positions::Learned) {
   // Width 7 with two heads of 3: the attention width differs from d.
-  return prenorm::GptConfig{.vocab = 11, .context = 6, .width = 7, .heads = 2, .layers = 2,
-                            .mlp_width = 10, .tied = tied, .head_bias = head_bias, .head_dim = 3};
+  prenorm::GptConfig c{.vocab = 11, .context = 6, .width = 7, .heads = 2, .layers = 2,
+                       .mlp_width = 10, .tied = tied, .head_bias = head_bias, .head_dim = 3};
+  c.learned_positions = positions != Positions::None;
+  c.position_offset = positions == Positions::Offset2 ? 2 : 0;
+  return c;
 }
 
 template <Arch A>
-void check_gpt(bool tied, bool head_bias) {
+void check_gpt(bool tied, bool head_bias, Positions positions = Positions::Learned) {
   using Gpt = prenorm::Gpt<A, double>;
-  Gpt model(tiny_gpt(tied, head_bias));
+  Gpt model(tiny_gpt(tied, head_bias, positions));
   model.init_random(8, 0.5, true);
   Gpt grads(model.config);
   const std::vector<int> ids{1, 4, 9, 2, 0, 10, 4, 4};
@@ -407,7 +413,10 @@ void check_gpt(bool tied, bool head_bias) {
   EXPECT_NEAR(l, loss(), 1e-12);
   EXPECT_NEAR(engine.forward_backward(model, batch, grads), l, 1e-12);
   const std::string what = std::string(prenorm::ArchTraits<A>::name) + (tied ? " tied " : " untied ") +
-                           (head_bias ? "head_bias " : "");
+                           (head_bias ? "head_bias " : "") +
+                           (positions == Positions::None      ? "no positions "
+                            : positions == Positions::Offset2 ? "positions at offset 2 "
+                                                              : "");
   zip_parameters(model, grads, [&](const std::string& name, double* p, Index n, const double* g) {
     EXPECT_GRADIENT(finite_difference(p, n, g, loss), what + name);
   });
@@ -429,6 +438,9 @@ TYPED_TEST(TrainArchTest, GptBackward) {
   }
   check_gpt<A>(false, false);
   check_gpt<A>(false, true);
+  check_gpt<A>(false, true, Positions::None);
+  check_gpt<A>(false, false, Positions::Offset2);
+  if constexpr (A == Arch::PreLN) check_gpt<A>(true, false, Positions::Offset2);
 }
 
 TYPED_TEST(TrainArchTest, VitBackward) {

@@ -118,6 +118,10 @@ inline nlohmann::json gpt2_config_to_json(const GptConfig& config) {
                           config.kv_head_count(), " of ", config.heads, ", rotary.dims ",
                           config.rotary.dims, ", alibi ", config.alibi ? "true" : "false",
                           ", score_scale ", config.score_scale, ", window ", config.window, ")");
+  if (!config.learned_positions || config.position_offset != 0)
+    prenorm::detail::fail(op, "the model's positions are not GPT-2's (learned_positions ",
+                          config.learned_positions ? "true" : "false", ", position_offset ",
+                          config.position_offset, "): GPT-2 adds row p of wpe at position p");
   nlohmann::ordered_json json;
   json["model_type"] = "gpt2";
   json["architectures"] = {"GPT2LMHeadModel"};

@@ -20,7 +20,8 @@
 //     and the attention options only where they differ from GPT-2's (so that
 //     a GPT-2-like model's file has none of them): kv_heads; rotary_dims,
 //     rotary_pairing "rotate_half" | "interleaved", rotary_base; alibi "true";
-//     score_scale; window, window_period;
+//     score_scale; window, window_period; and the position options likewise:
+//     learned_positions "false"; position_offset;
 //   ViT: classes, image_size, patch_size, channels.
 // Reading is strict: a missing key, a key that is not in this list (or is for
 // the other kind), or a value that does not parse throws FormatError naming
@@ -223,8 +224,10 @@ std::vector<ExpectedTensor> prenorm_expected(const Model& model) {
   return expected;
 }
 
-// A GPT's attention options, each only where it differs from GPT-2's.
+// A GPT's attention and position options, each only where it differs from GPT-2's.
 inline void write_attention_options(SafetensorsWriter& writer, const GptConfig& c) {
+  if (!c.learned_positions) writer.set_metadata("learned_positions", "false");
+  if (c.position_offset != 0) writer.set_metadata("position_offset", std::to_string(c.position_offset));
   if (c.kv_head_count() != c.heads) writer.set_metadata("kv_heads", std::to_string(c.kv_heads));
   if (c.rotary.dims != 0) {
     writer.set_metadata("rotary_dims", std::to_string(c.rotary.dims));
@@ -241,6 +244,8 @@ inline void write_attention_options(SafetensorsWriter& writer, const GptConfig& 
 
 // What write_attention_options wrote; an absent key leaves GPT-2's default.
 inline void read_attention_options(MetadataReader& m, GptConfig& c) {
+  if (m.has("learned_positions")) c.learned_positions = m.boolean("learned_positions");
+  if (m.has("position_offset")) c.position_offset = m.integer("position_offset", 0);
   if (m.has("kv_heads")) c.kv_heads = m.integer("kv_heads", 1);
   if (m.has("rotary_dims")) {
     c.rotary.dims = m.integer("rotary_dims", 2);

@@ -31,9 +31,13 @@ struct GptConfig {
   double score_scale = 0;  // the attention scores' factor; 0: 1/sqrt(head_dim) (GPT-Neo: 1)
   Index window = 0;        // local attention to the last `window` keys (0: global everywhere)
   Index window_period = 1; // ... in the layers i with i % window_period == window_period - 1
+  bool learned_positions = true;  // a position table added to the token rows (false: rotary, ALiBi)
+  Index position_offset = 0;      // position p reads row p + offset of the table (OPT: 2)
 
   constexpr Index head_size() const { return head_dim != 0 ? head_dim : (heads ? width / heads : 0); }
   constexpr Index attention_width() const { return heads * head_size(); }  // heads*head_dim
+  // Rows of the position table: context + offset, or none.
+  constexpr Index position_rows() const { return learned_positions ? context + position_offset : 0; }
   constexpr Index kv_head_count() const { return kv_heads != 0 ? kv_heads : heads; }
   constexpr Index kv_width() const { return kv_head_count() * head_size(); }  // a KV cache's columns
   // The window of layer i (0: global). GPT-Neo alternates global and local: window_period 2.
@@ -60,6 +64,10 @@ struct GptConfig {
     if (!(epsilon > 0)) detail::fail(op, "epsilon is ", epsilon, ", expected > 0");
     detail::check_attention_options(op, [] { return std::string(); }, heads, head_size(), kv_heads,
                                     rotary, window, /*causal=*/true, score_scale);
+    if (position_offset < 0) detail::fail(op, "position_offset is ", position_offset, ", expected >= 0");
+    if (!learned_positions && position_offset != 0)
+      detail::fail(op, "position_offset is ", position_offset,
+                   " without learned positions, expected 0");
     if (window_period < 1)
       detail::fail(op, "window_period is ", window_period, ", expected >= 1");
   }

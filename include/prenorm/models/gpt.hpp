@@ -1,6 +1,8 @@
 #pragma once
-// GPT: a decoder-only Pre-Norm transformer with learned positions.
-//   h = E[tok] + P[pos];  blocks;  logits = head(NormF(h)) (+ head_bias)
+// GPT: a decoder-only Pre-Norm transformer.
+//   h = E[tok] + P[pos + offset];  blocks;  logits = head(NormF(h)) (+ head_bias)
+// The position table P is optional (config.learned_positions: families with
+// rotary embeddings or ALiBi have none) and may be read at an offset (OPT's 2).
 // Gpt holds the parameters; the forward pass and its state (buffers, logits,
 // KV cache) are a GptSession's (gpt_session.hpp).
 //
@@ -51,16 +53,6 @@ struct TokenBatch {
 
 namespace detail {
 
-// The keep-tied lookup (TiedPolicy::Keep), one token: out [m] = the first m
-// coordinates of row - mean(row), plus pos. row [d] is the original table's
-// row (mean over all d), pos [m] the position row; m = d or d - 1.
-// The converter's table transform (branch::write), applied per token.
-template <class S, class Row, class Pos, class Out>
-void tied_lookup_row(const Row& row, const Pos& pos, Out&& out) {
-  branch::write(row, out);
-  out += pos;
-}
-
 // The keep-tied head's input: u [N x d] = gamma * decompress(x) + beta, for
 // the normalized main branch x [N x m] (m = d - 1: x_d = -sum(x); m = d: x).
 // gamma, beta (d): the final LayerNorm's affine, folded out of the blocks.
@@ -86,7 +78,7 @@ class Gpt {
 
   GptConfig config;
   Embedding<S> token_embedding;     // (vocab, main); (vocab, d) when tied_affine()
-  Embedding<S> position_embedding;  // (context, main)
+  Embedding<S> position_embedding;  // (context + position_offset, main), or (0, main) without learned positions
   std::vector<Block> blocks;        // [layers]
   Vector<S> final_gamma;            // (d), PreLN only (empty otherwise)
   Vector<S> final_beta;             // (d), PreLN only
@@ -100,7 +92,7 @@ class Gpt {
     config.validate("Gpt");
     const Index d = config.width, m = main();
     token_embedding = Embedding<S>(config.vocab, tied_affine() ? d : m);
-    position_embedding = Embedding<S>(config.context, m);
+    position_embedding = Embedding<S>(config.position_rows(), m);
     blocks.reserve(config.layers);
     for (Index i = 0; i < config.layers; ++i) {
       Block& b = blocks.emplace_back(d, config.heads, config.head_size(), config.mlp_width,
@@ -166,7 +158,7 @@ class Gpt {
     config.validate(op);
     const Index d = config.width, m = main();
     token_embedding.validate(op, "token_embedding", config.vocab, tied_affine() ? d : m);
-    position_embedding.validate(op, "position_embedding", config.context, m);
+    position_embedding.validate(op, "position_embedding", config.position_rows(), m);
     if (Index(blocks.size()) != config.layers)
       detail::fail(op, "blocks has ", blocks.size(), " blocks, expected ", config.layers, " (layers)");
     for (std::size_t i = 0; i < blocks.size(); ++i) {

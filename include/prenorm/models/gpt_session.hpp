@@ -225,17 +225,19 @@ class GptSession {
     ArchTraits<A>::forward(h_, model_->final_gamma, model_->final_beta, x_, S(model_->config.epsilon));
   }
 
-  // h_ [tokens x main] = token rows + position rows. Token t of a sequence is at position past + t.
+  // h_ [tokens x main] = token rows + position rows (none without learned
+  // positions). Token t of a sequence is at position past + t, row past + t + offset.
   void embed(const int* ids, Index T, Index past) {
     const Model& g = *model_;
     const Index m = g.main();
     const auto& E = g.token_embedding.table;
     const auto& P = g.position_embedding.table;
-    const bool recenter = g.tied_affine();
+    const bool recenter = g.tied_affine(), positions = g.config.learned_positions;
+    const Index offset = past + g.config.position_offset;
     detail::for_each_row(h_.rows(), m, [&](Index r) {
-      const Index pos = past + r % T;
-      if (recenter) detail::tied_lookup_row<S>(E.row(ids[r]), P.row(pos), h_.row(r));
-      else h_.row(r) = E.row(ids[r]) + P.row(pos);
+      if (recenter) branch::write(E.row(ids[r]), h_.row(r));
+      else h_.row(r) = E.row(ids[r]);
+      if (positions) h_.row(r) += P.row(offset + r % T);
     });
   }
 

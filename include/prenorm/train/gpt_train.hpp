@@ -89,7 +89,8 @@ class GptTrainEngine {
                   [&](Index l) { return BlockGrad<A, S>{model.blocks[l], grads.blocks[l]}; });
     // Embeddings.
     grads.position_embedding.table.setZero();
-    embedding_backward<S>(dh_, positions_, grads.position_embedding.table);
+    if (model.config.learned_positions)
+      embedding_backward<S>(dh_, positions_, grads.position_embedding.table);
     if (!tied) clear_token_rows(grads.token_embedding.table, &grads);
     if (keep) table_backward_reparam<S>(dh_, batch.inputs.ids, kCompress, dweight, ws_);
     else embedding_backward<S>(dh_, batch.inputs.ids, grads.token_embedding.table);
@@ -139,7 +140,8 @@ class GptTrainEngine {
       return ReparamBlockGrad<A, S>{phi.blocks[l], theta.blocks[l], grad_theta.blocks[l], ws};
     });
     grad_theta.position_embedding.table.setZero();
-    table_backward_reparam<S>(dh_, positions_, c, grad_theta.position_embedding.table, ws);
+    if (theta.config.learned_positions)
+      table_backward_reparam<S>(dh_, positions_, c, grad_theta.position_embedding.table, ws);
     if (!tied) clear_token_rows(grad_theta.token_embedding.table, &grad_theta);
     table_backward_reparam<S>(dh_, batch.inputs.ids, c, grad_theta.token_embedding.table, ws);
     remember_rows(batch.inputs.ids, theta.config.vocab);
@@ -280,20 +282,22 @@ class GptTrainEngine {
     x_f_.resize(ArchTraits<A>::has_norm ? N : 0, m);
     logits_.resize(N, model.config.vocab);
     positions_.resize(std::size_t(N));
-    for (Index r = 0; r < N; ++r) positions_[std::size_t(r)] = int(r % T);
+    const Index offset = model.config.position_offset;  // position p is row p + offset
+    for (Index r = 0; r < N; ++r) positions_[std::size_t(r)] = int(r % T + offset);
     if (N == 0) return;
 
     const bool keep = tied.table != nullptr;
     const auto& E = keep ? *tied.table : model.token_embedding.table;
     const auto& P = model.position_embedding.table;
     RowMatrix<S>& h0 = h_[0];
+    const bool positions = model.config.learned_positions;
     if (keep)
       tied_clock.time([&] {
-        detail::for_each_row(N, m, [&](Index r) {
-          detail::tied_lookup_row<S>(E.row(t.ids[r]), P.row(r % T), h0.row(r));
-        });
+        detail::for_each_row(N, m, [&](Index r) { branch::write(E.row(t.ids[r]), h0.row(r)); });
       });
-    else detail::for_each_row(N, m, [&](Index r) { h0.row(r) = E.row(t.ids[r]) + P.row(r % T); });
+    else detail::for_each_row(N, m, [&](Index r) { h0.row(r) = E.row(t.ids[r]); });
+    if (positions)
+      detail::for_each_row(N, m, [&](Index r) { h0.row(r) += P.row(positions_[std::size_t(r)]); });
 
     const S eps = S(model.config.epsilon);
     if (L == 0) {

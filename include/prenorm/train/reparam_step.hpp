@@ -322,6 +322,7 @@ class ConvertingUpdate {
   }
   void add_table(const ParameterList<S>& list, const RowMatrix<S>& table, RowMatrix<S>& out,
                  const char* what) {
+    if (table.size() == 0) return;  // no position table (rotary, ALiBi): nothing to convert
     add_rows(list, table, what, [this, &table, &out](Index r0, Index r1) {
       for (Index r = r0; r < r1; ++r) table_row(table, out, r);
     });
