@@ -492,9 +492,9 @@ TEST(HfGpt2, ConfigJson) {
 
   // Errors name the key and the file.
   auto bad = json;
-  bad["activation_function"] = "relu";
+  bad["activation_function"] = "swish";
   expect_error([&] { io::gpt2_config_from_json(bad, "my/config.json"); },
-               {"my/config.json", "activation_function", "relu"});
+               {"my/config.json", "activation_function", "swish"});
   bad = json;
   bad.erase("n_embd");
   expect_error([&] { io::gpt2_config_from_json(bad, "my/config.json"); },

@@ -13,6 +13,11 @@
 // Norm_A, its saved statistics and its backward are ArchTraits<A>'s
 // (ops/arch_traits.hpp); an architecture without norms (has_norm false) has
 // its sub-layers read h itself.
+//
+// This is the Sequential block's training (layers/topology.hpp). Parallel
+// blocks are refused (prenorm::Error), not given a wrong gradient: their
+// backward (dh through both branches at once, and for ParallelSharedNorm
+// norm1's dgamma, dbeta summed from two readers) is not written yet.
 
 #include <Eigen/Core>
 
@@ -25,6 +30,22 @@
 #include "layers_backward.hpp"
 
 namespace prenorm {
+
+namespace detail {
+
+// Throws unless the blocks are Sequential, the only topology training supports.
+inline void require_sequential_training(const char* op, BlockTopology topology) {
+  switch (topology) {
+    case BlockTopology::Sequential: return;
+    case BlockTopology::ParallelSharedNorm:
+      fail(op, "ParallelSharedNorm blocks are not supported in training yet");
+    case BlockTopology::ParallelTwoNorms:
+      fail(op, "ParallelTwoNorms blocks are not supported in training yet");
+  }
+  fail(op, "blocks of topology ", int(topology), " are not supported in training");
+}
+
+}  // namespace detail
 
 // Seconds spent in normalization kernels (forward and backward), when enabled.
 struct NormClock {
@@ -93,6 +114,7 @@ void block_norm1_forward_train(const PreNormBlock<A, S>& block, const RowMatrix<
 template <Arch A, class S>
 void block_forward_train(const PreNormBlock<A, S>& block, const RowMatrix<S>& h, Index batch,
                          BlockActivations<A, S>& acts, RowMatrix<S>& h_out, NormClock& clock) {
+  detail::require_sequential_training("block_forward_train", block.topology);
   acts.resize(h.rows(), h.cols());
   h_out.resize(h.rows(), h.cols());
   attention_forward_train<S>(block.attn, acts.attn_input(h), batch, acts.h_mid, acts.attn);
@@ -129,6 +151,7 @@ template <Arch A, class S, class Sink>
 void block_backward_with(const PreNormBlock<A, S>& block, const RowMatrix<S>& h, Index batch,
                          const BlockActivations<A, S>& acts, RowMatrix<S>& dh,
                          BlockBackwardWorkspace<S>& ws, NormClock& clock, const Sink& sink) {
+  detail::require_sequential_training("block_backward", block.topology);
   ws.dx.resize(h.rows(), h.cols());
   mlp_backward_with<S>(block.mlp, dh, acts.mlp_input(), acts.mlp, ws.dx, ws.dhidden, sink.proj(),
                        sink.fc());

@@ -264,6 +264,7 @@ class GptTrainEngine {
   void forward(const char* op, const Model& model, const GptBatch& batch, const TiedHead& tied) {
     const TokenBatch& t = batch.inputs;
     model.validate(op);
+    detail::require_sequential_training(op, model.config.topology);
     if (t.batch < 0 || t.seq < 0 || Index(t.ids.size()) != t.batch * t.seq)
       detail::fail(op, "the token batch has ", t.ids.size(), " ids, expected batch ", t.batch,
                    " x seq ", t.seq);

@@ -5,7 +5,8 @@
 //
 //   linear_backward          y = x W^T + b
 //   embedding_backward       y = table[ids]
-//   gelu_tanh_backward, gelu_erf_backward, activation_backward
+//   gelu_tanh_backward, gelu_erf_backward, relu_backward, quick_gelu_backward,
+//   activation_backward
 //   attention_forward_train / attention_backward   (causal mask included)
 //   mlp_forward_train / mlp_backward
 //
@@ -191,12 +192,56 @@ void gelu_erf_backward(const ConstRowsRef<S>& dy, const ConstRowsRef<S>& x, Rows
   });
 }
 
+// Backward of y = max(x, 0) elementwise: dx = dy where x > 0, else 0 (the
+// derivative at 0 taken as 0, as PyTorch). dx may be dy.
+template <class S>
+void relu_backward(const ConstRowsRef<S>& dy, const ConstRowsRef<S>& x, RowsRef<S> dx) {
+  constexpr const char* op = "relu_backward";
+  detail::check_rows_cols(op, "dy", dy.rows(), dy.cols(), x.rows(), x.cols(), "the shape of x");
+  detail::check_rows_cols(op, "dx", dx.rows(), dx.cols(), x.rows(), x.cols(), "the shape of x");
+  const Index n = x.cols();
+  detail::for_each_row(x.rows(), n, [&](Index r) {
+    using Map = Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>>;
+    const Map xs(x.row(r).data(), n), dys(dy.row(r).data(), n);
+    Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>>(dx.row(r).data(), n) =
+        (xs > S(0)).select(dys, S(0));
+  });
+}
+
+// Backward of y = x sigmoid(k x), k = 1.702, elementwise:
+// y' = s + k x s (1 - s) with s = sigmoid(k x). dx may be dy.
+template <class S>
+void quick_gelu_backward(const ConstRowsRef<S>& dy, const ConstRowsRef<S>& x, RowsRef<S> dx) {
+  constexpr const char* op = "quick_gelu_backward";
+  detail::check_rows_cols(op, "dy", dy.rows(), dy.cols(), x.rows(), x.cols(), "the shape of x");
+  detail::check_rows_cols(op, "dx", dx.rows(), dx.cols(), x.rows(), x.cols(), "the shape of x");
+  const S k = S(1.702);
+  const Index n = x.cols();
+  detail::for_each_row(x.rows(), n, [&](Index r) {
+    // Chunks of at most 64, as in gelu_tanh_backward; logistic vectorized (float).
+    using Chunk = Eigen::Array<S, Eigen::Dynamic, 1, Eigen::ColMajor, 64, 1>;
+    using Map = Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>>;
+    for (Index i = 0; i < n; i += 64) {
+      const Index len = std::min<Index>(64, n - i);
+      const Map xs(x.row(r).data() + i, len), dys(dy.row(r).data() + i, len);
+      const Chunk s = (k * xs).logistic();
+      Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>>(dx.row(r).data() + i, len) =
+          dys * (s + k * xs * s * (S(1) - s));
+    }
+  });
+}
+
 // dx = dy * activation'(x). dy, x, dx: [rows x n]; dx may be dy.
 template <class S>
 void activation_backward(Activation activation, const ConstRowsRef<S>& dy, const ConstRowsRef<S>& x,
                          RowsRef<S> dx) {
-  if (activation == Activation::GeluTanh) gelu_tanh_backward<S>(dy, x, dx);
-  else gelu_erf_backward<S>(dy, x, dx);
+  switch (activation) {
+    case Activation::GeluTanh: return gelu_tanh_backward<S>(dy, x, dx);
+    case Activation::GeluErf: return gelu_erf_backward<S>(dy, x, dx);
+    case Activation::Relu: return relu_backward<S>(dy, x, dx);
+    case Activation::QuickGelu: return quick_gelu_backward<S>(dy, x, dx);
+  }
+  detail::fail("activation_backward", "unknown activation ", int(activation));
 }
 
 // ---------------------------------------------------------------------------

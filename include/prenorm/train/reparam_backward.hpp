@@ -182,9 +182,13 @@ struct ReparamBlockGrad {
     return reader(theta.attn.qkv, theta.norm1_gamma, theta.norm1_beta, grad.attn.qkv,
                   grad.norm1_gamma, grad.norm1_beta);
   }
+  // The norm mlp.fc reads (PreNormBlock::mlp_norm). Its dgamma, dbeta are
+  // written, not added to: right for the Sequential blocks block_backward_with
+  // accepts, not for a norm shared with qkv (ParallelSharedNorm, refused there).
   auto fc() const {
-    return reader(theta.mlp.fc, theta.norm2_gamma, theta.norm2_beta, grad.mlp.fc, grad.norm2_gamma,
-                  grad.norm2_beta);
+    const BlockNorm n = theta.mlp_norm();
+    return reader(theta.mlp.fc, theta.norm_gamma(n), theta.norm_beta(n), grad.mlp.fc,
+                  grad.norm_gamma(n), grad.norm_beta(n));
   }
   auto out() const {
     return [this](const ConstRowsRef<S>& dy, const ConstRowsRef<S>& x, RowsRef<S> dx) {

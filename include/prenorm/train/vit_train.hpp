@@ -167,6 +167,7 @@ class VitTrainEngine {
 
   void forward(const char* op, const Model& model, const Batch& batch) {
     model.validate(op);
+    detail::require_sequential_training(op, model.config.topology);
     const Index B = batch.images.batch;
     if (Index(batch.labels.size()) != B)
       detail::fail(op, "labels has ", batch.labels.size(), " entries, expected ", B, " (one per image)");
