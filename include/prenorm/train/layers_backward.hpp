@@ -218,13 +218,13 @@ void quick_gelu_backward(const ConstRowsRef<S>& dy, const ConstRowsRef<S>& x, Ro
   const S k = S(1.702);
   const Index n = x.cols();
   detail::for_each_row(x.rows(), n, [&](Index r) {
-    // Chunks of at most 64, as in gelu_tanh_backward; logistic vectorized (float).
+    // Chunks of at most 64, as in gelu_tanh_backward; s as in quick_gelu_inplace.
     using Chunk = Eigen::Array<S, Eigen::Dynamic, 1, Eigen::ColMajor, 64, 1>;
     using Map = Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>>;
     for (Index i = 0; i < n; i += 64) {
       const Index len = std::min<Index>(64, n - i);
       const Map xs(x.row(r).data() + i, len), dys(dy.row(r).data() + i, len);
-      const Chunk s = (k * xs).logistic();
+      const Chunk s = (S(1) + (-k * xs).exp()).inverse();
       Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>>(dx.row(r).data() + i, len) =
           dys * (s + k * xs * s * (S(1) - s));
     }
