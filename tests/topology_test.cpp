@@ -12,7 +12,9 @@
 //     stream (a wrong norm pairing fails); convert_adjoint against central
 //     differences of convert_into (exact: the map is quadratic); GptSession
 //     prefill + steps equal the full forward.
-//   - Training refuses parallel blocks with a message naming the topology.
+//   - Training: GPT and ViT gradients of each topology against central
+//     differences of the loss; training through the converter gives the
+//     Pre-LN gradient (a shared norm's two readers summed).
 //
 // Typed over float and double; tolerances relative 1e-5 (float) and 1e-12
 // (double) for the ops, logits-sized ones for whole models.
@@ -599,51 +601,132 @@ TYPED_TEST(TopologyTest, GptSessionPrefillAndStepsEqualForward) {
 }
 
 // ---------------------------------------------------------------------------
-// Training refuses parallel blocks (never a wrong gradient)
+// Training: gradients of every topology
 // ---------------------------------------------------------------------------
 
-TEST(Topology, TrainingRefusesParallelBlocks) {
-  const std::vector<int> ids = {1, 5, 22, 7, 4, 4, 18, 2}, targets = {5, 22, 7, 0, 4, 18, 2, 11};
-  const prenorm::GptBatch batch{prenorm::TokenBatch{ids, 2, 4}, targets};
-  for (auto [topology, name] : {std::pair{BlockTopology::ParallelSharedNorm, "ParallelSharedNorm"},
-                                std::pair{BlockTopology::ParallelTwoNorms, "ParallelTwoNorms"}}) {
-    const std::string message = std::string(name) + " blocks are not supported in training yet";
+// v restricted to the tensors whose name contains `part` ("" for all).
+template <class Model>
+std::vector<double> direction(const Model& m, std::uint64_t seed, const std::string& part) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  std::vector<double> out;
+  m.visit_parameters([&](const std::string& name, const auto& t) {
+    const bool on = name.find(part) != std::string::npos;
+    for (Index i = 0; i < t.size(); ++i) out.push_back(on ? normal(rng) : 0.0);
+  });
+  return out;
+}
+
+// <grad, v> against the central difference of loss(theta + e v), for v over
+// all parameters and over the norms' gammas and betas alone.
+template <class Model, class Loss>
+void check_gradient(const Model& theta, const Model& grad, Loss&& loss, const std::string& what) {
+  const std::vector<double> t0 = flatten(theta), g = flatten(grad);
+  for (const char* part : {"", "norm"}) {
+    const std::vector<double> v = direction(theta, 81, part);
+    const double e = 1e-5;
+    const auto at = [&](double step) {
+      std::vector<double> t = t0;
+      for (std::size_t i = 0; i < t.size(); ++i) t[i] += step * v[i];
+      Model moved = theta;
+      unflatten(moved, t);
+      return loss(moved);
+    };
+    const double fd = (at(e) - at(-e)) / (2 * e), analytic = dot(g, v);
+    EXPECT_NEAR(analytic, fd, 1e-7 * (1 + std::abs(fd))) << what << ", direction over '" << part << "'";
+  }
+}
+
+const std::vector<int> kIds = {1, 5, 22, 7, 4, 4, 18, 2}, kTargets = {5, 22, 7, 0, 4, 18, 2, 11};
+
+TEST(Topology, GptGradientsMatchFiniteDifferences) {
+  const prenorm::GptBatch batch{prenorm::TokenBatch{kIds, 2, 4}, kTargets};
+  for (BlockTopology topology : kTopologies) {
     Gpt<Arch::PreLN, double> theta(small_gpt(topology, true));
     randomize(theta, 71);
     Gpt<Arch::PreLN, double> grads = theta;
     prenorm::GptTrainEngine<Arch::PreLN, double> engine;
-    expect_error([&] { engine.forward_backward(theta, batch, grads); },
-                 "GptTrainEngine::forward_backward: " + message);
-    expect_error([&] { engine.forward_loss(theta, batch); }, message);
+    engine.forward_backward(theta, batch, grads);
+    check_gradient(theta, grads, [&](const auto& m) { return engine.forward_loss(m, batch); },
+                   std::string(prenorm::topology_name(topology)));
+  }
+}
 
-    const auto phi = prenorm::convert<Arch::PreCRMSNorm>(theta);
-    prenorm::GptTrainEngine<Arch::PreCRMSNorm, double> reparam;
+TEST(Topology, VitGradientsMatchFiniteDifferences) {
+  for (BlockTopology topology : kTopologies) {
+    Vit<Arch::PreLN, double> theta(small_vit(topology));
+    randomize(theta, 72);
+    const std::vector<double> pixels = vit_pixels<double>(2, theta.config);
+    const std::vector<int> labels = {2, 4};
+    const prenorm::VitBatch<double> batch{prenorm::ImageBatch<double>{pixels, 2, 2, 8, 8}, labels};
+    Vit<Arch::PreLN, double> grads = theta;
+    prenorm::VitTrainEngine<Arch::PreLN, double> engine;
+    engine.forward_backward(theta, batch, grads);
+    check_gradient(theta, grads, [&](const auto& m) { return engine.forward_loss(m, batch); },
+                   std::string(prenorm::topology_name(topology)));
+  }
+}
+
+// Training through the converter gives theta's own gradient (a shared norm's
+// dgamma, dbeta summed from its two readers inside the fused backward).
+template <Arch To, class Model, class Batch>
+void check_reparam(const Model& theta, const Batch& batch, const std::string& what) {
+  Model grads = theta, grad_theta = theta;
+  const auto phi = prenorm::convert<To>(theta);
+  if constexpr (std::is_same_v<Batch, prenorm::GptBatch>) {
+    prenorm::GptTrainEngine<Arch::PreLN, double> engine;
+    prenorm::GptTrainEngine<To, double> reparam;
     prenorm::ReparamWorkspace<double> ws;
-    expect_error([&] { reparam.forward_backward_reparam(phi, theta, batch, grads, ws); },
-                 "GptTrainEngine::forward_backward_reparam: " + message);
+    const double loss = engine.forward_backward(theta, batch, grads);
+    EXPECT_NEAR(reparam.forward_backward_reparam(phi, theta, batch, grad_theta, ws), loss, 1e-12) << what;
+  } else {
+    prenorm::VitTrainEngine<Arch::PreLN, double> engine;
+    prenorm::VitTrainEngine<To, double> reparam;
+    prenorm::ReparamWorkspace<double> ws;
+    const double loss = engine.forward_backward(theta, batch, grads);
+    EXPECT_NEAR(reparam.forward_backward_reparam(phi, theta, batch, grad_theta, ws), loss, 1e-12) << what;
+  }
+  const std::vector<double> a = flatten(grad_theta), b = flatten(grads);
+  double worst = 0, scale = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    worst = std::max(worst, std::abs(a[i] - b[i]));
+    scale = std::max(scale, std::abs(b[i]));
+  }
+  EXPECT_LE(worst, 1e-10 * scale) << what;
+}
 
-    // The block functions themselves.
-    const auto& block = theta.blocks[0];
-    RowMatrix<double> h = RowMatrix<double>::Ones(4, 12), out;
-    prenorm::BlockActivations<Arch::PreLN, double> acts;
-    prenorm::NormClock clock;
-    expect_error([&] { prenorm::block_forward_train(block, h, 1, acts, out, clock); },
-                 "block_forward_train: " + message);
-    prenorm::BlockBackwardWorkspace<double> bws;
-    auto grad_block = block;
-    expect_error([&] { prenorm::block_backward(block, h, 1, acts, grad_block, h, bws, clock); },
-                 "block_backward: " + message);
+TEST(Topology, TrainingThroughTheConverterGivesThePreLnGradient) {
+  const prenorm::GptBatch batch{prenorm::TokenBatch{kIds, 2, 4}, kTargets};
+  for (BlockTopology topology : kTopologies) {
+    const std::string name(prenorm::topology_name(topology));
+    Gpt<Arch::PreLN, double> gpt(small_gpt(topology, false));
+    randomize(gpt, 73);
+    check_reparam<Arch::PreRMSNorm>(gpt, batch, name + ", gpt, pre_rmsnorm");
+    check_reparam<Arch::PreCRMSNorm>(gpt, batch, name + ", gpt, pre_crmsnorm");
 
     Vit<Arch::PreLN, double> vit(small_vit(topology));
-    Vit<Arch::PreLN, double> vit_grads = vit;
-    const std::vector<double> pixels = vit_pixels<double>(1, vit.config);
-    const std::vector<int> labels = {2};
-    const prenorm::VitBatch<double> vit_batch{
-        prenorm::ImageBatch<double>{pixels, 1, 2, 8, 8}, labels};
-    prenorm::VitTrainEngine<Arch::PreLN, double> vit_engine;
-    expect_error([&] { vit_engine.forward_backward(vit, vit_batch, vit_grads); },
-                 "VitTrainEngine::forward_backward: " + message);
+    randomize(vit, 74);
+    const std::vector<double> pixels = vit_pixels<double>(2, vit.config);
+    const std::vector<int> labels = {2, 4};
+    const prenorm::VitBatch<double> vit_batch{prenorm::ImageBatch<double>{pixels, 2, 2, 8, 8}, labels};
+    check_reparam<Arch::PreRMSNorm>(vit, vit_batch, name + ", vit, pre_rmsnorm");
+    check_reparam<Arch::PreCRMSNorm>(vit, vit_batch, name + ", vit, pre_crmsnorm");
   }
+}
+
+TEST(Topology, TrainingRefusesMismatchedTopologies) {
+  const prenorm::GptBatch batch{prenorm::TokenBatch{kIds, 2, 4}, kTargets};
+  Gpt<Arch::PreLN, double> theta(small_gpt(BlockTopology::ParallelSharedNorm, true));
+  Gpt<Arch::PreLN, double> grads(small_gpt(BlockTopology::ParallelTwoNorms, true));
+  prenorm::GptTrainEngine<Arch::PreLN, double> engine;
+  expect_error([&] { engine.forward_backward(theta, batch, grads); }, "another configuration");
+  const auto phi = prenorm::convert<Arch::PreCRMSNorm>(
+      Gpt<Arch::PreLN, double>(small_gpt(BlockTopology::Sequential, true)));
+  prenorm::GptTrainEngine<Arch::PreCRMSNorm, double> reparam;
+  prenorm::ReparamWorkspace<double> ws;
+  Gpt<Arch::PreLN, double> grad_theta = theta;
+  expect_error([&] { reparam.forward_backward_reparam(phi, theta, batch, grad_theta, ws); },
+               "phi must be convert<To>(theta)");
 }
 
 }  // namespace

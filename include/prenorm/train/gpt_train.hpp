@@ -114,7 +114,9 @@ class GptTrainEngine {
     grad_theta.validate(op);
     if (phi.blocks.size() != theta.blocks.size() || grad_theta.blocks.size() != theta.blocks.size() ||
         phi.config.vocab != theta.config.vocab || grad_theta.config.tied != theta.config.tied ||
-        grad_theta.config.head_bias != theta.config.head_bias || &grad_theta == &theta)
+        grad_theta.config.head_bias != theta.config.head_bias || &grad_theta == &theta ||
+        phi.config.topology != theta.config.topology ||
+        grad_theta.config.topology != theta.config.topology)
       detail::fail(op, "phi must be convert<To>(theta) and grad_theta have theta's layout");
     if (phi.config.tied && !theta.config.tied)
       detail::fail(op, "phi is keep-tied (TiedPolicy::Keep), expected untied (TiedPolicy::Untie): "
@@ -214,7 +216,7 @@ class GptTrainEngine {
     const GptConfig &a = model.config, &b = grads.config;
     if (a.vocab != b.vocab || a.context != b.context || a.width != b.width || a.heads != b.heads ||
         a.layers != b.layers || a.mlp_width != b.mlp_width || a.tied != b.tied ||
-        a.head_bias != b.head_bias || a.head_size() != b.head_size())
+        a.head_bias != b.head_bias || a.head_size() != b.head_size() || a.topology != b.topology)
       detail::fail(op, "grads has another configuration than the model");
     grads.validate(op);
   }
@@ -264,7 +266,6 @@ class GptTrainEngine {
   void forward(const char* op, const Model& model, const GptBatch& batch, const TiedHead& tied) {
     const TokenBatch& t = batch.inputs;
     model.validate(op);
-    detail::require_sequential_training(op, model.config.topology);
     if (t.batch < 0 || t.seq < 0 || Index(t.ids.size()) != t.batch * t.seq)
       detail::fail(op, "the token batch has ", t.ids.size(), " ids, expected batch ", t.batch,
                    " x seq ", t.seq);
