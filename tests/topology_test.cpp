@@ -14,7 +14,8 @@
 //     prefill + steps equal the full forward.
 //   - Training: GPT and ViT gradients of each topology against central
 //     differences of the loss; training through the converter gives the
-//     Pre-LN gradient (a shared norm's two readers summed).
+//     Pre-LN gradient (a shared norm's two readers summed), and Pre-LN and
+//     reparameterized training (AdamW) follow the same trajectory.
 //
 // Typed over float and double; tolerances relative 1e-5 (float) and 1e-12
 // (double) for the ops, logits-sized ones for whole models.
@@ -712,6 +713,40 @@ TEST(Topology, TrainingThroughTheConverterGivesThePreLnGradient) {
     check_reparam<Arch::PreRMSNorm>(vit, vit_batch, name + ", vit, pre_rmsnorm");
     check_reparam<Arch::PreCRMSNorm>(vit, vit_batch, name + ", vit, pre_crmsnorm");
   }
+}
+
+// Pre-LN training and training through the converter (every adjoint and
+// conversion placement, the conversion fused into the optimizer included)
+// follow the same trajectory for parallel blocks.
+TEST(Topology, ReparamTrainingFollowsPreLnTraining) {
+  using Opt = prenorm::AdamW<double>;
+  const prenorm::AdamWOptions adamw{.lr = 0.01, .beta1 = 0.9, .beta2 = 0.99, .eps = 1e-8,
+                                    .weight_decay = 0.1};
+  const prenorm::GptBatch batch{prenorm::TokenBatch{kIds, 2, 4}, kTargets};
+  for (BlockTopology topology : {BlockTopology::ParallelSharedNorm, BlockTopology::ParallelTwoNorms})
+    for (auto adjoint : {prenorm::AdjointMode::InBackward, prenorm::AdjointMode::Explicit})
+      for (auto conversion : {prenorm::ConvertMode::InOptimizer, prenorm::ConvertMode::Separate}) {
+        const std::string what = std::string(prenorm::topology_name(topology)) +
+                                 (adjoint == prenorm::AdjointMode::Explicit ? ", explicit" : ", in backward") +
+                                 (conversion == prenorm::ConvertMode::Separate ? ", separate" : ", in optimizer");
+        Gpt<Arch::PreLN, double> init(small_gpt(topology, true));
+        randomize(init, 91);
+        prenorm::Trainer<Gpt<Arch::PreLN, double>, Opt> ln(init, Opt(adamw));
+        prenorm::ReparamTrainer<Arch::PreCRMSNorm, Gpt<Arch::PreLN, double>, Opt> re(
+            init, Opt(adamw), {.adjoint = adjoint, .convert = conversion});
+        for (int step = 0; step < 4; ++step) {
+          const double a = ln.step(batch), b = re.step(batch);
+          EXPECT_NEAR(a, b, 1e-10 * a) << what << ", step " << step;
+        }
+        const std::vector<double> x = flatten(ln.model()), y = flatten(re.theta());
+        double worst = 0, scale = 0;
+        for (std::size_t i = 0; i < x.size(); ++i) {
+          worst = std::max(worst, std::abs(x[i] - y[i]));
+          scale = std::max(scale, std::abs(x[i]));
+        }
+        EXPECT_LE(worst, 1e-10 * scale) << what;
+        EXPECT_NE(x, flatten(init)) << what << ": the steps moved theta";
+      }
 }
 
 TEST(Topology, TrainingRefusesMismatchedTopologies) {
