@@ -20,6 +20,8 @@
 // Typed over float and double; tolerances relative 1e-5 (float) and 1e-12
 // (double) for the ops, logits-sized ones for whole models.
 
+#include "support/alloc_count.hpp"  // first: before any Eigen header
+
 #include <gtest/gtest.h>
 
 #include <prenorm/convert.hpp>
@@ -35,6 +37,8 @@
 
 namespace {
 
+using alloc_count::Allocations;
+using alloc_count::count_allocations;
 using prenorm::Activation;
 using prenorm::Arch;
 using prenorm::BlockTopology;
@@ -598,6 +602,25 @@ TYPED_TEST(TopologyTest, GptSessionPrefillAndStepsEqualForward) {
     };
     check(ln);
     check(crms);
+  }
+}
+
+// The MLP's output buffer of a parallel block (BlockWorkspace::parallel) is
+// sized once: repeated forwards and decoding steps allocate nothing.
+TEST(Topology, ParallelForwardAndStepsDoNotAllocate) {
+  for (BlockTopology topology : {BlockTopology::ParallelSharedNorm, BlockTopology::ParallelTwoNorms}) {
+    Gpt<Arch::PreCRMSNorm, float> g(small_gpt(topology, true));
+    g.init_random(95, 0.3, true);
+    const auto tokens = gpt_tokens();
+    prenorm::GptSession session(g);
+    session.forward(tokens);
+    Allocations a = count_allocations([&] { session.forward(tokens); });
+    EXPECT_EQ(a.eigen + a.news, 0) << prenorm::topology_name(topology) << ": repeated forward";
+    const std::vector<int> prompt = {1, 2, 3, 4}, next = {5, 6};
+    session.prefill(prenorm::TokenBatch{prompt, 2, 2}, 8);
+    session.step(next);
+    a = count_allocations([&] { session.step(next); });
+    EXPECT_EQ(a.eigen + a.news, 0) << prenorm::topology_name(topology) << ": decoding step";
   }
 }
 

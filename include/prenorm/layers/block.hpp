@@ -125,8 +125,9 @@ class PreNormBlock {
   }
 
   // h [batch*T x main] <- h + Attn(Norm1(h)), then h <- h + Mlp(Norm2(h))
-  // (or the parallel forms, see the top of this file). Sequence b is rows [b*T, (b+1)*T). Unfused at the block's ends: for a
-  // single block; models use the fused pieces below.
+  // (or the parallel forms, see the top of this file). Sequence b is rows
+  // [b*T, (b+1)*T). Unfused at the block's ends: for a single block; models
+  // use the fused pieces below.
   void forward(MainRef h, Index batch, BlockWorkspace<S>& ws, Main& x, Main& branch) const {
     x.resize(h.rows(), h.cols());
     branch.resize(h.rows(), h.cols());

@@ -153,6 +153,8 @@ struct BlockGrad {
   Vector<S>* dbeta2() const { return &grad.norm2_beta; }
 };
 
+namespace detail {
+
 // The rest of a parallel block's backward, from ws.dx = the gradient at the
 // MLP's input and dh = the gradient at the block's output (see the top of this file).
 template <Arch A, class S, class Sink>
@@ -165,7 +167,7 @@ void parallel_block_backward_rest(const PreNormBlock<A, S>& block, const RowMatr
   const bool shared = block.topology == BlockTopology::ParallelSharedNorm;
   if (shared) {
     // One norm read twice: its backward is linear in dy, so sum first.
-    detail::for_each_row(h.rows(), h.cols(), [&](Index r) { ws.dx.row(r) += ws.dx_attn.row(r); });
+    for_each_row(h.rows(), h.cols(), [&](Index r) { ws.dx.row(r) += ws.dx_attn.row(r); });
   } else {
     clock.time([&] {
       ArchTraits<A>::backward(ws.dx, h, block.norm2_gamma, acts.norm2, dh, sink.dgamma2(),
@@ -179,6 +181,8 @@ void parallel_block_backward_rest(const PreNormBlock<A, S>& block, const RowMatr
   });
 }
 
+}  // namespace detail
+
 // Backward of one block, the parameter gradients going to `sink` (see
 // BlockGrad). h: the block's input; dh [N x main]: on entry the gradient with
 // respect to the block's output, on exit with respect to h.
@@ -190,7 +194,7 @@ void block_backward_with(const PreNormBlock<A, S>& block, const RowMatrix<S>& h,
   mlp_backward_with<S>(block.mlp, dh, acts.mlp_input(h, block.topology), acts.mlp, ws.dx,
                        ws.dhidden, sink.proj(), sink.fc());
   if (block.topology != BlockTopology::Sequential) {
-    parallel_block_backward_rest(block, h, batch, acts, dh, ws, clock, sink);
+    detail::parallel_block_backward_rest(block, h, batch, acts, dh, ws, clock, sink);
     return;
   }
   clock.time([&] {
