@@ -178,6 +178,7 @@ void expect_same_config(const GptConfig& a, const GptConfig& b) {
   EXPECT_EQ(a.mlp_width, b.mlp_width);
   EXPECT_EQ(a.epsilon, b.epsilon);
   EXPECT_EQ(a.activation, b.activation);
+  EXPECT_EQ(a.topology, b.topology);
   EXPECT_EQ(a.tied, b.tied);
   EXPECT_EQ(a.head_bias, b.head_bias);
   EXPECT_EQ(a.head_size(), b.head_size());
@@ -194,6 +195,7 @@ void expect_same_config(const VitConfig& a, const VitConfig& b) {
   EXPECT_EQ(a.mlp_width, b.mlp_width);
   EXPECT_EQ(a.epsilon, b.epsilon);
   EXPECT_EQ(a.activation, b.activation);
+  EXPECT_EQ(a.topology, b.topology);
   EXPECT_EQ(a.head_size(), b.head_size());
 }
 
@@ -492,9 +494,9 @@ TEST(HfGpt2, ConfigJson) {
 
   // Errors name the key and the file.
   auto bad = json;
-  bad["activation_function"] = "relu";
+  bad["activation_function"] = "swish";
   expect_error([&] { io::gpt2_config_from_json(bad, "my/config.json"); },
-               {"my/config.json", "activation_function", "relu"});
+               {"my/config.json", "activation_function", "swish"});
   bad = json;
   bad.erase("n_embd");
   expect_error([&] { io::gpt2_config_from_json(bad, "my/config.json"); },
@@ -726,6 +728,65 @@ void round_trip_every_arch(Dtype dtype) {
 TEST(PrenormLayout, RoundTripsEveryArchitectureExactlyFloatF32) { round_trip_every_arch<float>(Dtype::F32); }
 TEST(PrenormLayout, RoundTripsEveryArchitectureExactlyDoubleF64) { round_trip_every_arch<double>(Dtype::F64); }
 
+// Parallel topologies and the newer activations: 'topology' is written only
+// when not sequential (a sequential file is as before), and read back.
+TEST(PrenormLayout, RoundTripsParallelTopologiesAndActivations) {
+  TempDir dir;
+  GptConfig c = tiny_gpt(false);
+  c.topology = prenorm::BlockTopology::ParallelTwoNorms;
+  c.activation = prenorm::Activation::QuickGelu;
+  Gpt<Arch::PreLN, double> ln(c);
+  ln.init_random(45, 0.3, /*random_affine=*/true);
+  const auto back = round_trip(ln, Dtype::F64, dir / "two.safetensors");
+  EXPECT_TRUE(gpt_logits(back) == gpt_logits(ln));
+  const SafetensorsFile file(dir / "two.safetensors");
+  EXPECT_EQ(file.metadata().at("topology"), "parallel_two_norms");
+  EXPECT_EQ(file.metadata().at("activation"), "quick_gelu");
+  EXPECT_TRUE(file.contains("blocks.1.norm2_gamma"));
+  auto crms = prenorm::convert<Arch::PreCRMSNorm>(ln);
+  auto crms_back = round_trip(crms, Dtype::F64, dir / "crms.safetensors", Arch::PreLN);
+  EXPECT_TRUE(gpt_logits(crms_back) == gpt_logits(crms));
+
+  VitConfig v = tiny_vit();
+  v.topology = prenorm::BlockTopology::ParallelSharedNorm;
+  v.activation = prenorm::Activation::Relu;
+  Vit<Arch::PreLN, float> vit(v);
+  vit.init_random(46, 0.3, /*random_affine=*/true);
+  round_trip(vit, Dtype::F32, dir / "shared.safetensors");
+  const SafetensorsFile shared(dir / "shared.safetensors");
+  EXPECT_EQ(shared.metadata().at("topology"), "parallel_shared_norm");
+  EXPECT_FALSE(shared.contains("blocks.0.norm2_gamma")) << "a shared norm has no norm2";
+
+  // Sequential: no 'topology' key; an explicit "sequential" reads as well.
+  io::save_prenorm(random_gpt<float>(false, 47), dir / "seq.safetensors", Dtype::F32);
+  const SafetensorsFile seq(dir / "seq.safetensors");
+  EXPECT_EQ(seq.metadata().count("topology"), 0u);
+  std::map<std::string, std::string> metadata = seq.metadata();
+  metadata["topology"] = "sequential";
+  rewrite(seq, dir / "explicit.safetensors", metadata);
+  EXPECT_EQ(io::read_prenorm_metadata(SafetensorsFile(dir / "explicit.safetensors")).gpt.topology,
+            prenorm::BlockTopology::Sequential);
+
+  // Hugging Face's names: relu and quick_gelu both ways.
+  for (auto [activation, name] : {std::pair{prenorm::Activation::Relu, "relu"},
+                                  std::pair{prenorm::Activation::QuickGelu, "quick_gelu"}}) {
+    GptConfig g = tiny_gpt(false);
+    g.activation = activation;
+    const nlohmann::json gj = io::gpt2_config_to_json(g);
+    EXPECT_EQ(gj.at("activation_function"), name);
+    EXPECT_EQ(io::gpt2_config_from_json(gj, "g.json").activation, activation);
+    VitConfig w = tiny_vit();
+    w.activation = activation;
+    const nlohmann::json vj = io::vit_config_to_json(w);
+    EXPECT_EQ(vj.at("hidden_act"), name);
+    EXPECT_EQ(io::vit_config_from_json(vj, "v.json").activation, activation);
+  }
+
+  // Hugging Face's GPT-2 and ViT have sequential blocks only.
+  expect_error([&] { (void)io::gpt2_config_to_json(c); }, {"parallel_two_norms", "sequential blocks only"});
+  expect_error([&] { (void)io::vit_config_to_json(v); }, {"parallel_shared_norm", "sequential blocks only"});
+}
+
 TEST(PrenormLayout, NamesAndMetadata) {
   TempDir dir;
   auto ln = random_gpt<float>(true, 41);
@@ -793,8 +854,9 @@ TEST(PrenormLayout, MetadataIsValidatedStrictly) {
   const std::vector<std::pair<std::string, std::string>> bad_values = {
       {"format_version", "2"}, {"kind", "bert"},     {"arch", "post_ln"},   {"width", "-12"},
       {"width", "12.0"},       {"heads", "three"},   {"layers", ""},        {"epsilon", "0"},
-      {"epsilon", "1e-5x"},    {"epsilon", "nan"},   {"activation", "relu"}, {"tied", "yes"},
-      {"head_bias", "1"},      {"converted_from", "pre_foo"}, {"vocab", "0"}};
+      {"epsilon", "1e-5x"},    {"epsilon", "nan"},   {"activation", "swish"}, {"tied", "yes"},
+      {"head_bias", "1"},      {"converted_from", "pre_foo"}, {"vocab", "0"},
+      {"topology", "parallel"}};
   for (const auto& [key, value] : bad_values) {
     with(key, value);
     expect_error(load, {bad.string(), "'" + key + "'", "'" + value + "'"});

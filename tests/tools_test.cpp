@@ -515,10 +515,10 @@ TEST(Tools, BadInputNamesTheFileAndTheTensor) {
                  {(d / "nope.safetensors").string()});
   {
     std::ofstream(d / "bad-config.json") << R"({"n_embd": 12, "n_head": 3, "n_layer": 2,
-        "vocab_size": 31, "n_positions": 16, "n_inner": 24, "activation_function": "relu"})";
+        "vocab_size": 31, "n_positions": 16, "n_inner": 24, "activation_function": "swish"})";
   }
   expect_failure(kConvert, {"--to", "pre-rmsnorm", "--config", d / "bad-config.json", in, out}, 1, d,
-                 {in}, {(d / "bad-config.json").string(), "activation_function", "relu"});
+                 {in}, {(d / "bad-config.json").string(), "activation_function", "swish"});
 
   // A Pre-RMSNorm model whose writers are not zero-mean cannot become Pre-CRMSNorm.
   {

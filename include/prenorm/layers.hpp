@@ -6,3 +6,4 @@
 #include "layers/embedding.hpp"
 #include "layers/linear.hpp"
 #include "layers/mlp.hpp"
+#include "layers/topology.hpp"

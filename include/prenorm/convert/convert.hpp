@@ -135,10 +135,16 @@ template <Arch From, Arch To, class S>
 void convert_block(const PreNormBlock<From, S>& src, PreNormBlock<To, S>& dst,
                    const std::string& name, const ConvertOptions& options, const char* op) {
   using conversion::Role;
-  Vec gamma1, beta1, gamma2, beta2;  // empty unless the source is Pre-LN
+  if (dst.topology != src.topology)
+    prenorm::detail::fail(op, name, ".topology is ", topology_name(dst.topology), " in the target, ",
+                          topology_name(src.topology), " in the source");
+  // The affine each reader folds: its norm's (the MLP may read norm1, see
+  // PreNormBlock::mlp_norm); empty unless the source is Pre-LN.
+  Vec gamma1, beta1, gamma2, beta2;
   if constexpr (From == Arch::PreLN) {
+    const BlockNorm mlp_norm = src.mlp_norm();
     gamma1 = to_double(src.norm1_gamma), beta1 = to_double(src.norm1_beta);
-    gamma2 = to_double(src.norm2_gamma), beta2 = to_double(src.norm2_beta);
+    gamma2 = to_double(src.norm_gamma(mlp_norm)), beta2 = to_double(src.norm_beta(mlp_norm));
   }
   const auto reader = [&](const Linear<S>& in, Linear<S>& out, Role role, const Vec& gamma,
                           const Vec& beta) {

@@ -19,6 +19,9 @@
 //   writer  W'' = K(W - 1 (1^T W)/d),  b'' = K(b - mean(b))  K: compress_output or identity
 //           dW = (I - 1 1^T/d) K^T(dW''),  db likewise
 //   table   rows recentered (and compressed); the adjoint recenters the padded rows
+// A block's mlp.fc reads the norm PreNormBlock::mlp_norm() names: norm1 for a
+// ParallelSharedNorm block, whose dgamma1, dbeta1 are then the sum of the
+// shares of attn.qkv and mlp.fc.
 // A tied theta (one table E for the lookup and the head):
 //   Untie   the token table and the head both come from E, and the adjoint
 //           sums their gradients into dE.
@@ -91,7 +94,8 @@ void check_converted(const char* op, const Gpt<Arch::PreLN, S>& theta, const Gpt
   phi.validate(op);
   const GptConfig &a = theta.config, &b = phi.config;
   if (a.vocab != b.vocab || a.context != b.context || a.width != b.width || a.heads != b.heads ||
-      a.layers != b.layers || a.mlp_width != b.mlp_width || a.head_size() != b.head_size())
+      a.layers != b.layers || a.mlp_width != b.mlp_width || a.head_size() != b.head_size() ||
+      a.topology != b.topology)
     prenorm::detail::fail(op, "phi does not have the configuration of theta");
   if (b.tied && !a.tied)
     prenorm::detail::fail(op, "phi is keep-tied (the layout of convert<To>(theta, {TiedPolicy::Keep})), "
@@ -114,7 +118,8 @@ void check_converted(const char* op, const Vit<Arch::PreLN, S>& theta, const Vit
   const VitConfig &a = theta.config, &b = phi.config;
   if (a.image_size != b.image_size || a.patch_size != b.patch_size || a.channels != b.channels ||
       a.classes != b.classes || a.width != b.width || a.heads != b.heads || a.layers != b.layers ||
-      a.mlp_width != b.mlp_width || a.head_size() != b.head_size())
+      a.mlp_width != b.mlp_width || a.head_size() != b.head_size() ||
+      a.topology != b.topology)
     prenorm::detail::fail(op, "phi does not have the configuration of theta");
   if (!theta.patch.has_bias() || !phi.patch.has_bias() || !theta.head.has_bias() ||
       !phi.head.has_bias())
@@ -137,10 +142,10 @@ void writer_into(const Linear<S>& theta, Linear<S>& phi, ConvertWorkspace<S>& ws
 template <Arch To, class S>
 void reader_grad(const Linear<S>& theta, const Vector<S>& gamma, const Vector<S>& beta,
                  const Linear<S>& g_phi, Linear<S>& g_theta, Vector<S>& g_gamma, Vector<S>& g_beta,
-                 ConvertWorkspace<S>& ws) {
+                 ConvertWorkspace<S>& ws, GradWrite norm_write = GradWrite::Overwrite) {
   reader_adjoint(g_phi.weight, g_phi.bias, theta.weight, gamma, beta, training_steps<To>(Role::QkvIn),
                  g_theta.weight, theta.has_bias() ? &g_theta.bias : nullptr, g_gamma, g_beta,
-                 GradWrite::Overwrite, ws);
+                 norm_write, ws);
 }
 template <Arch To, class S>
 void writer_grad(const Linear<S>& g_phi, Linear<S>& g_theta, ConvertWorkspace<S>& ws) {
@@ -153,7 +158,8 @@ void convert_block_into(const PreNormBlock<Arch::PreLN, S>& src, PreNormBlock<To
                         ConvertWorkspace<S>& ws) {
   reader_into<To>(src.attn.qkv, src.norm1_gamma, src.norm1_beta, dst.attn.qkv);
   writer_into<To>(src.attn.out, dst.attn.out, ws);
-  reader_into<To>(src.mlp.fc, src.norm2_gamma, src.norm2_beta, dst.mlp.fc);
+  reader_into<To>(src.mlp.fc, src.norm_gamma(src.mlp_norm()), src.norm_beta(src.mlp_norm()),
+                  dst.mlp.fc);
   writer_into<To>(src.mlp.proj, dst.mlp.proj, ws);
   dst.epsilon = src.epsilon;
 }
@@ -164,8 +170,11 @@ void block_adjoint(const PreNormBlock<Arch::PreLN, S>& theta, const PreNormBlock
   reader_grad<To>(theta.attn.qkv, theta.norm1_gamma, theta.norm1_beta, g_phi.attn.qkv,
                   g_theta.attn.qkv, g_theta.norm1_gamma, g_theta.norm1_beta, ws);
   writer_grad<To>(g_phi.attn.out, g_theta.attn.out, ws);
-  reader_grad<To>(theta.mlp.fc, theta.norm2_gamma, theta.norm2_beta, g_phi.mlp.fc, g_theta.mlp.fc,
-                  g_theta.norm2_gamma, g_theta.norm2_beta, ws);
+  // A norm read by both sub-layers (ParallelSharedNorm) gets the sum of their shares.
+  const BlockNorm n = theta.mlp_norm();
+  reader_grad<To>(theta.mlp.fc, theta.norm_gamma(n), theta.norm_beta(n), g_phi.mlp.fc,
+                  g_theta.mlp.fc, g_theta.norm_gamma(n), g_theta.norm_beta(n), ws,
+                  n == BlockNorm::Norm1 ? GradWrite::Accumulate : GradWrite::Overwrite);
   writer_grad<To>(g_phi.mlp.proj, g_theta.mlp.proj, ws);
 }
 

@@ -76,17 +76,7 @@ inline GptConfig gpt2_config_from_json(const nlohmann::json& json, const std::st
   config.context = json_integer(op, json, source, "n_positions", 1);
   config.mlp_width = json_integer(op, json, source, "n_inner", 1, 4 * config.width);
   config.epsilon = json_positive(op, json, source, "layer_norm_epsilon", 1e-5);
-  const std::string activation =
-      json_string(op, json, source, "activation_function", std::string("gelu_new"));
-  if (activation == "gelu_new" || activation == "gelu_pytorch_tanh")
-    config.activation = Activation::GeluTanh;
-  else if (activation == "gelu" || activation == "gelu_python")
-    config.activation = Activation::GeluErf;
-  else
-    fail_with<FormatError>(op, source, ": 'activation_function' is \"", activation,
-                           "\", which prenorm does not implement (supported: \"gelu_new\", "
-                           "\"gelu_pytorch_tanh\" (tanh approximation), \"gelu\", "
-                           "\"gelu_python\" (exact))");
+  config.activation = json_hf_activation(op, json, source, "activation_function", "gelu_new");
   json_require_bool(op, json, source, "scale_attn_weights", true,
                     "prenorm always scales attention scores by 1/sqrt(head_dim)");
   json_require_bool(op, json, source, "scale_attn_by_inverse_layer_idx", false,
@@ -122,6 +112,7 @@ inline nlohmann::json gpt2_config_to_json(const GptConfig& config) {
     prenorm::detail::fail(op, "the model's positions are not GPT-2's (learned_positions ",
                           config.learned_positions ? "true" : "false", ", position_offset ",
                           config.position_offset, "): GPT-2 adds row p of wpe at position p");
+  detail::require_sequential_hf(op, config, "GPT-2");
   nlohmann::ordered_json json;
   json["model_type"] = "gpt2";
   json["architectures"] = {"GPT2LMHeadModel"};
@@ -134,8 +125,7 @@ inline nlohmann::json gpt2_config_to_json(const GptConfig& config) {
   if (config.mlp_width == 4 * config.width) json["n_inner"] = nullptr;
   else json["n_inner"] = config.mlp_width;
   json["layer_norm_epsilon"] = config.epsilon;
-  json["activation_function"] =
-      config.activation == Activation::GeluTanh ? "gelu_new" : "gelu";
+  json["activation_function"] = detail::hf_activation_name(config.activation);
   json["tie_word_embeddings"] = config.tied;
   return nlohmann::json(json);
 }

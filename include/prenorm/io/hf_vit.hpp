@@ -70,16 +70,7 @@ inline VitConfig vit_config_from_json(const nlohmann::json& json, const std::str
   config.patch_size = json_integer(op, json, source, "patch_size", 1);
   config.channels = json_integer(op, json, source, "num_channels", 1, 3);
   config.epsilon = json_positive(op, json, source, "layer_norm_eps", 1e-12);
-  const std::string activation = json_string(op, json, source, "hidden_act", std::string("gelu"));
-  if (activation == "gelu" || activation == "gelu_python")
-    config.activation = Activation::GeluErf;
-  else if (activation == "gelu_new" || activation == "gelu_pytorch_tanh")
-    config.activation = Activation::GeluTanh;
-  else
-    fail_with<FormatError>(op, source, ": 'hidden_act' is \"", activation,
-                           "\", which prenorm does not implement (supported: \"gelu\", "
-                           "\"gelu_python\" (exact), \"gelu_new\", \"gelu_pytorch_tanh\" "
-                           "(tanh approximation))");
+  config.activation = json_hf_activation(op, json, source, "hidden_act", "gelu");
   json_require_bool(op, json, source, "qkv_bias", true,
                     "prenorm's ViT reads query, key and value biases");
 
@@ -121,6 +112,7 @@ inline nlohmann::json vit_config_to_json(const VitConfig& config) {
     prenorm::detail::fail(op, "heads ", config.heads, " of ", config.head_size(),
                           " do not make the width ", config.width,
                           ": ViT has head_dim = hidden_size / num_attention_heads");
+  detail::require_sequential_hf(op, config, "ViT");
   nlohmann::ordered_json json;
   json["model_type"] = "vit";
   json["architectures"] = {"ViTForImageClassification"};
@@ -128,7 +120,7 @@ inline nlohmann::json vit_config_to_json(const VitConfig& config) {
   json["num_hidden_layers"] = config.layers;
   json["num_attention_heads"] = config.heads;
   json["intermediate_size"] = config.mlp_width;
-  json["hidden_act"] = config.activation == Activation::GeluErf ? "gelu" : "gelu_new";
+  json["hidden_act"] = detail::hf_activation_name(config.activation);
   json["layer_norm_eps"] = config.epsilon;
   json["image_size"] = config.image_size;
   json["patch_size"] = config.patch_size;

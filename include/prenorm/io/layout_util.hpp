@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "../core/types.hpp"
+#include "../ops/activation.hpp"
 #include "atomic_file.hpp"
 #include "error.hpp"
 #include "safetensors.hpp"
@@ -239,6 +240,42 @@ inline std::string json_string(const char* op, const nlohmann::json& json,
   if (!value->is_string())
     fail_with<FormatError>(op, source, ": '", key, "' is ", value->dump(), ", expected a string");
   return value->get<std::string>();
+}
+
+// A Hugging Face activation name (ACT2FN's key: GPT-2's activation_function,
+// ViT's hidden_act) as prenorm's Activation; fallback when the key is absent.
+inline Activation json_hf_activation(const char* op, const nlohmann::json& json,
+                                     const std::string& source, const char* key,
+                                     const char* fallback) {
+  const std::string name = json_string(op, json, source, key, std::string(fallback));
+  if (name == "gelu_new" || name == "gelu_pytorch_tanh") return Activation::GeluTanh;
+  if (name == "gelu" || name == "gelu_python") return Activation::GeluErf;
+  if (name == "relu") return Activation::Relu;
+  if (name == "quick_gelu") return Activation::QuickGelu;
+  fail_with<FormatError>(op, source, ": '", key, "' is \"", name,
+                         "\", which prenorm does not implement (supported: \"gelu_new\", "
+                         "\"gelu_pytorch_tanh\" (tanh approximation), \"gelu\", "
+                         "\"gelu_python\" (exact), \"relu\", \"quick_gelu\")");
+}
+
+// The Hugging Face name of an activation, for a config.json.
+constexpr const char* hf_activation_name(Activation activation) {
+  switch (activation) {
+    case Activation::GeluTanh: return "gelu_new";
+    case Activation::GeluErf: return "gelu";
+    case Activation::Relu: return "relu";
+    case Activation::QuickGelu: return "quick_gelu";
+  }
+  return "unknown";
+}
+
+// Throws unless the blocks are Sequential: the Hugging Face GPT-2 and ViT
+// layouts have no parallel residual.
+template <class Config>
+void require_sequential_hf(const char* op, const Config& config, const char* layout) {
+  if (config.topology != BlockTopology::Sequential)
+    prenorm::detail::fail(op, "the model's blocks are ", topology_name(config.topology), ", but ",
+                          layout, " has sequential blocks only");
 }
 
 // A boolean field that, when present, must equal `required` (a feature the

@@ -14,7 +14,9 @@
 //   arch "pre_ln" | "pre_rmsnorm" | "pre_crmsnorm",
 //   width, heads, head_dim, layers, mlp_width (decimal integers),
 //   epsilon (17 significant digits: the double round-trips exactly),
-//   activation "gelu_tanh" | "gelu_erf",
+//   activation "gelu_tanh" | "gelu_erf" | "relu" | "quick_gelu",
+//   topology "parallel_shared_norm" | "parallel_two_norms" (optional: written
+//     only when not sequential, so Sequential files are as before),
 //   converted_from "none" or an arch name,
 //   GPT: vocab, context, tied "untied" | "keep", head_bias "true" | "false",
 //     and the attention options only where they differ from GPT-2's (so that
@@ -177,9 +179,20 @@ class MetadataReader {
 
   Activation activation(const char* key) {
     const std::string& value = text(key);
-    if (value == activation_name(Activation::GeluTanh)) return Activation::GeluTanh;
-    if (value == activation_name(Activation::GeluErf)) return Activation::GeluErf;
-    bad(key, value, "'gelu_tanh' or 'gelu_erf'");
+    Activation activation{};
+    if (!activation_from_name(value, activation))
+      bad(key, value, "'gelu_tanh', 'gelu_erf', 'relu' or 'quick_gelu'");
+    return activation;
+  }
+
+  // An optional key: Sequential when absent.
+  BlockTopology topology(const char* key) {
+    if (metadata_.find(key) == metadata_.end()) return BlockTopology::Sequential;
+    const std::string& value = text(key);
+    BlockTopology topology{};
+    if (!topology_from_name(value, topology))
+      bad(key, value, "'sequential', 'parallel_shared_norm' or 'parallel_two_norms'");
+    return topology;
   }
 
   // Every key of the metadata was read.
@@ -275,6 +288,8 @@ void common_metadata(SafetensorsWriter& writer, ModelKind kind, Arch arch, const
   writer.set_metadata("mlp_width", std::to_string(config.mlp_width));
   writer.set_metadata("epsilon", format_epsilon(config.epsilon));
   writer.set_metadata("activation", std::string(activation_name(config.activation)));
+  if (config.topology != BlockTopology::Sequential)
+    writer.set_metadata("topology", std::string(topology_name(config.topology)));
   writer.set_metadata("converted_from", options.converted_from
                                             ? std::string(arch_name(*options.converted_from))
                                             : std::string("none"));
@@ -343,6 +358,7 @@ inline PrenormMetadata read_prenorm_metadata(const SafetensorsFile& file) {
     config.mlp_width = m.integer("mlp_width", 1);
     config.epsilon = m.positive("epsilon");
     config.activation = m.activation("activation");
+    config.topology = m.topology("topology");
   };
   if (result.kind == ModelKind::Gpt) {
     GptConfig& c = result.gpt;

@@ -1,6 +1,10 @@
 #pragma once
-// The Pre-Norm transformer block, templated on the architecture:
-//   h <- h + Attn(Norm1(h));   h <- h + Mlp(Norm2(h))
+// The Pre-Norm transformer block, templated on the architecture, in one of
+// three topologies (a data member, layers/topology.hpp):
+//   Sequential:          h <- h + Attn(Norm1(h));   h <- h + Mlp(Norm2(h))
+//   ParallelSharedNorm:  y = Norm1(h);  h <- h + Attn(y) + Mlp(y)   (Norm2 unused,
+//                        its gamma and beta empty)
+//   ParallelTwoNorms:    h <- h + Attn(Norm1(h)) + Mlp(Norm2(h))
 // where Norm, its affine and the main branch width are ArchTraits<A>'s
 // (ops/arch_traits.hpp). The attention and MLP inner widths do not depend on
 // the architecture.
@@ -9,9 +13,13 @@
 // follows it (one pass over the main branch instead of two):
 //   y = Norm1(h)                                          first block only
 //   per block:  forward_fused(h, y, branch):
-//                 branch = Attn(y); h += branch, y = Norm2(h); branch = Mlp(y)
+//                 Sequential: branch = Attn(y); h += branch, y = Norm2(h); branch = Mlp(y)
+//                 ParallelSharedNorm: branch = Attn(y) + Mlp(y)
+//                 ParallelTwoNorms: branch = Attn(y); y = Norm2(h); branch += Mlp(y)
 //               then h += branch, y = Norm1'(h) of the next block (add_norm1),
 //               or h += branch, y = NormF(h) the final norm of the model.
+// The pending branch of a parallel block is Attn + Mlp: the MLP writes to
+// BlockWorkspace::parallel, then that is added to the attention's output.
 
 #include <Eigen/Core>
 
@@ -20,11 +28,13 @@
 
 #include "../core/arch.hpp"
 #include "../core/error.hpp"
+#include "../core/parallel.hpp"
 #include "../core/types.hpp"
 #include "../ops/activation.hpp"
 #include "../ops/arch_traits.hpp"
 #include "attention.hpp"
 #include "mlp.hpp"
+#include "topology.hpp"
 
 namespace prenorm {
 
@@ -33,7 +43,11 @@ template <class S>
 struct BlockWorkspace {
   AttentionWorkspace<S> attn;
   RowMatrix<S> hidden;  // [tokens x mlp inner]
+  RowMatrix<S> parallel;  // [tokens x branch width]: Mlp's output, parallel topologies only
 };
+
+// One of the two norms of a block.
+enum class BlockNorm { Norm1, Norm2 };
 
 template <Arch A, class S, int Width = Dynamic>
 class PreNormBlock {
@@ -55,6 +69,8 @@ class PreNormBlock {
   MultiHeadAttention<S> attn;  // qkv (3*heads*head_dim, main), out (main, heads*head_dim)
   Mlp<S> mlp;                  // fc (mlp_width, main), proj (main, mlp_width)
   S epsilon = S(1e-5);
+  // Set with set_topology, which also sizes norm2's affine (empty when shared).
+  BlockTopology topology = BlockTopology::Sequential;
 
   PreNormBlock() = default;
   // Zero linear weights and biases; PreLN gammas 1, betas 0.
@@ -75,6 +91,30 @@ class PreNormBlock {
   }
 
   Index main() const { return Traits::main_width(width); }  // d, or d-1 for PreCRMSNorm
+
+  // Sets the topology; norm2's gamma and beta become empty for
+  // ParallelSharedNorm (the MLP reads norm1), gamma 1 and beta 0 (d) for the
+  // others when the architecture has a norm affine.
+  void set_topology(BlockTopology topology_) {
+    if (!is_valid_topology(topology_))
+      detail::fail("PreNormBlock::set_topology", "unknown topology ", int(topology_));
+    topology = topology_;
+    const Index affine = Traits::affine && topology != BlockTopology::ParallelSharedNorm ? width : 0;
+    if (norm2_gamma.size() != affine) norm2_gamma.setOnes(affine);
+    if (norm2_beta.size() != affine) norm2_beta.setZero(affine);
+  }
+
+  // The norm whose output the MLP reads: Norm2, or Norm1 when the two
+  // sub-layers share it (ParallelSharedNorm). The converter folds that norm's
+  // affine into mlp.fc, and its adjoint adds mlp.fc's share to that norm's gradient.
+  BlockNorm mlp_norm() const {
+    return topology == BlockTopology::ParallelSharedNorm ? BlockNorm::Norm1 : BlockNorm::Norm2;
+  }
+  // gamma, beta (d, PreLN only) of norm n.
+  const Vector<S>& norm_gamma(BlockNorm n) const { return n == BlockNorm::Norm1 ? norm1_gamma : norm2_gamma; }
+  const Vector<S>& norm_beta(BlockNorm n) const { return n == BlockNorm::Norm1 ? norm1_beta : norm2_beta; }
+  Vector<S>& norm_gamma(BlockNorm n) { return n == BlockNorm::Norm1 ? norm1_gamma : norm2_gamma; }
+  Vector<S>& norm_beta(BlockNorm n) { return n == BlockNorm::Norm1 ? norm1_beta : norm2_beta; }
   // The width a branch buffer should have for forward_fused: main(), or main()
   // rounded up to the GEMM's register block where that makes the writers
   // (attn.out, mlp.proj) faster, e.g. 192 for ViT-Ti's Pre-CRMSNorm main
@@ -86,9 +126,10 @@ class PreNormBlock {
     return padded != 0 ? padded : main();
   }
 
-  // h [batch*T x main] <- h + Attn(Norm1(h)), then h <- h + Mlp(Norm2(h)).
-  // Sequence b is rows [b*T, (b+1)*T). Unfused at the block's ends: for a
-  // single block; models use the fused pieces below.
+  // h [batch*T x main] <- h + Attn(Norm1(h)), then h <- h + Mlp(Norm2(h))
+  // (or the parallel forms, see the top of this file). Sequence b is rows
+  // [b*T, (b+1)*T). Unfused at the block's ends: for a single block; models
+  // use the fused pieces below.
   void forward(MainRef h, Index batch, BlockWorkspace<S>& ws, Main& x, Main& branch) const {
     x.resize(h.rows(), h.cols());
     branch.resize(h.rows(), h.cols());
@@ -114,8 +155,9 @@ class PreNormBlock {
   }
 
   // The block between its norms. On entry y = Norm1(h) (without norms: y
-  // unused, h is read). On exit h holds h + Attn(y), y = Norm2(h), and branch = Mlp(y):
-  // the MLP's residual add is left pending, for the next norm to fuse.
+  // unused, h is read). On exit, Sequential: h holds h + Attn(y), y = Norm2(h),
+  // and branch = Mlp(y); parallel: h is unchanged, y is scratch, and branch =
+  // Attn + Mlp. The last residual add is left pending, for the next norm to fuse.
   // h, y: [batch*T x main]; branch: [batch*T x main], or wider (branch_width()):
   // the output is its first main() columns, the others are set to 0.
   void forward_fused(MainRef h, MainRef y, RowsRef<S> branch, Index batch, BlockWorkspace<S>& ws) const {
@@ -150,8 +192,15 @@ class PreNormBlock {
     };
     check(".norm1_gamma", norm1_gamma);
     check(".norm1_beta", norm1_beta);
-    check(".norm2_gamma", norm2_gamma);
-    check(".norm2_beta", norm2_beta);
+    if (!is_valid_topology(topology)) fail(".topology is ", int(topology), ", not a BlockTopology");
+    if (topology == BlockTopology::ParallelSharedNorm) {
+      if (norm2_gamma.size() != 0 || norm2_beta.size() != 0)
+        fail(".norm2_gamma and .norm2_beta have ", norm2_gamma.size(), " and ", norm2_beta.size(),
+             " elements, expected 0 (parallel_shared_norm: the MLP reads norm1)");
+    } else {
+      check(".norm2_gamma", norm2_gamma);
+      check(".norm2_beta", norm2_beta);
+    }
     if (attn.heads != heads || attn.head_dim != head_dim)
       fail(".attn has ", attn.heads, " heads of ", attn.head_dim, ", expected ", heads,
            " heads of ", head_dim);
@@ -163,9 +212,26 @@ class PreNormBlock {
   // What the sub-layers read: the normalized y, or h itself without norms.
   static const MainRef& input(const MainRef& h, const MainRef& y) { return Traits::input(h, y); }
 
+  // From branch = Attn(y) to the pending branch of forward_fused.
   void finish_fused(MainRef& h, MainRef& y, RowsRef<S>& branch, BlockWorkspace<S>& ws) const {
-    Traits::add_forward(h, branch.leftCols(main()), norm2_gamma, norm2_beta, y, epsilon);
-    mlp.forward(input(h, y), branch, ws.hidden);
+    switch (topology) {
+      case BlockTopology::Sequential:
+        Traits::add_forward(h, branch.leftCols(main()), norm2_gamma, norm2_beta, y, epsilon);
+        mlp.forward(input(h, y), branch, ws.hidden);
+        return;
+      case BlockTopology::ParallelTwoNorms:
+        Traits::forward(h, norm2_gamma, norm2_beta, y, epsilon);  // the attention is done with y
+        [[fallthrough]];
+      case BlockTopology::ParallelSharedNorm: {
+        // branch += Mlp(y), the MLP written beside (its padded columns are 0 too).
+        RowMatrix<S>& mlp_out = ws.parallel;
+        mlp_out.resize(branch.rows(), branch.cols());
+        mlp.forward(input(h, y), mlp_out, ws.hidden);
+        detail::for_each_row(branch.rows(), branch.cols(),
+                             [&](Index r) { branch.row(r) += mlp_out.row(r); });
+        return;
+      }
+    }
   }
 };
 

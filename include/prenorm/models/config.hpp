@@ -7,6 +7,7 @@
 #include "../core/error.hpp"
 #include "../core/types.hpp"
 #include "../layers/attention_options.hpp"
+#include "../layers/topology.hpp"
 #include "../ops/activation.hpp"
 
 namespace prenorm {
@@ -22,6 +23,7 @@ struct GptConfig {
   Index mlp_width = 0;  // inner width of the MLP
   double epsilon = 1e-5;
   Activation activation = Activation::GeluTanh;
+  BlockTopology topology = BlockTopology::Sequential;  // of every block
   bool tied = true;        // the head is the token embedding
   bool head_bias = false;  // a (vocab) bias on the logits
   Index head_dim = 0;      // 0: width / heads. GPT-3 XL has 24 heads of 128 at width 2048.
@@ -70,6 +72,10 @@ struct GptConfig {
                    " without learned positions, expected 0");
     if (window_period < 1)
       detail::fail(op, "window_period is ", window_period, ", expected >= 1");
+    if (activation_name(activation) == "unknown")
+      detail::fail(op, "activation is ", int(activation), ", not an Activation");
+    if (!is_valid_topology(topology))
+      detail::fail(op, "topology is ", int(topology), ", not a BlockTopology");
   }
 };
 
@@ -86,6 +92,7 @@ struct VitConfig {
   Index mlp_width = 0;
   double epsilon = 1e-12;  // Hugging Face ViT's layer_norm_eps
   Activation activation = Activation::GeluErf;
+  BlockTopology topology = BlockTopology::Sequential;  // of every block
   Index head_dim = 0;      // 0: width / heads
 
   constexpr Index head_size() const { return head_dim != 0 ? head_dim : (heads ? width / heads : 0); }
@@ -111,6 +118,10 @@ struct VitConfig {
     if (layers < 0) detail::fail(op, "layers is ", layers, ", expected >= 0");
     if (mlp_width <= 0) detail::fail(op, "mlp_width is ", mlp_width, ", expected > 0");
     if (!(epsilon > 0)) detail::fail(op, "epsilon is ", epsilon, ", expected > 0");
+    if (activation_name(activation) == "unknown")
+      detail::fail(op, "activation is ", int(activation), ", not an Activation");
+    if (!is_valid_topology(topology))
+      detail::fail(op, "topology is ", int(topology), ", not a BlockTopology");
   }
 };
 

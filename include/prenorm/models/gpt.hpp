@@ -98,6 +98,7 @@ class Gpt {
       Block& b = blocks.emplace_back(d, config.heads, config.head_size(), config.mlp_width,
                                      /*causal=*/true, config.activation, S(config.epsilon));
       set_attention_options(b.attn, i);
+      b.set_topology(config.topology);
     }
     if (ArchTraits<A>::affine) {
       final_gamma.setOnes(d);
@@ -167,6 +168,9 @@ class Gpt {
       if (b.width != d) detail::fail(op, name(), ".width is ", b.width, ", expected ", d);
       if (!b.attn.causal) detail::fail(op, name(), ".attn.causal is false, expected true");
       check_attention_options(op, name, b.attn, Index(i));
+      if (b.topology != config.topology)
+        detail::fail(op, name(), ".topology is ", topology_name(b.topology), ", expected ",
+                     topology_name(config.topology), " (the config's)");
       b.validate(op, name, config.heads, config.head_size(), config.mlp_width);
     }
     check_vector(op, "final_gamma", final_gamma, ArchTraits<A>::affine ? d : 0);

@@ -67,9 +67,11 @@ class Vit {
     cls_token.setZero(m);
     position_embedding.setZero(config.tokens(), m);
     blocks.reserve(config.layers);
-    for (Index i = 0; i < config.layers; ++i)
+    for (Index i = 0; i < config.layers; ++i) {
       blocks.emplace_back(d, config.heads, config.head_size(), config.mlp_width, /*causal=*/false,
                           config.activation, S(config.epsilon));
+      blocks.back().set_topology(config.topology);
+    }
     if (ArchTraits<A>::affine) {
       final_gamma.setOnes(d);
       final_beta.setZero(d);
@@ -129,6 +131,9 @@ class Vit {
       const Block& b = blocks[i];
       if (b.width != d) detail::fail(op, name(), ".width is ", b.width, ", expected ", d);
       if (b.attn.causal) detail::fail(op, name(), ".attn.causal is true, expected false");
+      if (b.topology != config.topology)
+        detail::fail(op, name(), ".topology is ", topology_name(b.topology), ", expected ",
+                     topology_name(config.topology), " (the config's)");
       b.validate(op, name, config.heads, config.head_size(), config.mlp_width);
     }
     check_vector(op, "final_gamma", final_gamma, ArchTraits<A>::affine ? d : 0);

@@ -1,7 +1,9 @@
 #pragma once
-// Elementwise activations of the MLP: the two GELUs.
-//   GeluTanh: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))   GPT-2 "gelu_new"
-//   GeluErf:  0.5 x (1 + erf(x / sqrt(2)))                       exact GELU, ViT "gelu"
+// Elementwise activations of the MLP:
+//   GeluTanh:  0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))   GPT-2 "gelu_new"
+//   GeluErf:   0.5 x (1 + erf(x / sqrt(2)))                       exact GELU, ViT "gelu"
+//   Relu:      max(x, 0)                                          OPT "relu"
+//   QuickGelu: x sigmoid(1.702 x)                                 CLIP "quick_gelu"
 
 #include <Eigen/Core>
 #include <unsupported/Eigen/SpecialFunctions>  // Array::erf (part of Eigen 3.4)
@@ -18,6 +20,8 @@ namespace prenorm {
 enum class Activation {
   GeluTanh,  // the tanh approximation (GPT-2, Hugging Face "gelu_new")
   GeluErf,   // the exact GELU (ViT, Hugging Face "gelu")
+  Relu,      // max(x, 0) (OPT, Hugging Face "relu")
+  QuickGelu, // x sigmoid(1.702 x) (CLIP, Hugging Face "quick_gelu")
 };
 
 // snake_case names, as used in benchmark names and JSON keys.
@@ -25,8 +29,21 @@ constexpr std::string_view activation_name(Activation activation) {
   switch (activation) {
     case Activation::GeluTanh: return "gelu_tanh";
     case Activation::GeluErf: return "gelu_erf";
+    case Activation::Relu: return "relu";
+    case Activation::QuickGelu: return "quick_gelu";
   }
   return "unknown";
+}
+
+// The activation whose activation_name is `name`, or false if none is.
+constexpr bool activation_from_name(std::string_view name, Activation& activation) {
+  for (Activation a : {Activation::GeluTanh, Activation::GeluErf, Activation::Relu,
+                       Activation::QuickGelu})
+    if (activation_name(a) == name) {
+      activation = a;
+      return true;
+    }
+  return false;
 }
 
 namespace detail {
@@ -54,10 +71,29 @@ void gelu_erf_inplace(ArrayMap<Scalar> v) {
   v = Scalar(0.5) * v * (Scalar(1) + (k * v).erf());
 }
 
+// In place over v [n]; max vectorizes.
+template <class Scalar>
+void relu_inplace(ArrayMap<Scalar> v) {
+  v = v.max(Scalar(0));
+}
+
+// In place over v [n], as x / (1 + exp(-1.702 x)): exp is vectorized (float)
+// and within a few ulp, where Eigen's float logistic() is 4e-5 off
+// (relative) near sigmoid(-10). exp overflowing to inf gives -0, the limit.
+template <class Scalar>
+void quick_gelu_inplace(ArrayMap<Scalar> v) {
+  v = v / (Scalar(1) + (Scalar(-1.702) * v).exp());
+}
+
 template <class Scalar>
 void activation_inplace(Activation activation, ArrayMap<Scalar> v) {
-  if (activation == Activation::GeluTanh) gelu_tanh_inplace(v);
-  else gelu_erf_inplace(v);
+  switch (activation) {
+    case Activation::GeluTanh: return gelu_tanh_inplace(v);
+    case Activation::GeluErf: return gelu_erf_inplace(v);
+    case Activation::Relu: return relu_inplace(v);
+    case Activation::QuickGelu: return quick_gelu_inplace(v);
+  }
+  fail("activation_inplace", "unknown activation ", int(activation));
 }
 
 // y = f(x) row by row; x, y [rows x n] (y may be x). Rows in parallel.
@@ -101,12 +137,25 @@ void gelu_erf_forward(const Eigen::MatrixBase<XD>& x, const Eigen::MatrixBase<YD
                            [](auto row) { detail::gelu_erf_inplace(row); });
 }
 
+// y = max(x, 0), elementwise. x, y: [rows x n]; y may be x.
+template <class XD, class YD>
+void relu_forward(const Eigen::MatrixBase<XD>& x, const Eigen::MatrixBase<YD>& y) {
+  detail::elementwise_rows("relu_forward", x, y, [](auto row) { detail::relu_inplace(row); });
+}
+
+// y = x sigmoid(1.702 x), elementwise. x, y: [rows x n]; y may be x.
+template <class XD, class YD>
+void quick_gelu_forward(const Eigen::MatrixBase<XD>& x, const Eigen::MatrixBase<YD>& y) {
+  detail::elementwise_rows("quick_gelu_forward", x, y,
+                           [](auto row) { detail::quick_gelu_inplace(row); });
+}
+
 // y = activation(x), elementwise. x, y: [rows x n]; y may be x.
 template <class XD, class YD>
 void activation_forward(Activation activation, const Eigen::MatrixBase<XD>& x,
                         const Eigen::MatrixBase<YD>& y) {
-  if (activation == Activation::GeluTanh) gelu_tanh_forward(x, y);
-  else gelu_erf_forward(x, y);
+  detail::elementwise_rows("activation_forward", x, y,
+                           [activation](auto row) { detail::activation_inplace(activation, row); });
 }
 
 }  // namespace prenorm

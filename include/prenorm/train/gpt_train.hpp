@@ -115,7 +115,9 @@ class GptTrainEngine {
     grad_theta.validate(op);
     if (phi.blocks.size() != theta.blocks.size() || grad_theta.blocks.size() != theta.blocks.size() ||
         phi.config.vocab != theta.config.vocab || grad_theta.config.tied != theta.config.tied ||
-        grad_theta.config.head_bias != theta.config.head_bias || &grad_theta == &theta)
+        grad_theta.config.head_bias != theta.config.head_bias || &grad_theta == &theta ||
+        phi.config.topology != theta.config.topology ||
+        grad_theta.config.topology != theta.config.topology)
       detail::fail(op, "phi must be convert<To>(theta) and grad_theta have theta's layout");
     if (phi.config.tied && !theta.config.tied)
       detail::fail(op, "phi is keep-tied (TiedPolicy::Keep), expected untied (TiedPolicy::Untie): "
@@ -216,7 +218,7 @@ class GptTrainEngine {
     const GptConfig &a = model.config, &b = grads.config;
     if (a.vocab != b.vocab || a.context != b.context || a.width != b.width || a.heads != b.heads ||
         a.layers != b.layers || a.mlp_width != b.mlp_width || a.tied != b.tied ||
-        a.head_bias != b.head_bias || a.head_size() != b.head_size())
+        a.head_bias != b.head_bias || a.head_size() != b.head_size() || a.topology != b.topology)
       detail::fail(op, "grads has another configuration than the model");
     grads.validate(op);
   }

@@ -5,7 +5,8 @@
 //
 //   linear_backward          y = x W^T + b
 //   embedding_backward       y = table[ids]
-//   gelu_tanh_backward, gelu_erf_backward, activation_backward
+//   gelu_tanh_backward, gelu_erf_backward, relu_backward, quick_gelu_backward,
+//   activation_backward
 //   attention_forward_train / attention_backward   (causal mask included)
 //   mlp_forward_train / mlp_backward
 //
@@ -139,6 +140,35 @@ void embedding_backward(const ConstRowsRef<S>& dy, std::span<const int> ids, Row
 // GELU
 // ---------------------------------------------------------------------------
 
+namespace detail {
+
+// dx = dy * f'(x) for an elementwise activation f, row by row (rows in
+// parallel), in chunks of at most 64 on the stack: vectorized, and no heap
+// temporaries. chunk(xs, dys, out) writes out = dys * f'(xs) for one chunk
+// (Eigen arrays of len <= 64). dy, x, dx: [rows x n]; dx may be dy.
+template <class S, class Chunk>
+void activation_backward_chunks(const char* op, const ConstRowsRef<S>& dy, const ConstRowsRef<S>& x,
+                                RowsRef<S> dx, Chunk chunk) {
+  check_rows_cols(op, "dy", dy.rows(), dy.cols(), x.rows(), x.cols(), "the shape of x");
+  check_rows_cols(op, "dx", dx.rows(), dx.cols(), x.rows(), x.cols(), "the shape of x");
+  const Index n = x.cols();
+  for_each_row(x.rows(), n, [&](Index r) {
+    using Map = Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>>;
+    for (Index i = 0; i < n; i += 64) {
+      const Index len = std::min<Index>(64, n - i);
+      const Map xs(x.row(r).data() + i, len), dys(dy.row(r).data() + i, len);
+      Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>> out(dx.row(r).data() + i, len);
+      chunk(xs, dys, out);
+    }
+  });
+}
+
+// A chunk's temporaries, at most 64 long, on the stack.
+template <class S>
+using ActivationChunk = Eigen::Array<S, Eigen::Dynamic, 1, Eigen::ColMajor, 64, 1>;
+
+}  // namespace detail
+
 // Backward of y = GELU_tanh(x) elementwise: dx = dy * GELU_tanh'(x), with
 // u = k0 (x + k1 x^3), t = tanh(u):  GELU' = 0.5 (1 + t) + 0.5 x (1 - t^2) k0 (1 + 3 k1 x^2).
 // 1 + t and 1 - t^2 cancel in float where t is near -1 (x near -5: 3.5e-6
@@ -147,26 +177,16 @@ void embedding_backward(const ConstRowsRef<S>& dy, std::span<const int> ids, Row
 // dy, x, dx: [rows x n]; dx may be dy (in place).
 template <class S>
 void gelu_tanh_backward(const ConstRowsRef<S>& dy, const ConstRowsRef<S>& x, RowsRef<S> dx) {
-  constexpr const char* op = "gelu_tanh_backward";
-  detail::check_rows_cols(op, "dy", dy.rows(), dy.cols(), x.rows(), x.cols(), "the shape of x");
-  detail::check_rows_cols(op, "dx", dx.rows(), dx.cols(), x.rows(), x.cols(), "the shape of x");
   const S k0 = S(0.7978845608028654), k1 = S(0.044715);
-  const Index n = x.cols();
-  detail::for_each_row(x.rows(), n, [&](Index r) {
-    // Chunks of at most 64 on the stack: vectorized, and no heap temporaries.
-    using Chunk = Eigen::Array<S, Eigen::Dynamic, 1, Eigen::ColMajor, 64, 1>;
-    using Map = Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>>;
-    for (Index i = 0; i < n; i += 64) {
-      const Index len = std::min<Index>(64, n - i);
-      const Map xs(x.row(r).data() + i, len), dys(dy.row(r).data() + i, len);
-      const Chunk x2 = xs.square();
-      const Chunk u = k0 * (xs + k1 * xs * x2);
-      const Chunk p = (S(-2) * u.abs()).exp();
-      const Chunk q = S(1) / (S(1) + p);
-      const Chunk half_one_plus_t = (u >= S(0)).select(q, p * q);  // 0.5 (1 + t)
-      Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>>(dx.row(r).data() + i, len) =
-          dys * (half_one_plus_t + S(2) * xs * p * q.square() * k0 * (S(1) + S(3) * k1 * x2));
-    }
+  detail::activation_backward_chunks<S>("gelu_tanh_backward", dy, x, dx,
+                                        [&](const auto& xs, const auto& dys, auto& out) {
+    using Chunk = detail::ActivationChunk<S>;
+    const Chunk x2 = xs.square();
+    const Chunk u = k0 * (xs + k1 * xs * x2);
+    const Chunk p = (S(-2) * u.abs()).exp();
+    const Chunk q = S(1) / (S(1) + p);
+    const Chunk half_one_plus_t = (u >= S(0)).select(q, p * q);  // 0.5 (1 + t)
+    out = dys * (half_one_plus_t + S(2) * xs * p * q.square() * k0 * (S(1) + S(3) * k1 * x2));
   });
 }
 
@@ -174,20 +194,34 @@ void gelu_tanh_backward(const ConstRowsRef<S>& dy, const ConstRowsRef<S>& x, Row
 // GELU' = 0.5 (1 + erf(x / sqrt 2)) + x exp(-x^2 / 2) / sqrt(2 pi). dx may be dy.
 template <class S>
 void gelu_erf_backward(const ConstRowsRef<S>& dy, const ConstRowsRef<S>& x, RowsRef<S> dx) {
-  constexpr const char* op = "gelu_erf_backward";
-  detail::check_rows_cols(op, "dy", dy.rows(), dy.cols(), x.rows(), x.cols(), "the shape of x");
-  detail::check_rows_cols(op, "dx", dx.rows(), dx.cols(), x.rows(), x.cols(), "the shape of x");
   const S k = S(0.7071067811865476), c = S(0.3989422804014327);  // 1/sqrt(2), 1/sqrt(2 pi)
-  const Index n = x.cols();
-  detail::for_each_row(x.rows(), n, [&](Index r) {
-    // Chunks of at most 64, as in gelu_tanh_backward; erf and exp vectorized (float).
-    using Map = Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>>;
-    for (Index i = 0; i < n; i += 64) {
-      const Index len = std::min<Index>(64, n - i);
-      const Map xs(x.row(r).data() + i, len), dys(dy.row(r).data() + i, len);
-      Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>>(dx.row(r).data() + i, len) =
-          dys * (S(0.5) * (S(1) + (k * xs).erf()) + c * xs * (S(-0.5) * xs.square()).exp());
-    }
+  // erf and exp vectorized (float).
+  detail::activation_backward_chunks<S>("gelu_erf_backward", dy, x, dx,
+                                        [&](const auto& xs, const auto& dys, auto& out) {
+    out = dys * (S(0.5) * (S(1) + (k * xs).erf()) + c * xs * (S(-0.5) * xs.square()).exp());
+  });
+}
+
+// Backward of y = max(x, 0) elementwise: dx = dy where x > 0, else 0 (the
+// derivative at 0 taken as 0, as PyTorch). dx may be dy.
+template <class S>
+void relu_backward(const ConstRowsRef<S>& dy, const ConstRowsRef<S>& x, RowsRef<S> dx) {
+  detail::activation_backward_chunks<S>("relu_backward", dy, x, dx,
+                                        [](const auto& xs, const auto& dys, auto& out) {
+    out = (xs > S(0)).select(dys, S(0));
+  });
+}
+
+// Backward of y = x sigmoid(k x), k = 1.702, elementwise:
+// y' = s + k x s (1 - s) with s = sigmoid(k x), computed as in
+// quick_gelu_inplace (exp, vectorized for float). dx may be dy.
+template <class S>
+void quick_gelu_backward(const ConstRowsRef<S>& dy, const ConstRowsRef<S>& x, RowsRef<S> dx) {
+  const S k = S(1.702);
+  detail::activation_backward_chunks<S>("quick_gelu_backward", dy, x, dx,
+                                        [&](const auto& xs, const auto& dys, auto& out) {
+    const detail::ActivationChunk<S> s = (S(1) + (-k * xs).exp()).inverse();
+    out = dys * (s + k * xs * s * (S(1) - s));
   });
 }
 
@@ -195,8 +229,13 @@ void gelu_erf_backward(const ConstRowsRef<S>& dy, const ConstRowsRef<S>& x, Rows
 template <class S>
 void activation_backward(Activation activation, const ConstRowsRef<S>& dy, const ConstRowsRef<S>& x,
                          RowsRef<S> dx) {
-  if (activation == Activation::GeluTanh) gelu_tanh_backward<S>(dy, x, dx);
-  else gelu_erf_backward<S>(dy, x, dx);
+  switch (activation) {
+    case Activation::GeluTanh: return gelu_tanh_backward<S>(dy, x, dx);
+    case Activation::GeluErf: return gelu_erf_backward<S>(dy, x, dx);
+    case Activation::Relu: return relu_backward<S>(dy, x, dx);
+    case Activation::QuickGelu: return quick_gelu_backward<S>(dy, x, dx);
+  }
+  detail::fail("activation_backward", "unknown activation ", int(activation));
 }
 
 // ---------------------------------------------------------------------------

@@ -76,12 +76,14 @@ void center_padded_rows(const ConstRowsRef<S>& dy, bool compress, RowsRef<S> dyc
 
 // Reader through the converter. dy [N x o]: gradient at the output; x [N x m]:
 // phi's normalized input; W (o, d), gamma, beta (d): theta's. Writes dW (o, d),
-// db (o) if non-null, dgamma, dbeta (d), and dx [N x m].
+// db (o) if non-null, and dx [N x m]; writes or adds to (norm_write: a norm
+// read by two readers) dgamma, dbeta (d).
 template <class S>
 void reader_backward_reparam(const ConstRowsRef<S>& dy, const ConstRowsRef<S>& x,
                              const RowMatrix<S>& W, const Vector<S>& gamma, const Vector<S>& beta,
                              bool compress, RowMatrix<S>& dW, Vector<S>* db, Vector<S>& dgamma,
-                             Vector<S>& dbeta, RowsRef<S> dx, ReparamWorkspace<S>& ws) {
+                             Vector<S>& dbeta, RowsRef<S> dx, ReparamWorkspace<S>& ws,
+                             GradWrite norm_write = GradWrite::Overwrite) {
   constexpr const char* op = "reader_backward_reparam";
   const Index N = x.rows(), m = x.cols(), d = W.cols();
   if (d != (compress ? m + 1 : m))
@@ -122,8 +124,13 @@ void reader_backward_reparam(const ConstRowsRef<S>& dy, const ConstRowsRef<S>& x
         else branch::read_input_adjoint(g.row(t), x.row(t), gamma, dx.row(t), pg.row(c), pb.row(c));
       }
     });
-    dgamma = pg.row(0).transpose();
-    dbeta = pb.row(0).transpose();
+    if (norm_write == GradWrite::Overwrite) {
+      dgamma = pg.row(0).transpose();
+      dbeta = pb.row(0).transpose();
+    } else {
+      dgamma += pg.row(0).transpose();
+      dbeta += pb.row(0).transpose();
+    }
     for (Index c = 1; c < chunks; ++c) {
       dgamma += pg.row(c).transpose();
       dbeta += pb.row(c).transpose();
@@ -169,22 +176,29 @@ struct ReparamBlockGrad {
   PreNormBlock<Arch::PreLN, S>& grad;
   ReparamWorkspace<S>& ws;
 
-  // A reader of theta's norm (gamma, beta), its gradients into grad's.
+  // A reader of theta's norm (gamma, beta), its gradients into grad's
+  // (gamma's and beta's written or added to, norm_write).
   auto reader(const Linear<S>& lin, const Vector<S>& gamma, const Vector<S>& beta,
-              Linear<S>& g_lin, Vector<S>& g_gamma, Vector<S>& g_beta) const {
-    return [this, &lin, &gamma, &beta, &g_lin, &g_gamma, &g_beta](
+              Linear<S>& g_lin, Vector<S>& g_gamma, Vector<S>& g_beta, GradWrite norm_write) const {
+    return [this, &lin, &gamma, &beta, &g_lin, &g_gamma, &g_beta, norm_write](
                const ConstRowsRef<S>& dy, const ConstRowsRef<S>& x, RowsRef<S> dx) {
       reader_backward_reparam<S>(dy, x, lin.weight, gamma, beta, compress, g_lin.weight,
-                                 lin.has_bias() ? &g_lin.bias : nullptr, g_gamma, g_beta, dx, ws);
+                                 lin.has_bias() ? &g_lin.bias : nullptr, g_gamma, g_beta, dx, ws,
+                                 norm_write);
     };
   }
+  // block_backward_with calls fc() before qkv(): fc writes its norm's
+  // dgamma, dbeta; qkv adds to them when that norm is norm1 (ParallelSharedNorm).
   auto qkv() const {
+    const bool shared = theta.mlp_norm() == BlockNorm::Norm1;
     return reader(theta.attn.qkv, theta.norm1_gamma, theta.norm1_beta, grad.attn.qkv,
-                  grad.norm1_gamma, grad.norm1_beta);
+                  grad.norm1_gamma, grad.norm1_beta,
+                  shared ? GradWrite::Accumulate : GradWrite::Overwrite);
   }
-  auto fc() const {
-    return reader(theta.mlp.fc, theta.norm2_gamma, theta.norm2_beta, grad.mlp.fc, grad.norm2_gamma,
-                  grad.norm2_beta);
+  auto fc() const {  // reads the norm PreNormBlock::mlp_norm() names
+    const BlockNorm n = theta.mlp_norm();
+    return reader(theta.mlp.fc, theta.norm_gamma(n), theta.norm_beta(n), grad.mlp.fc,
+                  grad.norm_gamma(n), grad.norm_beta(n), GradWrite::Overwrite);
   }
   auto out() const {
     return [this](const ConstRowsRef<S>& dy, const ConstRowsRef<S>& x, RowsRef<S> dx) {

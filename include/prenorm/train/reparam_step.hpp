@@ -348,8 +348,8 @@ class ConvertingUpdate {
                p.attn.qkv.weight, p.attn.qkv.bias, "attn.qkv.weight");
     add_writer(list, t.attn.out.weight, t.attn.out.bias, p.attn.out.weight, p.attn.out.bias,
                "attn.out.weight");
-    add_reader(list, t.mlp.fc.weight, t.mlp.fc.bias, t.norm2_gamma, t.norm2_beta, p.mlp.fc.weight,
-               p.mlp.fc.bias, "mlp.fc.weight");
+    add_reader(list, t.mlp.fc.weight, t.mlp.fc.bias, t.norm_gamma(t.mlp_norm()),
+               t.norm_beta(t.mlp_norm()), p.mlp.fc.weight, p.mlp.fc.bias, "mlp.fc.weight");
     add_writer(list, t.mlp.proj.weight, t.mlp.proj.bias, p.mlp.proj.weight, p.mlp.proj.bias,
                "mlp.proj.weight");
   }

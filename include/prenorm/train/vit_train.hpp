@@ -82,7 +82,9 @@ class VitTrainEngine {
     theta.validate(op);
     grad_theta.validate(op);
     if (phi.blocks.size() != theta.blocks.size() || grad_theta.blocks.size() != theta.blocks.size() ||
-        phi.config.classes != theta.config.classes || &grad_theta == &theta)
+        phi.config.classes != theta.config.classes || &grad_theta == &theta ||
+        phi.config.topology != theta.config.topology ||
+        grad_theta.config.topology != theta.config.topology)
       detail::fail(op, "phi must be convert<To>(theta) and grad_theta have theta's layout");
     forward(op, phi, batch);
     const double loss = softmax_cross_entropy_forward_backward<S>(
@@ -160,7 +162,7 @@ class VitTrainEngine {
     const VitConfig &a = model.config, &b = grads.config;
     if (a.image_size != b.image_size || a.patch_size != b.patch_size || a.channels != b.channels ||
         a.classes != b.classes || a.width != b.width || a.heads != b.heads || a.layers != b.layers ||
-        a.mlp_width != b.mlp_width || a.head_size() != b.head_size())
+        a.mlp_width != b.mlp_width || a.head_size() != b.head_size() || a.topology != b.topology)
       detail::fail(op, "grads has another configuration than the model");
     grads.validate(op);
   }
