@@ -66,7 +66,7 @@ class PreNormBlock {
   Vector<S> norm1_beta;    // (d), PreLN only
   Vector<S> norm2_gamma;   // (d), PreLN only
   Vector<S> norm2_beta;    // (d), PreLN only
-  MultiHeadAttention<S> attn;  // qkv (3*heads*head_dim, main), out (main, heads*head_dim)
+  MultiHeadAttention<S> attn;  // qkv ((heads + 2 kv_heads) * head_dim, main), out (main, heads*head_dim)
   Mlp<S> mlp;                  // fc (mlp_width, main), proj (main, mlp_width)
   S epsilon = S(1e-5);
   // Set with set_topology, which also sizes norm2's affine (empty when shared).
