@@ -140,6 +140,16 @@ void check_family(const hf::Fixture& f, const Load& load, io::Layout layout) {
   EXPECT_LE(max_relative_error(any_logits(prenorm::convert<Arch::PreLN>(crms), tokens), reference),
             1e-12) << "pre_crmsnorm -> pre_ln";
   expect_decoding_matches_forward(crms, tokens, 4);
+  if (model.config.tied) {  // keeping the head tied to the original table
+    const prenorm::ConvertOptions keep{.tied = prenorm::TiedPolicy::Keep};
+    const auto rms_keep = prenorm::convert<Arch::PreRMSNorm>(model, keep);
+    const auto crms_keep = prenorm::convert<Arch::PreCRMSNorm>(model, keep);
+    EXPECT_LE(max_relative_error(any_logits(rms_keep, tokens), reference), 1e-12) << "rms keep";
+    EXPECT_LE(max_relative_error(any_logits(crms_keep, tokens), reference), 1e-12) << "crms keep";
+    EXPECT_LE(max_relative_error(any_logits(prenorm::convert<Arch::PreLN>(crms_keep, keep), tokens),
+                                 reference), 1e-12) << "crms keep -> pre_ln";
+    expect_decoding_matches_forward(crms_keep, tokens, 3);
+  }
 
   const io::LoadedModel<double> loaded = io::load_any_model<double>(f.model_path());
   EXPECT_EQ(loaded.layout, layout);
@@ -303,6 +313,73 @@ TEST(HfGptNeox, Refusals) {
   expect_config_refused(f, LoadNeox{}, "use_parallel_residual", "yes", "boolean");
   check_tensor_refusals(f, LoadNeox{}, "gpt_neox.layers.1.attention.query_key_value.weight");
   check_tensor_refusals(f, LoadNeox{}, "embed_out.weight");
+}
+
+// ===========================================================================
+// OPT
+// ===========================================================================
+
+struct LoadOpt {
+  template <class S>
+  Gpt<Arch::PreLN, S> operator()(const hf::Fixture& f) const {
+    return io::load_hf_opt<S>(f.model_path());
+  }
+};
+
+TEST(HfOpt, LogitsDecodingAndConversionsMatchTheReference) {
+  for (hf::OptHead head : {hf::OptHead::Omitted, hf::OptHead::TiedCopy, hf::OptHead::Untied})
+    for (bool prefix : {true, false})
+      for (Dtype dtype : kDtypes) {
+        SCOPED_TRACE("head " + std::to_string(int(head)) + (prefix ? " model.decoder. " : " decoder. ") +
+                     dtype_text(dtype));
+        prenorm_test::TempDir dir("prenorm-hf-opt");
+        const hf::Fixture f = hf::write_opt_fixture(dir.path(), {.head = head, .prefix = prefix}, dtype, 21);
+        check_family(f, LoadOpt{}, io::Layout::HfOpt);
+        const auto model = LoadOpt{}.operator()<double>(f);
+        EXPECT_EQ(model.config.tied, head != hf::OptHead::Untied);
+        EXPECT_EQ(model.config.position_offset, 2);
+        EXPECT_EQ(model.position_embedding.table.rows(), 64 + 2);
+      }
+}
+
+TEST(HfOpt, WithoutBiases) {
+  prenorm_test::TempDir dir("prenorm-hf-opt");
+  const hf::Fixture f = hf::write_opt_fixture(dir / "base", {}, Dtype::F32, 23);
+  const hf::Fixture g = rewrite(f, dir / "nobias", [](auto& c) { c["enable_bias"] = false; },
+                                [](hf::HfTensors& t) {
+                                  for (auto it = t.begin(); it != t.end();)
+                                    it = (it->first.find("_proj.bias") != std::string::npos ||
+                                          it->first.find(".fc") != std::string::npos) &&
+                                                 it->first.ends_with(".bias")
+                                             ? t.erase(it)
+                                             : std::next(it);
+                                });
+  ASSERT_EQ(g.tensors.count("model.decoder.layers.0.fc1.bias"), 0u);
+  check_family(g, LoadOpt{}, io::Layout::HfOpt);
+}
+
+TEST(HfOpt, Refusals) {
+  prenorm_test::TempDir dir("prenorm-hf-opt");
+  // OPT-350m's post-LN layout.
+  const hf::Fixture post = hf::write_opt_fixture(dir / "post", {.do_layer_norm_before = false}, Dtype::F32, 25);
+  expect_error([&] { (void)LoadOpt{}.operator()<double>(post); },
+               {post.config_path().string(), "'do_layer_norm_before' is false", "post-LN"});
+  expect_error([&] { (void)io::load_any_model<double>(post.model_path()); }, {"'do_layer_norm_before'"});
+  const hf::Fixture f = hf::write_opt_fixture(dir / "base", {}, Dtype::F32, 27);
+  expect_config_refused(f, LoadOpt{}, "word_embed_proj_dim", 16, "project_in");
+  expect_config_refused(f, LoadOpt{}, "_remove_final_layer_norm", true, "final LayerNorm");
+  expect_config_refused(f, LoadOpt{}, "layer_norm_elementwise_affine", false, "only true");
+  expect_config_refused(f, LoadOpt{}, "activation_function", "silu", "does not implement");
+  expect_config_refused(f, LoadOpt{}, "model_type", "gpt_neox", "\"opt\"");
+  check_tensor_refusals(f, LoadOpt{}, "model.decoder.embed_positions.weight");
+  check_tensor_refusals(f, LoadOpt{}, "model.decoder.layers.2.self_attn.k_proj.bias");
+  // An untied config needs lm_head.weight; a tied one refuses a different one.
+  const hf::Fixture untied = rewrite(f, dir / "untied", [](auto& c) { c["tie_word_embeddings"] = false; });
+  expect_error([&] { (void)LoadOpt{}.operator()<double>(untied); }, {"missing tensor 'lm_head.weight'"});
+  const hf::Fixture other = hf::write_opt_fixture(dir / "other", {.head = hf::OptHead::Untied}, Dtype::F32, 29);
+  const hf::Fixture differs = rewrite(other, dir / "differs", [](auto& c) { c["tie_word_embeddings"] = true; });
+  expect_error([&] { (void)LoadOpt{}.operator()<double>(differs); },
+               {"'lm_head.weight' differs from 'model.decoder.embed_tokens.weight'"});
 }
 
 // Detection needs config.json; without model_type, architectures decides.

@@ -11,6 +11,7 @@
 #include "io/hf_decoder_common.hpp"
 #include "io/hf_gpt2.hpp"
 #include "io/hf_gpt_neox.hpp"
+#include "io/hf_opt.hpp"
 #include "io/hf_vit.hpp"
 #include "io/layout_util.hpp"
 #include "io/mapped_file.hpp"

@@ -36,6 +36,7 @@
 #include "error.hpp"
 #include "hf_gpt2.hpp"
 #include "hf_gpt_neox.hpp"
+#include "hf_opt.hpp"
 #include "hf_vit.hpp"
 #include "layout_util.hpp"
 #include "prenorm_layout.hpp"
@@ -49,6 +50,7 @@ enum class Layout {
   HfVit,
   // Decoder families told by config.json's model_type.
   HfGptNeox,
+  HfOpt,
 };
 
 constexpr std::string_view layout_name(Layout layout) {
@@ -57,6 +59,7 @@ constexpr std::string_view layout_name(Layout layout) {
     case Layout::HfGpt2: return "hf_gpt2";
     case Layout::HfVit: return "hf_vit";
     case Layout::HfGptNeox: return "hf_gpt_neox";
+    case Layout::HfOpt: return "hf_opt";
   }
   return "unknown";
 }
@@ -86,6 +89,7 @@ inline std::optional<Layout> hf_decoder_layout(const nlohmann::json& json) {
   };
   static constexpr Family kFamilies[] = {
       {"gpt_neox", "GPTNeoXForCausalLM", Layout::HfGptNeox},
+      {"opt", "OPTForCausalLM", Layout::HfOpt},
   };
   if (!json.is_object()) return std::nullopt;
   const auto type = json.find("model_type");
@@ -193,6 +197,9 @@ LoadedModel<S> load_any_model(const SafetensorsFile& file,
       return detail::load_hf_decoder<S>(
           file, config, layout, [](auto&&... a) { return load_hf_gpt_neox<S>(a...); },
           hf_gpt_neox_dtype);
+    case Layout::HfOpt:
+      return detail::load_hf_decoder<S>(
+          file, config, layout, [](auto&&... a) { return load_hf_opt<S>(a...); }, hf_opt_dtype);
     case Layout::Prenorm: break;
   }
   const PrenormMetadata meta = read_prenorm_metadata(file);
