@@ -382,6 +382,136 @@ TEST(HfOpt, Refusals) {
                {"'lm_head.weight' differs from 'model.decoder.embed_tokens.weight'"});
 }
 
+// ===========================================================================
+// Phi
+// ===========================================================================
+
+struct LoadPhi {
+  template <class S>
+  Gpt<Arch::PreLN, S> operator()(const hf::Fixture& f) const {
+    return io::load_hf_phi<S>(f.model_path());
+  }
+};
+
+struct PhiCase {
+  const char* name;
+  hf::PhiOptions options;
+};
+
+const PhiCase kPhiCases[] = {
+    {"half_rotary", {}},
+    {"full_rotary_theta_500", {.partial_rotary_factor = 1.0, .rope_theta = 500.0}},
+    {"quarter_rotary_kv2", {.partial_rotary_factor = 0.25, .kv_heads = 2}},
+    {"multi_query_rope_parameters", {.rope_theta = 30000.0, .kv_heads = 1, .rope_parameters = true}},
+};
+
+TEST(HfPhi, LogitsDecodingAndConversionsMatchTheReference) {
+  for (const PhiCase& c : kPhiCases)
+    for (Dtype dtype : kDtypes) {
+      SCOPED_TRACE(std::string(c.name) + " " + dtype_text(dtype));
+      prenorm_test::TempDir dir("prenorm-hf-phi");
+      const hf::Fixture f = hf::write_phi_fixture(dir.path(), c.options, dtype, 31);
+      check_family(f, LoadPhi{}, io::Layout::HfPhi);
+    }
+}
+
+TEST(HfPhi, MapsTheConfig) {
+  prenorm_test::TempDir dir("prenorm-hf-phi");
+  const hf::Fixture f = hf::write_phi_fixture(dir.path(), {.rope_theta = 30000.0, .kv_heads = 2}, Dtype::F32, 33);
+  const prenorm::GptConfig c = io::phi_config_from_json(f.config, "config.json");
+  EXPECT_EQ(c.topology, prenorm::BlockTopology::ParallelSharedNorm);
+  EXPECT_EQ(c.kv_head_count(), 2);
+  EXPECT_EQ(c.rotary, (prenorm::Rotary{.dims = 4, .pairing = prenorm::RotaryPairing::RotateHalf, .base = 30000}));
+  EXPECT_EQ(c.activation, prenorm::Activation::GeluTanh);
+  EXPECT_FALSE(c.learned_positions);
+  EXPECT_FALSE(c.tied);
+  EXPECT_TRUE(c.head_bias);
+}
+
+TEST(HfPhi, Refusals) {
+  prenorm_test::TempDir dir("prenorm-hf-phi");
+  const hf::Fixture f = hf::write_phi_fixture(dir.path(), {}, Dtype::F32, 35);
+  expect_config_refused(f, LoadPhi{}, "qk_layernorm", true, "no LayerNorm on q and k");
+  expect_config_refused(f, LoadPhi{}, "tie_word_embeddings", true, "lm_head");
+  expect_config_refused(f, LoadPhi{}, "rope_scaling", {{"type", "dynamic"}, {"factor", 2.0}}, "without scaling");
+  expect_config_refused(f, LoadPhi{}, "partial_rotary_factor", 0.375, "even");
+  expect_config_refused(f, LoadPhi{}, "num_key_value_heads", 3, "multiple");
+  expect_config_refused(f, LoadPhi{}, "model_type", "phi3", "\"phi\"");
+  check_tensor_refusals(f, LoadPhi{}, "model.layers.0.self_attn.k_proj.weight");
+  check_tensor_refusals(f, LoadPhi{}, "lm_head.bias");
+}
+
+// ===========================================================================
+// GPT-J
+// ===========================================================================
+
+struct LoadGptj {
+  template <class S>
+  Gpt<Arch::PreLN, S> operator()(const hf::Fixture& f) const {
+    return io::load_hf_gptj<S>(f.model_path());
+  }
+};
+
+struct GptjCase {
+  const char* name;
+  hf::GptjOptions options;
+};
+
+const GptjCase kGptjCases[] = {
+    {"rotary_4_of_8", {}},
+    {"rotary_8_of_8", {.rotary_dim = 8}},
+    {"rotary_2_mlp_96", {.sizes = {.mlp = 96}, .rotary_dim = 2}},
+};
+
+TEST(HfGptj, LogitsDecodingAndConversionsMatchTheReference) {
+  for (const GptjCase& c : kGptjCases)
+    for (Dtype dtype : kDtypes) {
+      SCOPED_TRACE(std::string(c.name) + " " + dtype_text(dtype));
+      prenorm_test::TempDir dir("prenorm-hf-gptj");
+      const hf::Fixture f = hf::write_gptj_fixture(dir.path(), c.options, dtype, 41);
+      check_family(f, LoadGptj{}, io::Layout::HfGptj);
+    }
+}
+
+TEST(HfGptj, MapsTheConfigAndZeroBiases) {
+  prenorm_test::TempDir dir("prenorm-hf-gptj");
+  const hf::Fixture f = hf::write_gptj_fixture(dir.path(), {}, Dtype::F32, 43);
+  const auto model = LoadGptj{}.operator()<double>(f);
+  const prenorm::GptConfig& c = model.config;
+  EXPECT_EQ(c.topology, prenorm::BlockTopology::ParallelSharedNorm);
+  EXPECT_EQ(c.rotary, (prenorm::Rotary{.dims = 4, .pairing = prenorm::RotaryPairing::Interleaved, .base = 10000}));
+  EXPECT_EQ(c.mlp_width, 128);
+  EXPECT_TRUE(c.head_bias);
+  // q, k, v and out_proj have no bias: zero ones, of the full size.
+  EXPECT_EQ(model.blocks[0].attn.qkv.bias.size(), 96);
+  EXPECT_EQ(model.blocks[0].attn.qkv.bias.cwiseAbs().maxCoeff(), 0.0);
+  EXPECT_EQ(model.blocks[2].attn.out.bias.cwiseAbs().maxCoeff(), 0.0);
+  // The file has GPT-2's transformer.wte.weight: the tensor names alone say
+  // GPT-2, config.json's model_type says GPT-J.
+  const io::SafetensorsFile file(f.model_path());
+  EXPECT_EQ(io::detect_layout(file), io::Layout::HfGpt2);
+  EXPECT_EQ(io::detect_layout(file, std::nullopt), io::Layout::HfGptj);
+}
+
+TEST(HfGptj, Refusals) {
+  prenorm_test::TempDir dir("prenorm-hf-gptj");
+  const hf::Fixture f = hf::write_gptj_fixture(dir.path(), {}, Dtype::F32, 45);
+  expect_config_refused(f, LoadGptj{}, "tie_word_embeddings", true, "lm_head");
+  expect_config_refused(f, LoadGptj{}, "rotary_dim", 3, "even");
+  expect_config_refused(f, LoadGptj{}, "rotary_dim", 10, "<= the head width");
+  expect_config_refused(f, LoadGptj{}, "rotary_dim", nullptr, "missing");
+  expect_config_refused(f, LoadGptj{}, "activation_function", "gelu_fast", "does not implement");
+  expect_config_refused(f, LoadGptj{}, "model_type", "gpt2", "\"gptj\"");
+  check_tensor_refusals(f, LoadGptj{}, "transformer.h.1.attn.v_proj.weight");
+  check_tensor_refusals(f, LoadGptj{}, "transformer.h.0.mlp.fc_out.weight");
+  // A bias GPT-J does not have is an unknown tensor.
+  const hf::Fixture g = rewrite(f, dir / "qbias", {}, [](hf::HfTensors& t) {
+    t["transformer.h.0.attn.q_proj.bias"] = hf::HfTensor{{32}, std::vector<double>(32, 0.5)};
+  });
+  expect_error([&] { (void)LoadGptj{}.operator()<double>(g); },
+               {"unknown tensor 'transformer.h.0.attn.q_proj.bias'"});
+}
+
 // Detection needs config.json; without model_type, architectures decides.
 TEST(HfDecoders, DetectedByModelTypeOrArchitectures) {
   prenorm_test::TempDir dir("prenorm-hf-detect");

@@ -36,7 +36,9 @@
 #include "error.hpp"
 #include "hf_gpt2.hpp"
 #include "hf_gpt_neox.hpp"
+#include "hf_gptj.hpp"
 #include "hf_opt.hpp"
+#include "hf_phi.hpp"
 #include "hf_vit.hpp"
 #include "layout_util.hpp"
 #include "prenorm_layout.hpp"
@@ -51,6 +53,8 @@ enum class Layout {
   // Decoder families told by config.json's model_type.
   HfGptNeox,
   HfOpt,
+  HfPhi,
+  HfGptj,
 };
 
 constexpr std::string_view layout_name(Layout layout) {
@@ -60,6 +64,8 @@ constexpr std::string_view layout_name(Layout layout) {
     case Layout::HfVit: return "hf_vit";
     case Layout::HfGptNeox: return "hf_gpt_neox";
     case Layout::HfOpt: return "hf_opt";
+    case Layout::HfPhi: return "hf_phi";
+    case Layout::HfGptj: return "hf_gptj";
   }
   return "unknown";
 }
@@ -90,6 +96,8 @@ inline std::optional<Layout> hf_decoder_layout(const nlohmann::json& json) {
   static constexpr Family kFamilies[] = {
       {"gpt_neox", "GPTNeoXForCausalLM", Layout::HfGptNeox},
       {"opt", "OPTForCausalLM", Layout::HfOpt},
+      {"phi", "PhiForCausalLM", Layout::HfPhi},
+      {"gptj", "GPTJForCausalLM", Layout::HfGptj},
   };
   if (!json.is_object()) return std::nullopt;
   const auto type = json.find("model_type");
@@ -200,6 +208,12 @@ LoadedModel<S> load_any_model(const SafetensorsFile& file,
     case Layout::HfOpt:
       return detail::load_hf_decoder<S>(
           file, config, layout, [](auto&&... a) { return load_hf_opt<S>(a...); }, hf_opt_dtype);
+    case Layout::HfPhi:
+      return detail::load_hf_decoder<S>(
+          file, config, layout, [](auto&&... a) { return load_hf_phi<S>(a...); }, hf_phi_dtype);
+    case Layout::HfGptj:
+      return detail::load_hf_decoder<S>(
+          file, config, layout, [](auto&&... a) { return load_hf_gptj<S>(a...); }, hf_gptj_dtype);
     case Layout::Prenorm: break;
   }
   const PrenormMetadata meta = read_prenorm_metadata(file);
