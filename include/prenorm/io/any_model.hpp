@@ -132,6 +132,13 @@ inline Layout detect_layout(const SafetensorsFile& file,
   return detect_layout(file);
 }
 
+// `path`, or `path`/model.safetensors when `path` is a directory (a Hugging
+// Face checkpoint folder, as the tools accept).
+inline std::filesystem::path model_file_path(const std::filesystem::path& path) {
+  std::error_code error;
+  return std::filesystem::is_directory(path, error) ? path / "model.safetensors" : path;
+}
+
 // A GPT or ViT of one of the three architectures.
 template <class S>
 using AnyModel = std::variant<Gpt<Arch::PreLN, S>, Gpt<Arch::PreRMSNorm, S>,
