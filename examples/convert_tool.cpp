@@ -5,9 +5,10 @@
 //                   [--config CONFIG.json] [--dtype {same|F32|F16|BF16|F64}]
 //                   INPUT.safetensors OUTPUT.safetensors
 //
-// INPUT is in any of the three layouts (Hugging Face GPT-2, Hugging Face ViT,
-// prenorm's own; the Hugging Face ones read CONFIG.json, by default the
-// config.json beside INPUT). The model is loaded in double, converted in
+// INPUT is in any of the layouts of io::load_any_model (Hugging Face GPT-2,
+// ViT and the decoder families of README's table, prenorm's own; the Hugging
+// Face ones read CONFIG.json, by default the config.json beside INPUT), or a
+// directory holding model.safetensors. The model is loaded in double, converted in
 // double, and rounded once to the output dtype ("same": the input's). A model
 // already in the target architecture is re-saved unchanged (only the layout
 // and the dtype change; --tied applies only when the architecture changes).
@@ -133,7 +134,7 @@ Options parse(int argc, char** argv) {
   if (positional.size() != 2)
     usage_error("expected INPUT and OUTPUT, got " + std::to_string(positional.size()) +
                 " file argument" + (positional.size() == 1 ? "" : "s"));
-  o.input = positional[0];
+  o.input = io::model_file_path(positional[0]);
   o.output = positional[1];
   if (o.input.empty() || o.output.empty()) usage_error("empty file name");
   return o;

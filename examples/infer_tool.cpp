@@ -1,5 +1,7 @@
-// prenorm-infer: runs a GPT or ViT checkpoint in any of the three layouts
-// (Hugging Face GPT-2, Hugging Face ViT, prenorm's own) of any architecture.
+// prenorm-infer: runs a GPT or ViT checkpoint in any of the layouts of
+// io::load_any_model (Hugging Face GPT-2, ViT and the decoder families of
+// README's table, prenorm's own) of any architecture. MODEL may be a
+// directory holding model.safetensors (and config.json).
 //
 //   prenorm-infer MODEL.safetensors [--config CONFIG.json]
 //                 (--tokens 1,2,3 | --image IMAGE.npy)
@@ -142,7 +144,7 @@ Options parse(int argc, char** argv) {
   }
   if (positional.size() != 1)
     usage_error("expected one MODEL file, got " + std::to_string(positional.size()));
-  o.model = positional[0];
+  o.model = io::model_file_path(positional[0]);
   if (o.tokens.has_value() == o.image.has_value())
     usage_error("pass exactly one of --tokens and --image");
   if (o.generate > 0 && !o.tokens) usage_error("--generate needs --tokens");

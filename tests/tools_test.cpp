@@ -38,6 +38,9 @@
 #include <string>
 #include <vector>
 
+#include "support/hf_fixtures.hpp"
+#include "support/hf_reference.hpp"
+
 extern char** environ;
 
 namespace {
@@ -548,6 +551,78 @@ TEST(Tools, BadInputNamesTheFileAndTheTensor) {
                  {}, {(d / "small.npy").string(), "4 x 4"});
   expect_failure(kInfer, {f.vit_file(), "--image", d / "flat.npy"}, 1, d, {},
                  {(d / "flat.npy").string(), "[C, H, W]"});
+}
+
+// ===========================================================================
+// Hugging Face decoder families (GPT-NeoX, OPT, Phi, GPT-J): a fixture folder
+// of tests/support/hf_fixtures.hpp, run and converted by the tools, against the
+// long-double reference of tests/support/hf_reference.hpp
+// ===========================================================================
+
+RowMatrix<double> reference_matrix(const prenorm_test::hf::Mat& m) {
+  RowMatrix<double> result(m.rows, m.cols);
+  for (int r = 0; r < m.rows; ++r)
+    for (int c = 0; c < m.cols; ++c) result(r, c) = double(m(r, c));
+  return result;
+}
+
+// The reference's greedy continuation of `ids` by `n` tokens (full forwards).
+std::string reference_greedy(const prenorm_test::hf::Fixture& f, std::vector<int> ids, int n) {
+  std::string text = "generated " + std::to_string(n) + " tokens:";
+  for (int i = 0; i < n; ++i) {
+    const RowMatrix<double> logits = reference_matrix(prenorm_test::hf::reference_logits(f, ids));
+    Index best = 0;
+    logits.row(logits.rows() - 1).maxCoeff(&best);
+    ids.push_back(int(best));
+    text += " " + std::to_string(best);
+  }
+  return text;
+}
+
+TEST(ToolsHfDecoders, InferAndConvertAFixtureFolder) {
+  PRENORM_SKIP_WITHOUT_TOOLS();
+  namespace hf = prenorm_test::hf;
+  TempDir dir;
+  const std::vector<std::pair<std::string, hf::Fixture>> families = {
+      {"hf_gpt_neox", hf::write_gpt_neox_fixture(dir / "neox", {}, Dtype::F32, 61)},
+      {"hf_opt", hf::write_opt_fixture(dir / "opt", {}, Dtype::F16, 62)},
+      {"hf_phi", hf::write_phi_fixture(dir / "phi", {.kv_heads = 2}, Dtype::BF16, 63)},
+      {"hf_gptj", hf::write_gptj_fixture(dir / "gptj", {}, Dtype::F32, 64)},
+  };
+  for (const auto& [layout, f] : families) {
+    SCOPED_TRACE(layout);
+    const RowMatrix<double> expected = reference_matrix(hf::reference_logits(f, kTokens));
+    const std::string greedy = reference_greedy(f, kTokens, 4);
+    const Index T = Index(kTokens.size()), V = f.vocab();
+    // prenorm-infer on `model` gives the reference's logits and greedy tokens.
+    const auto expect_infers = [&](const fs::path& model, const std::string& what) {
+      SCOPED_TRACE(what);
+      const fs::path logits = dir / (layout + "-" + what + ".npy");
+      const Outcome r = run_tool(kInfer, {model, "--tokens", kTokensArg, "--logits-out", logits,
+                                          "--generate", "4", "--threads", "1"});
+      ASSERT_EQ(r.code, 0) << describe(r);
+      EXPECT_LE(relative_error(read_logits(logits, T, V), expected), 1e-5);
+      EXPECT_NE(r.out.find(greedy), std::string::npos) << greedy << "\n" << describe(r);
+    };
+    // The folder itself (model.safetensors and config.json in it).
+    expect_infers(f.dir, "folder");
+    {
+      const Outcome r = run_tool(kInfer, {f.model_path(), "--tokens", "1,2"});
+      EXPECT_NE(r.out.find(": " + layout + " gpt"), std::string::npos) << describe(r);
+    }
+    for (const char* arch : {"pre-rmsnorm", "pre-crmsnorm"}) {
+      const fs::path out = dir / (layout + "-" + arch + ".safetensors");
+      // In F32: rounding a converted model to the file's F16 / BF16 is not exact.
+      const Outcome c = run_tool(kConvert, {"--to", arch, "--dtype", "F32", f.dir, out});
+      ASSERT_EQ(c.code, 0) << describe(c);
+      EXPECT_NE(c.out.find(" (" + layout + ", gpt) pre_ln -> "), std::string::npos) << describe(c);
+      expect_infers(out, arch);
+      const fs::path back = dir / (layout + "-" + arch + "-back.safetensors");
+      const Outcome b = run_tool(kConvert, {"--to", "pre-ln", out, back});
+      ASSERT_EQ(b.code, 0) << describe(b);
+      expect_infers(back, std::string(arch) + "-back");
+    }
+  }
 }
 
 }  // namespace

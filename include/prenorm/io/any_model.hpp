@@ -6,16 +6,26 @@
 //                         else wte.weight or transformer.wte.weight -> Layout::HfGpt2;
 //                         else the ViT patch projection (with or without "vit.")
 //                         -> Layout::HfVit; else FormatError.
+//   detect_layout(file, config)
+//                         the same, but first, for a file without prenorm
+//                         metadata, config.json's model_type (or
+//                         architectures) when it names a decoder family
+//                         loaded by data + loader code (hf_gpt_neox.hpp,
+//                         hf_opt.hpp, hf_phi.hpp, hf_gptj.hpp); `config`, or
+//                         config.json beside the file when there is one.
 //   load_any_model<S>(path, config)
 //                         the model as an AnyModel<S> (a std::variant of the
 //                         GPT and ViT of the three architectures). The
 //                         Hugging Face layouts take their config.json from
 //                         `config`, or from config.json beside the file.
 
+#include <nlohmann/json.hpp>
+
 #include <filesystem>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <type_traits>
 #include <utility>
 #include <variant>
@@ -25,6 +35,10 @@
 #include "../models/vit.hpp"
 #include "error.hpp"
 #include "hf_gpt2.hpp"
+#include "hf_gpt_neox.hpp"
+#include "hf_gptj.hpp"
+#include "hf_opt.hpp"
+#include "hf_phi.hpp"
 #include "hf_vit.hpp"
 #include "layout_util.hpp"
 #include "prenorm_layout.hpp"
@@ -32,13 +46,26 @@
 
 namespace prenorm::io {
 
-enum class Layout { Prenorm, HfGpt2, HfVit };
+enum class Layout {
+  Prenorm,
+  HfGpt2,
+  HfVit,
+  // Decoder families told by config.json's model_type.
+  HfGptNeox,
+  HfOpt,
+  HfPhi,
+  HfGptj,
+};
 
 constexpr std::string_view layout_name(Layout layout) {
   switch (layout) {
     case Layout::Prenorm: return "prenorm";
     case Layout::HfGpt2: return "hf_gpt2";
     case Layout::HfVit: return "hf_vit";
+    case Layout::HfGptNeox: return "hf_gpt_neox";
+    case Layout::HfOpt: return "hf_opt";
+    case Layout::HfPhi: return "hf_phi";
+    case Layout::HfGptj: return "hf_gptj";
   }
   return "unknown";
 }
@@ -56,6 +83,60 @@ inline Layout detect_layout(const SafetensorsFile& file) {
       ": not a model file prenorm knows: no prenorm metadata (format \"prenorm\"), no GPT-2 "
       "'wte.weight' / 'transformer.wte.weight', no ViT "
       "'vit.embeddings.patch_embeddings.projection.weight'");
+}
+
+// The decoder family that config.json names by model_type, or by its first
+// architectures entry when it has no model_type; nullopt for any other.
+inline std::optional<Layout> hf_decoder_layout(const nlohmann::json& json) {
+  struct Family {
+    const char* model_type;
+    const char* architecture;
+    Layout layout;
+  };
+  static constexpr Family kFamilies[] = {
+      {"gpt_neox", "GPTNeoXForCausalLM", Layout::HfGptNeox},
+      {"opt", "OPTForCausalLM", Layout::HfOpt},
+      {"phi", "PhiForCausalLM", Layout::HfPhi},
+      {"gptj", "GPTJForCausalLM", Layout::HfGptj},
+  };
+  if (!json.is_object()) return std::nullopt;
+  const auto type = json.find("model_type");
+  const auto architectures = json.find("architectures");
+  for (const Family& family : kFamilies) {
+    if (type != json.end()) {
+      if (type->is_string() && type->get<std::string>() == family.model_type) return family.layout;
+    } else if (architectures != json.end() && architectures->is_array() &&
+               !architectures->empty() && architectures->front().is_string() &&
+               architectures->front().get<std::string>() == family.architecture) {
+      return family.layout;
+    }
+  }
+  return std::nullopt;
+}
+
+// The layout of `file` as above, using config.json (`config`, else the one
+// beside the file, if any) for the decoder families.
+inline Layout detect_layout(const SafetensorsFile& file,
+                            const std::optional<std::filesystem::path>& config) {
+  if (is_prenorm_layout(file)) return Layout::Prenorm;
+  std::filesystem::path path;
+  if (config) {
+    path = *config;
+  } else {
+    path = (file.path().has_parent_path() ? file.path().parent_path()
+                                          : std::filesystem::path(".")) / "config.json";
+    std::error_code error;
+    if (!std::filesystem::is_regular_file(path, error)) return detect_layout(file);
+  }
+  if (const std::optional<Layout> layout = hf_decoder_layout(read_json_file(path))) return *layout;
+  return detect_layout(file);
+}
+
+// `path`, or `path`/model.safetensors when `path` is a directory (a Hugging
+// Face checkpoint folder, as the tools accept).
+inline std::filesystem::path model_file_path(const std::filesystem::path& path) {
+  std::error_code error;
+  return std::filesystem::is_directory(path, error) ? path / "model.safetensors" : path;
 }
 
 // A GPT or ViT of one of the three architectures.
@@ -85,11 +166,26 @@ struct LoadedModel {
   std::optional<Arch> converted_from;        // prenorm layout: the metadata's converted_from
 };
 
+namespace detail {
+
+// A decoder family's model: load(file, json, source) with its config.json.
+template <class S, class Load, class DtypeOf>
+LoadedModel<S> load_hf_decoder(const SafetensorsFile& file,
+                               const std::optional<std::filesystem::path>& config, Layout layout,
+                               const Load& load, const DtypeOf& dtype_of) {
+  const std::filesystem::path path =
+      hf_config_path("load_model", file.path(), config, layout_name(layout), "--config");
+  AnyModel<S> model = load(file, read_json_file(path), path.string());
+  return LoadedModel<S>{std::move(model), layout, dtype_of(file), file.size(), path, std::nullopt};
+}
+
+}  // namespace detail
+
 // Loads the model in `file`, converted to S, whatever its layout and architecture.
 template <class S>
 LoadedModel<S> load_any_model(const SafetensorsFile& file,
                               const std::optional<std::filesystem::path>& config = {}) {
-  const Layout layout = detect_layout(file);
+  const Layout layout = detect_layout(file, config);
   const auto make = [&](AnyModel<S>&& model, Dtype dtype) {
     return LoadedModel<S>{std::move(model), layout, dtype, file.size(), std::nullopt, std::nullopt};
   };
@@ -112,6 +208,19 @@ LoadedModel<S> load_any_model(const SafetensorsFile& file,
       loaded.config_path = path;
       return loaded;
     }
+    case Layout::HfGptNeox:
+      return detail::load_hf_decoder<S>(
+          file, config, layout, [](auto&&... a) { return load_hf_gpt_neox<S>(a...); },
+          hf_gpt_neox_dtype);
+    case Layout::HfOpt:
+      return detail::load_hf_decoder<S>(
+          file, config, layout, [](auto&&... a) { return load_hf_opt<S>(a...); }, hf_opt_dtype);
+    case Layout::HfPhi:
+      return detail::load_hf_decoder<S>(
+          file, config, layout, [](auto&&... a) { return load_hf_phi<S>(a...); }, hf_phi_dtype);
+    case Layout::HfGptj:
+      return detail::load_hf_decoder<S>(
+          file, config, layout, [](auto&&... a) { return load_hf_gptj<S>(a...); }, hf_gptj_dtype);
     case Layout::Prenorm: break;
   }
   const PrenormMetadata meta = read_prenorm_metadata(file);
