@@ -9,6 +9,7 @@
 #include "io/error.hpp"
 #include "io/half.hpp"
 #include "io/hf_gpt2.hpp"
+#include "io/hf_gpt_bigcode.hpp"
 #include "io/hf_vit.hpp"
 #include "io/layout_util.hpp"
 #include "io/mapped_file.hpp"

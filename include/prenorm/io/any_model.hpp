@@ -2,7 +2,12 @@
 // Loading a model whose layout and architecture are known only at run time
 // (what prenorm-convert and prenorm-infer do).
 //
-//   detect_layout(file)   prenorm metadata (format "prenorm") -> Layout::Prenorm;
+//   detect_layout(file, config)
+//                         prenorm metadata (format "prenorm") -> Layout::Prenorm;
+//                         else the model_type (or, without one, the
+//                         architectures) of the config.json (`config`, or
+//                         beside the file, when there is one) when it names a
+//                         decoder family below;
 //                         else wte.weight or transformer.wte.weight -> Layout::HfGpt2;
 //                         else the ViT patch projection (with or without "vit.")
 //                         -> Layout::HfVit; else FormatError.
@@ -25,6 +30,7 @@
 #include "../models/vit.hpp"
 #include "error.hpp"
 #include "hf_gpt2.hpp"
+#include "hf_gpt_bigcode.hpp"
 #include "hf_vit.hpp"
 #include "layout_util.hpp"
 #include "prenorm_layout.hpp"
@@ -32,20 +38,68 @@
 
 namespace prenorm::io {
 
-enum class Layout { Prenorm, HfGpt2, HfVit };
+enum class Layout { Prenorm, HfGpt2, HfVit, HfGptBigcode };
 
 constexpr std::string_view layout_name(Layout layout) {
   switch (layout) {
     case Layout::Prenorm: return "prenorm";
     case Layout::HfGpt2: return "hf_gpt2";
     case Layout::HfVit: return "hf_vit";
+    case Layout::HfGptBigcode: return "hf_gpt_bigcode";
   }
   return "unknown";
 }
 
-// Which layout `file` is in. Throws FormatError naming the file when it is none.
-inline Layout detect_layout(const SafetensorsFile& file) {
+namespace detail {
+
+// The decoder family named by the config.json of the Hugging Face file
+// `model` (`config`, or config.json beside it): its model_type, or without
+// one an entry of its architectures. nullopt when there is no config.json or
+// it names none of these families.
+inline std::optional<Layout> hf_family_layout(const std::filesystem::path& model,
+                                              const std::optional<std::filesystem::path>& config) {
+  struct Family {
+    const char* model_type;
+    const char* architectures[2];
+    Layout layout;
+  };
+  static constexpr Family families[] = {
+      {"gpt_bigcode", {"GPTBigCodeForCausalLM", "GPTBigCodeModel"}, Layout::HfGptBigcode},
+  };
+  std::filesystem::path path;
+  if (config) {
+    path = *config;
+  } else {
+    path = (model.has_parent_path() ? model.parent_path() : std::filesystem::path(".")) /
+           "config.json";
+    std::error_code error;
+    if (!std::filesystem::is_regular_file(path, error)) return std::nullopt;
+  }
+  const nlohmann::json json = read_json_file(path);
+  if (!json.is_object()) return std::nullopt;
+  const nlohmann::json* type = find_key(json, "model_type");
+  const nlohmann::json* architectures = find_key(json, "architectures");
+  for (const Family& family : families) {
+    if (type && type->is_string()) {
+      if (type->get<std::string>() == family.model_type) return family.layout;
+    } else if (architectures && architectures->is_array()) {
+      for (const nlohmann::json& name : *architectures)
+        for (const char* known : family.architectures)
+          if (name.is_string() && name.get<std::string>() == known) return family.layout;
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace detail
+
+// Which layout `file` is in; `config`: its config.json, if not beside it.
+// Throws FormatError naming the file when it is none.
+inline Layout detect_layout(const SafetensorsFile& file,
+                            const std::optional<std::filesystem::path>& config = {}) {
   if (is_prenorm_layout(file)) return Layout::Prenorm;
+  if (const std::optional<Layout> family = detail::hf_family_layout(file.path(), config))
+    return *family;
   if (file.contains("wte.weight") || file.contains("transformer.wte.weight"))
     return Layout::HfGpt2;
   if (file.contains("vit.embeddings.patch_embeddings.projection.weight") ||
@@ -89,7 +143,7 @@ struct LoadedModel {
 template <class S>
 LoadedModel<S> load_any_model(const SafetensorsFile& file,
                               const std::optional<std::filesystem::path>& config = {}) {
-  const Layout layout = detect_layout(file);
+  const Layout layout = detect_layout(file, config);
   const auto make = [&](AnyModel<S>&& model, Dtype dtype) {
     return LoadedModel<S>{std::move(model), layout, dtype, file.size(), std::nullopt, std::nullopt};
   };
@@ -109,6 +163,15 @@ LoadedModel<S> load_any_model(const SafetensorsFile& file,
       const VitConfig c = vit_config_from_json(read_json_file(path), path.string());
       AnyModel<S> model = load_hf_vit<S>(file, c);
       LoadedModel<S> loaded = make(std::move(model), hf_vit_dtype(file, c));
+      loaded.config_path = path;
+      return loaded;
+    }
+    case Layout::HfGptBigcode: {
+      const std::filesystem::path path = hf_config_path("load_model", file.path(), config,
+                                                        layout_name(layout), "--config");
+      const nlohmann::json json = read_json_file(path);
+      AnyModel<S> model = load_hf_gpt_bigcode<S>(file, json, path.string());
+      LoadedModel<S> loaded = make(std::move(model), detail::common_dtype(file, file.names()));
       loaded.config_path = path;
       return loaded;
     }
