@@ -90,10 +90,26 @@ Case bigcode_case(std::string name, Options options) {
           [](const fs::path& p) { return io::load_hf_gpt_bigcode<float>(p); }};
 }
 
+Case gpt_neo_case(std::string name, hf::GptNeoOptions options) {
+  return {"gpt_neo_" + name, io::Layout::HfGptNeo,
+          [options](const fs::path& dir, Dtype dtype, std::uint64_t seed) {
+            return hf::write_gpt_neo_fixture(dir, options, dtype, seed);
+          },
+          [](const fs::path& p) { return io::load_hf_gpt_neo<double>(p); },
+          [](const fs::path& p) { return io::load_hf_gpt_neo<float>(p); }};
+}
+
 std::vector<Case> cases() {
   std::vector<Case> all;
   all.push_back(bigcode_case("multi_query", hf::BigcodeOptions{.multi_query = true}));
   all.push_back(bigcode_case("multi_head", hf::BigcodeOptions{.multi_query = false}));
+  // GPT-Neo: windows shorter than the 24 tokens, so that local layers differ from global ones.
+  all.push_back(gpt_neo_case("alternating", {.window_size = 4}));
+  all.push_back(gpt_neo_case("all_local", {.layer_types = {"local", "local", "local"}, .window_size = 3}));
+  all.push_back(gpt_neo_case("all_global", {.layer_types = {"global", "global", "global"}}));
+  all.push_back(gpt_neo_case("every_third", {.sizes = {.layers = 6},
+                                             .layer_types = {"global", "global", "local", "global", "global", "local"},
+                                             .window_size = 5}));
   return all;
 }
 
@@ -255,6 +271,55 @@ TEST(HfGptBigcode, UntiedHeadAndUnscaledScoresAndBareNames) {
   EXPECT_FALSE(model.config.tied);
   EXPECT_EQ(model.config.score_scale, 1.0);
   EXPECT_LE(relative_error(model.forward(TokenBatch{tokens, 1, Index(tokens.size())}), reference), 1e-12);
+}
+
+}  // namespace
+
+namespace {
+
+TEST(HfGptNeoRefusals, NameTheKeyTheTensorAndTheFile) {
+  prenorm_test::TempDir dir("prenorm-hf-gpt-neo");
+  const hf::Fixture f = hf::write_gpt_neo_fixture(dir / "ok", {}, Dtype::F32, 5);
+  const auto load = [](const hf::Fixture& g) { return io::load_hf_gpt_neo<double>(g.model_path()); };
+  // local, global, global: local at layer 0 only, no period fits.
+  const hf::Fixture pattern = hf::write_gpt_neo_fixture(
+      dir / "pattern", {.layer_types = {"local", "global", "global"}}, Dtype::F32, 5);
+  expect_format_error([&] { load(pattern); }, {"hf_gpt_neo", "'attention_types' puts local attention", "config.json"});
+  const hf::Fixture type = rewrite(f, dir / "type", [](auto& c, auto&) {
+    c["attention_types"] = nlohmann::json::parse(R"([[["global", "sparse"], 1], [["global"], 1]])");
+    c.erase("attention_layers");
+  });
+  expect_format_error([&] { load(type); }, {"'attention_types' has \"sparse\""});
+  const hf::Fixture layers = rewrite(f, dir / "layers", [](auto& c, auto&) {
+    c["attention_layers"] = {"global", "global", "global"};
+  });
+  expect_format_error([&] { load(layers); }, {"'attention_layers' is [\"global\",\"global\",\"global\"]"});
+  const hf::Fixture count = rewrite(f, dir / "count", [](auto& c, auto&) { c["num_layers"] = 2; });
+  expect_format_error([&] { load(count); }, {"'attention_types' gives 3 layer types", "'num_layers' 2"});
+  const hf::Fixture bias = rewrite(f, dir / "bias", [](auto&, auto& t) {
+    t["transformer.h.2.attn.attention.q_proj.bias"] = t.at("transformer.h.2.attn.attention.out_proj.bias");
+  });
+  expect_format_error([&] { load(bias); }, {"unknown tensor 'transformer.h.2.attn.attention.q_proj.bias'"});
+  const hf::Fixture shape = rewrite(f, dir / "shape", [](auto&, auto& t) {
+    t["transformer.h.1.attn.attention.k_proj.weight"] = t.at("transformer.h.1.mlp.c_fc.weight");
+  });
+  expect_format_error([&] { load(shape); }, {"tensor 'transformer.h.1.attn.attention.k_proj.weight' has shape [128, 32], expected [32, 32]"});
+}
+
+TEST(HfGptNeo, IgnoresTheMaskBuffersOfOlderCheckpoints) {
+  prenorm_test::TempDir dir("prenorm-hf-gpt-neo");
+  const hf::Fixture f = hf::write_gpt_neo_fixture(dir / "ok", {}, Dtype::F32, 8);
+  const hf::Fixture g = rewrite(f, dir / "buffers", [](auto&, auto& t) {
+    for (int i = 0; i < 3; ++i) {
+      const std::string a = "transformer.h." + std::to_string(i) + ".attn.attention.";
+      t[a + "bias"] = hf::HfTensor{{1, 1, 2, 2}, {1, 0, 1, 1}};
+      t[a + "masked_bias"] = hf::HfTensor{{}, {-1e9}};
+    }
+  });
+  const std::vector<int> tokens = hf::random_tokens(f, 20, 3);
+  const auto model = io::load_hf_gpt_neo<double>(g.model_path());
+  EXPECT_LE(relative_error(model.forward(TokenBatch{tokens, 1, Index(tokens.size())}),
+                           hf::reference_logits(f, tokens)), 1e-12);
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include "io/half.hpp"
 #include "io/hf_gpt2.hpp"
 #include "io/hf_gpt_bigcode.hpp"
+#include "io/hf_gpt_neo.hpp"
 #include "io/hf_vit.hpp"
 #include "io/layout_util.hpp"
 #include "io/mapped_file.hpp"

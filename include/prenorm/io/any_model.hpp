@@ -31,6 +31,7 @@
 #include "error.hpp"
 #include "hf_gpt2.hpp"
 #include "hf_gpt_bigcode.hpp"
+#include "hf_gpt_neo.hpp"
 #include "hf_vit.hpp"
 #include "layout_util.hpp"
 #include "prenorm_layout.hpp"
@@ -38,7 +39,7 @@
 
 namespace prenorm::io {
 
-enum class Layout { Prenorm, HfGpt2, HfVit, HfGptBigcode };
+enum class Layout { Prenorm, HfGpt2, HfVit, HfGptBigcode, HfGptNeo };
 
 constexpr std::string_view layout_name(Layout layout) {
   switch (layout) {
@@ -46,6 +47,7 @@ constexpr std::string_view layout_name(Layout layout) {
     case Layout::HfGpt2: return "hf_gpt2";
     case Layout::HfVit: return "hf_vit";
     case Layout::HfGptBigcode: return "hf_gpt_bigcode";
+    case Layout::HfGptNeo: return "hf_gpt_neo";
   }
   return "unknown";
 }
@@ -65,6 +67,7 @@ inline std::optional<Layout> hf_family_layout(const std::filesystem::path& model
   };
   static constexpr Family families[] = {
       {"gpt_bigcode", {"GPTBigCodeForCausalLM", "GPTBigCodeModel"}, Layout::HfGptBigcode},
+      {"gpt_neo", {"GPTNeoForCausalLM", "GPTNeoModel"}, Layout::HfGptNeo},
   };
   std::filesystem::path path;
   if (config) {
@@ -166,11 +169,14 @@ LoadedModel<S> load_any_model(const SafetensorsFile& file,
       loaded.config_path = path;
       return loaded;
     }
-    case Layout::HfGptBigcode: {
+    case Layout::HfGptBigcode:
+    case Layout::HfGptNeo: {
       const std::filesystem::path path = hf_config_path("load_model", file.path(), config,
                                                         layout_name(layout), "--config");
       const nlohmann::json json = read_json_file(path);
-      AnyModel<S> model = load_hf_gpt_bigcode<S>(file, json, path.string());
+      AnyModel<S> model = layout == Layout::HfGptBigcode
+                              ? load_hf_gpt_bigcode<S>(file, json, path.string())
+                              : load_hf_gpt_neo<S>(file, json, path.string());
       LoadedModel<S> loaded = make(std::move(model), detail::common_dtype(file, file.names()));
       loaded.config_path = path;
       return loaded;

@@ -19,6 +19,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <initializer_list>
 #include <iterator>
 #include <optional>
 #include <sstream>
@@ -302,6 +303,21 @@ inline bool json_bool(const char* op, const nlohmann::json& json, const std::str
   if (!value->is_boolean())
     fail_with<FormatError>(op, source, ": '", key, "' is ", value->dump(), ", expected a boolean");
   return value->get<bool>();
+}
+
+// Whether `name` is <prefix>h.<digits><suffix> for one of `suffixes` (a
+// per-layer buffer such as GPT-2's h.{i}.attn.bias).
+inline bool is_layer_tensor(std::string_view name, std::string_view prefix,
+                            std::initializer_list<std::string_view> suffixes) {
+  if (name.substr(0, prefix.size()) != prefix) return false;
+  name.remove_prefix(prefix.size());
+  if (name.substr(0, 2) != "h.") return false;
+  name.remove_prefix(2);
+  std::size_t digits = 0;
+  while (digits < name.size() && name[digits] >= '0' && name[digits] <= '9') ++digits;
+  if (digits == 0) return false;
+  name.remove_prefix(digits);
+  return std::find(suffixes.begin(), suffixes.end(), name) != suffixes.end();
 }
 
 // Throws unless the object `json` has no model_type or has `expected`.
