@@ -5,8 +5,8 @@
 //                   [--config CONFIG.json] [--dtype {same|F32|F16|BF16|F64}]
 //                   INPUT.safetensors OUTPUT.safetensors
 //
-// INPUT is in any of the three layouts (Hugging Face GPT-2, Hugging Face ViT,
-// prenorm's own; the Hugging Face ones read CONFIG.json, by default the
+// INPUT is in any of the layouts (Hugging Face GPT-2, ViT, GPT-BigCode, GPT-Neo,
+// BLOOM, prenorm's own; the Hugging Face ones read CONFIG.json, by default the
 // config.json beside INPUT). The model is loaded in double, converted in
 // double, and rounded once to the output dtype ("same": the input's). A model
 // already in the target architecture is re-saved unchanged (only the layout
@@ -44,7 +44,8 @@ constexpr const char* kUsage =
     "                       [--config CONFIG.json] [--dtype {same|F32|F16|BF16|F64}]\n"
     "                       INPUT.safetensors OUTPUT.safetensors\n"
     "\n"
-    "Reads a Hugging Face GPT-2 or ViT checkpoint (with its config.json: --config, or\n"
+    "Reads a Hugging Face GPT-2, ViT, GPT-BigCode, GPT-Neo or BLOOM checkpoint (with its\n"
+    "config.json: --config, or\n"
     "config.json beside INPUT) or a prenorm checkpoint, converts it exactly (in double)\n"
     "to the target architecture and writes it in prenorm's layout.\n"
     "  --to      target architecture (required); the same architecture re-saves the model\n"

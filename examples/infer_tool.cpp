@@ -1,5 +1,6 @@
 // prenorm-infer: runs a GPT or ViT checkpoint in any of the three layouts
-// (Hugging Face GPT-2, Hugging Face ViT, prenorm's own) of any architecture.
+// (Hugging Face GPT-2, ViT or a decoder family of io/any_model.hpp, prenorm's
+// own) of any architecture.
 //
 //   prenorm-infer MODEL.safetensors [--config CONFIG.json]
 //                 (--tokens 1,2,3 | --image IMAGE.npy)
@@ -49,7 +50,8 @@ constexpr const char* kUsage =
     "                     [--logits-out LOGITS.npy] [--generate N] [--threads N] [--double]\n"
     "\n"
     "Runs a GPT (--tokens) or ViT (--image, float .npy [C,H,W] or [B,C,H,W]) checkpoint in\n"
-    "the Hugging Face GPT-2 / ViT layout (config.json: --config, or beside MODEL) or in\n"
+    "a Hugging Face layout (GPT-2, ViT, and the decoders GPT-BigCode, GPT-Neo, BLOOM;\n"
+    "config.json: --config, or beside MODEL) or in\n"
     "prenorm's layout, and prints the top-5 of the last position or of each image.\n"
     "  --logits-out  float32 .npy of the logits: [tokens x vocab] or [batch x classes]\n"
     "  --generate N  greedy decoding of N more tokens with the KV cache (GPT)\n"

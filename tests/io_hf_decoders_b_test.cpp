@@ -19,15 +19,18 @@
 #include <prenorm/convert.hpp>
 #include <prenorm/io.hpp>
 #include <prenorm/models.hpp>
+#include <prenorm/train.hpp>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <vector>
 
+#include "support/convert_test_util.hpp"
 #include "support/hf_fixtures.hpp"
 #include "support/hf_reference.hpp"
 #include "support/temp_dir.hpp"
@@ -43,9 +46,6 @@ using prenorm::Index;
 using prenorm::RowMatrix;
 using prenorm::TokenBatch;
 using io::Dtype;
-
-// The models are tiny: threads cost more than they save (see convert_test_util.hpp).
-[[maybe_unused]] const bool kSingleThreaded = (prenorm::set_num_threads(1), true);
 
 template <class S>
 constexpr double tol() {
@@ -80,23 +80,31 @@ struct Case {
   std::function<Gpt<Arch::PreLN, float>(const fs::path&)> load_float;
 };
 
+// A family variant from its fixture writer and its loader's path overload.
 template <class Options>
-Case bigcode_case(std::string name, Options options) {
-  return {"gpt_bigcode_" + name, io::Layout::HfGptBigcode,
-          [options](const fs::path& dir, Dtype dtype, std::uint64_t seed) {
-            return hf::write_gpt_bigcode_fixture(dir, options, dtype, seed);
+Case family_case(std::string name, io::Layout layout, Options options,
+                 hf::Fixture (*write)(const fs::path&, const Options&, Dtype, std::uint64_t),
+                 Gpt<Arch::PreLN, double> (*load_double)(const fs::path&, const std::optional<fs::path>&),
+                 Gpt<Arch::PreLN, float> (*load_float)(const fs::path&, const std::optional<fs::path>&)) {
+  return {std::move(name), layout,
+          [options, write](const fs::path& dir, Dtype dtype, std::uint64_t seed) {
+            return write(dir, options, dtype, seed);
           },
-          [](const fs::path& p) { return io::load_hf_gpt_bigcode<double>(p); },
-          [](const fs::path& p) { return io::load_hf_gpt_bigcode<float>(p); }};
+          [load_double](const fs::path& p) { return load_double(p, std::nullopt); },
+          [load_float](const fs::path& p) { return load_float(p, std::nullopt); }};
 }
-
-Case gpt_neo_case(std::string name, hf::GptNeoOptions options) {
-  return {"gpt_neo_" + name, io::Layout::HfGptNeo,
-          [options](const fs::path& dir, Dtype dtype, std::uint64_t seed) {
-            return hf::write_gpt_neo_fixture(dir, options, dtype, seed);
-          },
-          [](const fs::path& p) { return io::load_hf_gpt_neo<double>(p); },
-          [](const fs::path& p) { return io::load_hf_gpt_neo<float>(p); }};
+Case bigcode_case(const std::string& name, hf::BigcodeOptions options) {
+  return family_case("gpt_bigcode_" + name, io::Layout::HfGptBigcode, options,
+                     &hf::write_gpt_bigcode_fixture, &io::load_hf_gpt_bigcode<double>,
+                     &io::load_hf_gpt_bigcode<float>);
+}
+Case gpt_neo_case(const std::string& name, hf::GptNeoOptions options) {
+  return family_case("gpt_neo_" + name, io::Layout::HfGptNeo, options, &hf::write_gpt_neo_fixture,
+                     &io::load_hf_gpt_neo<double>, &io::load_hf_gpt_neo<float>);
+}
+Case bloom_case(const std::string& name, hf::BloomOptions options) {
+  return family_case("bloom_" + name, io::Layout::HfBloom, options, &hf::write_bloom_fixture,
+                     &io::load_hf_bloom<double>, &io::load_hf_bloom<float>);
 }
 
 std::vector<Case> cases() {
@@ -110,6 +118,10 @@ std::vector<Case> cases() {
   all.push_back(gpt_neo_case("every_third", {.sizes = {.layers = 6},
                                              .layer_types = {"global", "global", "local", "global", "global", "local"},
                                              .window_size = 5}));
+  // BLOOM: 6 heads (ALiBi slopes beyond a power of two), prefixed and bare names.
+  all.push_back(bloom_case("prefixed", {}));
+  all.push_back(bloom_case("bare", {.prefix = false}));
+  all.push_back(bloom_case("eight_heads", {.sizes = {.vocab = 80, .width = 32, .heads = 8, .layers = 2, .context = 64}}));
   return all;
 }
 
@@ -206,19 +218,6 @@ INSTANTIATE_TEST_SUITE_P(Families, HfDecoder, ::testing::ValuesIn(params()),
 
 // --- refusals ------------------------------------------------------------------
 
-// Runs f, which must throw io::FormatError with every one of `parts` in its message.
-template <class F>
-void expect_format_error(F&& f, const std::vector<std::string>& parts) {
-  try {
-    f();
-    ADD_FAILURE() << "no exception; expected one with '" << parts.front() << "'";
-  } catch (const io::FormatError& error) {
-    const std::string message = error.what();
-    for (const std::string& part : parts)
-      EXPECT_NE(message.find(part), std::string::npos) << "'" << part << "' not in: " << message;
-  }
-}
-
 // Rewrites the fixture in `dir` with `edit` applied to its config and tensors.
 template <class Edit>
 hf::Fixture rewrite(const hf::Fixture& f, const fs::path& dir, Edit&& edit) {
@@ -233,20 +232,20 @@ TEST(HfGptBigcodeRefusals, NameTheKeyTheTensorAndTheFile) {
   const hf::Fixture f = hf::write_gpt_bigcode_fixture(dir / "ok", {}, Dtype::F32, 5);
   const auto load = [](const hf::Fixture& g) { return io::load_hf_gpt_bigcode<double>(g.model_path()); };
   const hf::Fixture cross = rewrite(f, dir / "cross", [](auto& c, auto&) { c["add_cross_attention"] = true; });
-  expect_format_error([&] { load(cross); }, {"hf_gpt_bigcode", "'add_cross_attention' is true", "config.json"});
+  prenorm_test::expect_error([&] { load(cross); }, {"hf_gpt_bigcode", "'add_cross_attention' is true", "config.json"});
   const hf::Fixture type = rewrite(f, dir / "type", [](auto& c, auto&) { c["model_type"] = "gpt2"; });
-  expect_format_error([&] { load(type); }, {"'model_type' is \"gpt2\", expected \"gpt_bigcode\""});
+  prenorm_test::expect_error([&] { load(type); }, {"'model_type' is \"gpt2\", expected \"gpt_bigcode\""});
   const hf::Fixture missing = rewrite(f, dir / "missing", [](auto&, auto& t) { t.erase("transformer.h.1.ln_2.bias"); });
-  expect_format_error([&] { load(missing); }, {"missing tensor 'transformer.h.1.ln_2.bias'", "model.safetensors"});
+  prenorm_test::expect_error([&] { load(missing); }, {"missing tensor 'transformer.h.1.ln_2.bias'", "model.safetensors"});
   const hf::Fixture unknown = rewrite(f, dir / "unknown", [](auto&, auto& t) {
     t["transformer.h.0.attn.q_attn.weight"] = t.at("transformer.h.0.attn.c_proj.weight");
   });
-  expect_format_error([&] { load(unknown); }, {"unknown tensor 'transformer.h.0.attn.q_attn.weight'"});
+  prenorm_test::expect_error([&] { load(unknown); }, {"unknown tensor 'transformer.h.0.attn.q_attn.weight'"});
   // A multi-head file read as multi-query: c_attn has 3 d rows, not d + 2 hd.
   const hf::Fixture shape = rewrite(f, dir / "shape", [](auto& c, auto&) { c["multi_query"] = false; });
-  expect_format_error([&] { load(shape); }, {"tensor 'transformer.h.0.attn.c_attn.weight' has shape [48, 32], expected [96, 32]"});
+  prenorm_test::expect_error([&] { load(shape); }, {"tensor 'transformer.h.0.attn.c_attn.weight' has shape [48, 32], expected [96, 32]"});
   const hf::Fixture untied = rewrite(f, dir / "untied", [](auto& c, auto&) { c["tie_word_embeddings"] = false; });
-  expect_format_error([&] { load(untied); }, {"missing tensor 'lm_head.weight'"});
+  prenorm_test::expect_error([&] { load(untied); }, {"missing tensor 'lm_head.weight'"});
 }
 
 TEST(HfGptBigcode, UntiedHeadAndUnscaledScoresAndBareNames) {
@@ -284,26 +283,26 @@ TEST(HfGptNeoRefusals, NameTheKeyTheTensorAndTheFile) {
   // local, global, global: local at layer 0 only, no period fits.
   const hf::Fixture pattern = hf::write_gpt_neo_fixture(
       dir / "pattern", {.layer_types = {"local", "global", "global"}}, Dtype::F32, 5);
-  expect_format_error([&] { load(pattern); }, {"hf_gpt_neo", "'attention_types' puts local attention", "config.json"});
+  prenorm_test::expect_error([&] { load(pattern); }, {"hf_gpt_neo", "'attention_types' puts local attention", "config.json"});
   const hf::Fixture type = rewrite(f, dir / "type", [](auto& c, auto&) {
     c["attention_types"] = nlohmann::json::parse(R"([[["global", "sparse"], 1], [["global"], 1]])");
     c.erase("attention_layers");
   });
-  expect_format_error([&] { load(type); }, {"'attention_types' has \"sparse\""});
+  prenorm_test::expect_error([&] { load(type); }, {"'attention_types' has \"sparse\""});
   const hf::Fixture layers = rewrite(f, dir / "layers", [](auto& c, auto&) {
     c["attention_layers"] = {"global", "global", "global"};
   });
-  expect_format_error([&] { load(layers); }, {"'attention_layers' is [\"global\",\"global\",\"global\"]"});
+  prenorm_test::expect_error([&] { load(layers); }, {"'attention_layers' is [\"global\",\"global\",\"global\"]"});
   const hf::Fixture count = rewrite(f, dir / "count", [](auto& c, auto&) { c["num_layers"] = 2; });
-  expect_format_error([&] { load(count); }, {"'attention_types' gives 3 layer types", "'num_layers' 2"});
+  prenorm_test::expect_error([&] { load(count); }, {"'attention_types' gives 3 layer types", "'num_layers' 2"});
   const hf::Fixture bias = rewrite(f, dir / "bias", [](auto&, auto& t) {
     t["transformer.h.2.attn.attention.q_proj.bias"] = t.at("transformer.h.2.attn.attention.out_proj.bias");
   });
-  expect_format_error([&] { load(bias); }, {"unknown tensor 'transformer.h.2.attn.attention.q_proj.bias'"});
+  prenorm_test::expect_error([&] { load(bias); }, {"unknown tensor 'transformer.h.2.attn.attention.q_proj.bias'"});
   const hf::Fixture shape = rewrite(f, dir / "shape", [](auto&, auto& t) {
     t["transformer.h.1.attn.attention.k_proj.weight"] = t.at("transformer.h.1.mlp.c_fc.weight");
   });
-  expect_format_error([&] { load(shape); }, {"tensor 'transformer.h.1.attn.attention.k_proj.weight' has shape [128, 32], expected [32, 32]"});
+  prenorm_test::expect_error([&] { load(shape); }, {"tensor 'transformer.h.1.attn.attention.k_proj.weight' has shape [128, 32], expected [32, 32]"});
 }
 
 TEST(HfGptNeo, IgnoresTheMaskBuffersOfOlderCheckpoints) {
@@ -320,6 +319,88 @@ TEST(HfGptNeo, IgnoresTheMaskBuffersOfOlderCheckpoints) {
   const auto model = io::load_hf_gpt_neo<double>(g.model_path());
   EXPECT_LE(relative_error(model.forward(TokenBatch{tokens, 1, Index(tokens.size())}),
                            hf::reference_logits(f, tokens)), 1e-12);
+}
+
+}  // namespace
+
+namespace {
+
+TEST(HfBloomRefusals, NameTheKeyTheTensorAndTheFile) {
+  prenorm_test::TempDir dir("prenorm-hf-bloom");
+  const auto load = [](const hf::Fixture& g) { return io::load_hf_bloom<double>(g.model_path()); };
+  const hf::Fixture post = hf::write_bloom_fixture(
+      dir / "post", {.apply_residual_connection_post_layernorm = true}, Dtype::F32, 5);
+  prenorm_test::expect_error([&] { load(post); }, {"hf_bloom", "config.json",
+                                            "'apply_residual_connection_post_layernorm' is true"});
+  const hf::Fixture f = hf::write_bloom_fixture(dir / "ok", {}, Dtype::F32, 5);
+  const hf::Fixture missing = rewrite(f, dir / "missing", [](auto&, auto& t) {
+    t.erase("transformer.word_embeddings_layernorm.bias");
+  });
+  prenorm_test::expect_error([&] { load(missing); }, {"missing tensor 'transformer.word_embeddings_layernorm.bias'", "model.safetensors"});
+  const hf::Fixture shape = rewrite(f, dir / "shape", [](auto&, auto& t) {
+    t["transformer.h.2.self_attention.query_key_value.bias"] = t.at("transformer.h.2.self_attention.dense.bias");
+  });
+  prenorm_test::expect_error([&] { load(shape); }, {"tensor 'transformer.h.2.self_attention.query_key_value.bias' has shape [48], expected [144]"});
+  const hf::Fixture mixed = rewrite(f, dir / "mixed", [](auto&, auto& t) {
+    t["word_embeddings.weight"] = t.at("transformer.word_embeddings.weight");
+  });
+  prenorm_test::expect_error([&] { load(mixed); }, {"has both 'word_embeddings.weight' and 'transformer.word_embeddings.weight'"});
+}
+
+TEST(HfBloom, UntiedHeadAndTheEmbeddingNormBecomeTables) {
+  prenorm_test::TempDir dir("prenorm-hf-bloom");
+  const hf::Fixture f = hf::write_bloom_fixture(dir / "ok", {}, Dtype::F32, 9);
+  const hf::Fixture g = rewrite(f, dir / "untied", [](auto& c, auto& t) {
+    c["tie_word_embeddings"] = false;
+    c["seq_length"] = 40;
+    t["lm_head.weight"] = t.at("transformer.word_embeddings.weight");
+    for (double& x : t["lm_head.weight"].values) x = 0.25 - x;
+  });
+  const std::vector<int> tokens = hf::random_tokens(g, 20, 4);
+  const auto model = io::load_hf_bloom<double>(g.model_path());
+  EXPECT_EQ(model.config.context, 40);
+  EXPECT_EQ(model.config.activation, prenorm::Activation::GeluTanhBloom);
+  EXPECT_FALSE(model.config.learned_positions);
+  EXPECT_LE(relative_error(model.forward(TokenBatch{tokens, 1, Index(tokens.size())}),
+                           hf::reference_logits(g, tokens)), 1e-12);
+  // The tied file: prenorm's head holds the raw E (its token table, LN_emb(E), is checked by the logits).
+  const auto tied = io::load_hf_bloom<double>(f.model_path());
+  const hf::HfTensor& e = f.tensors.at("transformer.word_embeddings.weight");
+  EXPECT_EQ(tied.head.weight(3, 5), e.values[3 * 48 + 5]);
+  EXPECT_FALSE(tied.config.tied);
+}
+
+// BLOOM's GELU: forward against the long double formula of bloom_gelu_forward,
+// backward against central differences.
+TEST(HfBloom, GeluTanhBloomIsBloomsGelu) {
+  RowMatrix<double> x(3, 40);
+  for (Index i = 0; i < x.size(); ++i) x.data()[i] = -6.0 + 12.0 * double(i) / double(x.size() - 1);
+  RowMatrix<double> y(x.rows(), x.cols()), plain(x.rows(), x.cols());
+  prenorm::activation_forward(prenorm::Activation::GeluTanhBloom, x, y);
+  prenorm::activation_forward(prenorm::Activation::GeluTanh, x, plain);
+  double worst = 0, apart = 0;
+  for (Index i = 0; i < x.size(); ++i) {
+    const long double v = x.data()[i];
+    const long double ref = v * 0.5L * (1.0L + std::tanh(0.79788456L * v * (1.0L + 0.044715L * v * v)));
+    worst = std::max(worst, double(std::abs(y.data()[i] - ref)));
+    apart = std::max(apart, std::abs(y.data()[i] - plain.data()[i]));
+  }
+  EXPECT_LE(worst, 1e-15);
+  EXPECT_GT(apart, 1e-11);  // not GeluTanh
+  RowMatrix<double> dy = RowMatrix<double>::Ones(x.rows(), x.cols()), dx(x.rows(), x.cols());
+  prenorm::activation_backward<double>(prenorm::Activation::GeluTanhBloom, dy, x, dx);
+  const double h = 1e-5;
+  for (Index i = 0; i < x.size(); ++i) {
+    const long double v = x.data()[i];
+    const auto f = [](long double u) {
+      return u * 0.5L * (1.0L + std::tanh(0.79788456L * u * (1.0L + 0.044715L * u * u)));
+    };
+    const double numeric = double((f(v + h) - f(v - h)) / (2 * h));
+    EXPECT_NEAR(dx.data()[i], numeric, 1e-9) << "x = " << x.data()[i];
+  }
+  prenorm::Activation back{};
+  EXPECT_TRUE(prenorm::activation_from_name("gelu_tanh_bloom", back));
+  EXPECT_EQ(back, prenorm::Activation::GeluTanhBloom);
 }
 
 }  // namespace

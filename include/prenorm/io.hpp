@@ -8,6 +8,7 @@
 #include "io/dtype.hpp"
 #include "io/error.hpp"
 #include "io/half.hpp"
+#include "io/hf_bloom.hpp"
 #include "io/hf_gpt2.hpp"
 #include "io/hf_gpt_bigcode.hpp"
 #include "io/hf_gpt_neo.hpp"

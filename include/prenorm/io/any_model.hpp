@@ -7,7 +7,8 @@
 //                         else the model_type (or, without one, the
 //                         architectures) of the config.json (`config`, or
 //                         beside the file, when there is one) when it names a
-//                         decoder family below;
+//                         decoder family: gpt_bigcode -> Layout::HfGptBigcode,
+//                         gpt_neo -> Layout::HfGptNeo, bloom -> Layout::HfBloom;
 //                         else wte.weight or transformer.wte.weight -> Layout::HfGpt2;
 //                         else the ViT patch projection (with or without "vit.")
 //                         -> Layout::HfVit; else FormatError.
@@ -29,6 +30,7 @@
 #include "../models/gpt.hpp"
 #include "../models/vit.hpp"
 #include "error.hpp"
+#include "hf_bloom.hpp"
 #include "hf_gpt2.hpp"
 #include "hf_gpt_bigcode.hpp"
 #include "hf_gpt_neo.hpp"
@@ -39,7 +41,7 @@
 
 namespace prenorm::io {
 
-enum class Layout { Prenorm, HfGpt2, HfVit, HfGptBigcode, HfGptNeo };
+enum class Layout { Prenorm, HfGpt2, HfVit, HfGptBigcode, HfGptNeo, HfBloom };
 
 constexpr std::string_view layout_name(Layout layout) {
   switch (layout) {
@@ -48,6 +50,7 @@ constexpr std::string_view layout_name(Layout layout) {
     case Layout::HfVit: return "hf_vit";
     case Layout::HfGptBigcode: return "hf_gpt_bigcode";
     case Layout::HfGptNeo: return "hf_gpt_neo";
+    case Layout::HfBloom: return "hf_bloom";
   }
   return "unknown";
 }
@@ -68,6 +71,7 @@ inline std::optional<Layout> hf_family_layout(const std::filesystem::path& model
   static constexpr Family families[] = {
       {"gpt_bigcode", {"GPTBigCodeForCausalLM", "GPTBigCodeModel"}, Layout::HfGptBigcode},
       {"gpt_neo", {"GPTNeoForCausalLM", "GPTNeoModel"}, Layout::HfGptNeo},
+      {"bloom", {"BloomForCausalLM", "BloomModel"}, Layout::HfBloom},
   };
   std::filesystem::path path;
   if (config) {
@@ -170,13 +174,14 @@ LoadedModel<S> load_any_model(const SafetensorsFile& file,
       return loaded;
     }
     case Layout::HfGptBigcode:
-    case Layout::HfGptNeo: {
+    case Layout::HfGptNeo:
+    case Layout::HfBloom: {
       const std::filesystem::path path = hf_config_path("load_model", file.path(), config,
                                                         layout_name(layout), "--config");
       const nlohmann::json json = read_json_file(path);
-      AnyModel<S> model = layout == Layout::HfGptBigcode
-                              ? load_hf_gpt_bigcode<S>(file, json, path.string())
-                              : load_hf_gpt_neo<S>(file, json, path.string());
+      AnyModel<S> model = layout == Layout::HfGptBigcode ? load_hf_gpt_bigcode<S>(file, json, path.string())
+                          : layout == Layout::HfGptNeo   ? load_hf_gpt_neo<S>(file, json, path.string())
+                                                         : load_hf_bloom<S>(file, json, path.string());
       LoadedModel<S> loaded = make(std::move(model), detail::common_dtype(file, file.names()));
       loaded.config_path = path;
       return loaded;

@@ -164,10 +164,9 @@ Gpt<Arch::PreLN, S> load_hf_gpt_bigcode(const SafetensorsFile& file, const nlohm
 template <class S>
 Gpt<Arch::PreLN, S> load_hf_gpt_bigcode(const std::filesystem::path& path,
                                         const std::optional<std::filesystem::path>& config = {}) {
-  const SafetensorsFile file(path);
-  const std::filesystem::path config_path =
-      hf_config_path("hf_gpt_bigcode", path, config, "hf_gpt_bigcode", "the config argument");
-  return load_hf_gpt_bigcode<S>(file, read_json_file(config_path), config_path.string());
+  return detail::load_with_hf_config(
+      "hf_gpt_bigcode", path, config, [](const SafetensorsFile& file, const nlohmann::json& json,
+                                 const std::string& source) { return load_hf_gpt_bigcode<S>(file, json, source); });
 }
 
 }  // namespace prenorm::io

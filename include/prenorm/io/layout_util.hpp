@@ -259,9 +259,13 @@ inline Activation json_hf_activation(const char* op, const nlohmann::json& json,
                          "\"gelu_python\" (exact), \"relu\", \"quick_gelu\")");
 }
 
-// The Hugging Face name of an activation, for a config.json.
-constexpr const char* hf_activation_name(Activation activation) {
+// The Hugging Face name of an activation, for a config.json. Throws for
+// BLOOM's GELU, which ACT2FN does not have (BLOOM hard-codes it).
+inline const char* hf_activation_name(Activation activation) {
   switch (activation) {
+    case Activation::GeluTanhBloom:
+      prenorm::detail::fail("hf_activation_name", "the activation gelu_tanh_bloom (BLOOM's GELU) "
+                            "has no Hugging Face activation name");
     case Activation::GeluTanh: return "gelu_new";
     case Activation::GeluErf: return "gelu";
     case Activation::Relu: return "relu";
@@ -303,6 +307,18 @@ inline bool json_bool(const char* op, const nlohmann::json& json, const std::str
   if (!value->is_boolean())
     fail_with<FormatError>(op, source, ": '", key, "' is ", value->dump(), ", expected a boolean");
   return value->get<bool>();
+}
+
+// What a family loader's path overload does: opens the safetensors file at
+// `path`, reads its config.json (`config`, or config.json beside the file)
+// and returns load(file, json, config path) (`layout` names it in messages).
+template <class Load>
+auto load_with_hf_config(const char* layout, const std::filesystem::path& path,
+                         const std::optional<std::filesystem::path>& config, Load&& load) {
+  const SafetensorsFile file(path);
+  const std::filesystem::path config_path =
+      hf_config_path(layout, path, config, layout, "the config argument");
+  return load(file, read_json_file(config_path), config_path.string());
 }
 
 // Whether `name` is <prefix>h.<digits><suffix> for one of `suffixes` (a
