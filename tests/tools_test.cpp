@@ -625,4 +625,51 @@ TEST(ToolsHfDecoders, InferAndConvertAFixtureFolder) {
   }
 }
 
+// ===========================================================================
+// Hugging Face decoder families (issue 19): GPT-BigCode, GPT-Neo, BLOOM
+// ===========================================================================
+
+// Each family's fixture in its real layout (tests/support/hf_fixtures.hpp):
+// prenorm-infer detects it and gives the long double reference's logits
+// (float, 1e-5); prenorm-convert to each architecture keeps the logits and
+// the greedy generation (--generate, the KV cache).
+TEST(Tools, DecoderFamiliesGptBigcodeGptNeoBloom) {
+  PRENORM_SKIP_WITHOUT_TOOLS();
+  namespace hf = prenorm_test::hf;
+  TempDir dir;
+  const std::vector<std::pair<std::string, hf::Fixture>> families = {
+      {"hf_gpt_bigcode", hf::write_gpt_bigcode_fixture(dir / "gpt_bigcode", {}, Dtype::F32, 11)},
+      {"hf_gpt_neo", hf::write_gpt_neo_fixture(dir / "gpt_neo", {.window_size = 3}, Dtype::F32, 12)},
+      {"hf_bloom", hf::write_bloom_fixture(dir / "bloom", {}, Dtype::BF16, 13)}};
+  for (const auto& [layout, f] : families) {
+    SCOPED_TRACE(layout);
+    const hf::Mat reference = hf::reference_logits(f, kTokens);
+    RowMatrix<double> expected(reference.rows, reference.cols);
+    for (Index r = 0; r < expected.rows(); ++r)
+      for (Index c = 0; c < expected.cols(); ++c) expected(r, c) = double(reference(int(r), int(c)));
+    const Index T = Index(kTokens.size()), V = f.vocab();
+    const fs::path logits = dir / (layout + ".npy");
+    const Outcome r = run_tool(kInfer, {f.model_path(), "--tokens", kTokensArg, "--logits-out", logits,
+                                        "--generate", "5"});
+    ASSERT_EQ(r.code, 0) << describe(r);
+    EXPECT_NE(r.out.find(layout), std::string::npos) << describe(r);
+    EXPECT_LE(relative_error(read_logits(logits, T, V), expected), 1e-5);
+    const std::size_t at = r.out.find("generated 5 tokens:");
+    ASSERT_NE(at, std::string::npos) << describe(r);
+    const std::string generated = r.out.substr(at, r.out.find('\n', at) - at);
+    for (const char* arch : kArchs) {
+      SCOPED_TRACE(arch);
+      const fs::path out = dir / (layout + "-" + arch + ".safetensors");
+      // F32 output: BLOOM's precomputed LN_emb(E) table would lose precision in BF16.
+      const Outcome c = run_tool(kConvert, {"--to", arch, "--dtype", "F32", f.model_path(), out});
+      ASSERT_EQ(c.code, 0) << describe(c);
+      EXPECT_NE(c.out.find("(" + layout + ", gpt) pre_ln -> "), std::string::npos) << describe(c);
+      const Outcome i = run_tool(kInfer, {out, "--tokens", kTokensArg, "--logits-out", logits, "--generate", "5"});
+      ASSERT_EQ(i.code, 0) << describe(i);
+      EXPECT_LE(relative_error(read_logits(logits, T, V), expected), 1e-5);
+      EXPECT_NE(i.out.find(generated), std::string::npos) << describe(i) << "expected " << generated;
+    }
+  }
+}
+
 }  // namespace

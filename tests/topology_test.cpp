@@ -133,6 +133,8 @@ LD ref_activation(Activation a, LD x) {
     case Activation::GeluErf: return 0.5L * x * (1 + std::erf(x / std::sqrt(2.0L)));
     case Activation::Relu: return x > 0 ? x : 0;
     case Activation::QuickGelu: return x / (1 + std::exp(-1.702L * x));
+    case Activation::GeluTanhBloom:
+      return 0.5L * x * (1 + std::tanh(0.79788456L * (x + 0.044715L * x * x * x)));
   }
   ADD_FAILURE() << "no reference for activation " << int(a);
   return 0;

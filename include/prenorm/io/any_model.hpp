@@ -2,17 +2,17 @@
 // Loading a model whose layout and architecture are known only at run time
 // (what prenorm-convert and prenorm-infer do).
 //
-//   detect_layout(file)   prenorm metadata (format "prenorm") -> Layout::Prenorm;
+//   detect_layout(file, config)
+//                         prenorm metadata (format "prenorm") -> Layout::Prenorm;
+//                         else the model_type (or, without one, an entry of
+//                         the architectures) of the config.json (`config`, or
+//                         beside the file, when there is one) when it names a
+//                         decoder family read by data + loader code:
+//                         gpt_neox, opt, phi, gptj, gpt_bigcode, gpt_neo,
+//                         bloom (hf_<family>.hpp) -> Layout::Hf<Family>;
 //                         else wte.weight or transformer.wte.weight -> Layout::HfGpt2;
 //                         else the ViT patch projection (with or without "vit.")
 //                         -> Layout::HfVit; else FormatError.
-//   detect_layout(file, config)
-//                         the same, but first, for a file without prenorm
-//                         metadata, config.json's model_type (or
-//                         architectures) when it names a decoder family
-//                         loaded by data + loader code (hf_gpt_neox.hpp,
-//                         hf_opt.hpp, hf_phi.hpp, hf_gptj.hpp); `config`, or
-//                         config.json beside the file when there is one.
 //   load_any_model<S>(path, config)
 //                         the model as an AnyModel<S> (a std::variant of the
 //                         GPT and ViT of the three architectures). The
@@ -34,7 +34,10 @@
 #include "../models/gpt.hpp"
 #include "../models/vit.hpp"
 #include "error.hpp"
+#include "hf_bloom.hpp"
 #include "hf_gpt2.hpp"
+#include "hf_gpt_bigcode.hpp"
+#include "hf_gpt_neo.hpp"
 #include "hf_gpt_neox.hpp"
 #include "hf_gptj.hpp"
 #include "hf_opt.hpp"
@@ -50,11 +53,14 @@ enum class Layout {
   Prenorm,
   HfGpt2,
   HfVit,
-  // Decoder families told by config.json's model_type.
+  // Decoder families told by config.json's model_type (or architectures).
   HfGptNeox,
   HfOpt,
   HfPhi,
   HfGptj,
+  HfGptBigcode,
+  HfGptNeo,
+  HfBloom,
 };
 
 constexpr std::string_view layout_name(Layout layout) {
@@ -66,58 +72,50 @@ constexpr std::string_view layout_name(Layout layout) {
     case Layout::HfOpt: return "hf_opt";
     case Layout::HfPhi: return "hf_phi";
     case Layout::HfGptj: return "hf_gptj";
+    case Layout::HfGptBigcode: return "hf_gpt_bigcode";
+    case Layout::HfGptNeo: return "hf_gpt_neo";
+    case Layout::HfBloom: return "hf_bloom";
   }
   return "unknown";
 }
 
-// Which layout `file` is in. Throws FormatError naming the file when it is none.
-inline Layout detect_layout(const SafetensorsFile& file) {
-  if (is_prenorm_layout(file)) return Layout::Prenorm;
-  if (file.contains("wte.weight") || file.contains("transformer.wte.weight"))
-    return Layout::HfGpt2;
-  if (file.contains("vit.embeddings.patch_embeddings.projection.weight") ||
-      file.contains("embeddings.patch_embeddings.projection.weight"))
-    return Layout::HfVit;
-  detail::fail_with<FormatError>(
-      "detect_layout", file.path().string(),
-      ": not a model file prenorm knows: no prenorm metadata (format \"prenorm\"), no GPT-2 "
-      "'wte.weight' / 'transformer.wte.weight', no ViT "
-      "'vit.embeddings.patch_embeddings.projection.weight'");
-}
-
-// The decoder family that config.json names by model_type, or by its first
-// architectures entry when it has no model_type; nullopt for any other.
+// The decoder family that a config.json names by its model_type or, when it
+// has none, by an entry of its architectures; nullopt for any other (GPT-2 and
+// ViT are told by their tensor names).
 inline std::optional<Layout> hf_decoder_layout(const nlohmann::json& json) {
   struct Family {
     const char* model_type;
-    const char* architecture;
+    const char* architectures[2];
     Layout layout;
   };
   static constexpr Family kFamilies[] = {
-      {"gpt_neox", "GPTNeoXForCausalLM", Layout::HfGptNeox},
-      {"opt", "OPTForCausalLM", Layout::HfOpt},
-      {"phi", "PhiForCausalLM", Layout::HfPhi},
-      {"gptj", "GPTJForCausalLM", Layout::HfGptj},
+      {"gpt_neox", {"GPTNeoXForCausalLM", "GPTNeoXModel"}, Layout::HfGptNeox},
+      {"opt", {"OPTForCausalLM", "OPTModel"}, Layout::HfOpt},
+      {"phi", {"PhiForCausalLM", "PhiModel"}, Layout::HfPhi},
+      {"gptj", {"GPTJForCausalLM", "GPTJModel"}, Layout::HfGptj},
+      {"gpt_bigcode", {"GPTBigCodeForCausalLM", "GPTBigCodeModel"}, Layout::HfGptBigcode},
+      {"gpt_neo", {"GPTNeoForCausalLM", "GPTNeoModel"}, Layout::HfGptNeo},
+      {"bloom", {"BloomForCausalLM", "BloomModel"}, Layout::HfBloom},
   };
   if (!json.is_object()) return std::nullopt;
-  const auto type = json.find("model_type");
-  const auto architectures = json.find("architectures");
+  const nlohmann::json* type = find_key(json, "model_type");
+  const nlohmann::json* architectures = find_key(json, "architectures");
   for (const Family& family : kFamilies) {
-    if (type != json.end()) {
+    if (type) {
       if (type->is_string() && type->get<std::string>() == family.model_type) return family.layout;
-    } else if (architectures != json.end() && architectures->is_array() &&
-               !architectures->empty() && architectures->front().is_string() &&
-               architectures->front().get<std::string>() == family.architecture) {
-      return family.layout;
+    } else if (architectures && architectures->is_array()) {
+      for (const nlohmann::json& name : *architectures)
+        for (const char* known : family.architectures)
+          if (name.is_string() && name.get<std::string>() == known) return family.layout;
     }
   }
   return std::nullopt;
 }
 
-// The layout of `file` as above, using config.json (`config`, else the one
-// beside the file, if any) for the decoder families.
+// Which layout `file` is in; `config`: its config.json, if not beside it.
+// Throws FormatError naming the file when it is none.
 inline Layout detect_layout(const SafetensorsFile& file,
-                            const std::optional<std::filesystem::path>& config) {
+                            const std::optional<std::filesystem::path>& config = {}) {
   if (is_prenorm_layout(file)) return Layout::Prenorm;
   std::filesystem::path path;
   if (config) {
@@ -125,11 +123,21 @@ inline Layout detect_layout(const SafetensorsFile& file,
   } else {
     path = (file.path().has_parent_path() ? file.path().parent_path()
                                           : std::filesystem::path(".")) / "config.json";
-    std::error_code error;
-    if (!std::filesystem::is_regular_file(path, error)) return detect_layout(file);
   }
-  if (const std::optional<Layout> layout = hf_decoder_layout(read_json_file(path))) return *layout;
-  return detect_layout(file);
+  std::error_code error;
+  if (std::filesystem::is_regular_file(path, error))
+    if (const std::optional<Layout> family = hf_decoder_layout(read_json_file(path))) return *family;
+  if (file.contains("wte.weight") || file.contains("transformer.wte.weight"))
+    return Layout::HfGpt2;
+  if (file.contains("vit.embeddings.patch_embeddings.projection.weight") ||
+      file.contains("embeddings.patch_embeddings.projection.weight"))
+    return Layout::HfVit;
+  detail::fail_with<FormatError>(
+      "detect_layout", file.path().string(),
+      ": not a model file prenorm knows: no prenorm metadata (format \"prenorm\"), no config.json "
+      "naming a decoder family prenorm reads (model_type gpt_neox, opt, phi, gptj, gpt_bigcode, "
+      "gpt_neo, bloom), no GPT-2 'wte.weight' / 'transformer.wte.weight', no ViT "
+      "'vit.embeddings.patch_embeddings.projection.weight'");
 }
 
 // `path`, or `path`/model.safetensors when `path` is a directory (a Hugging
@@ -221,6 +229,19 @@ LoadedModel<S> load_any_model(const SafetensorsFile& file,
     case Layout::HfGptj:
       return detail::load_hf_decoder<S>(
           file, config, layout, [](auto&&... a) { return load_hf_gptj<S>(a...); }, hf_gptj_dtype);
+    case Layout::HfGptBigcode:
+    case Layout::HfGptNeo:
+    case Layout::HfBloom: {
+      const std::filesystem::path path = hf_config_path("load_model", file.path(), config,
+                                                        layout_name(layout), "--config");
+      const nlohmann::json json = read_json_file(path);
+      AnyModel<S> model = layout == Layout::HfGptBigcode ? load_hf_gpt_bigcode<S>(file, json, path.string())
+                          : layout == Layout::HfGptNeo   ? load_hf_gpt_neo<S>(file, json, path.string())
+                                                         : load_hf_bloom<S>(file, json, path.string());
+      LoadedModel<S> loaded = make(std::move(model), detail::common_dtype(file, file.names()));
+      loaded.config_path = path;
+      return loaded;
+    }
     case Layout::Prenorm: break;
   }
   const PrenormMetadata meta = read_prenorm_metadata(file);

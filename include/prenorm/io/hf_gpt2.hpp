@@ -147,15 +147,7 @@ inline std::string gpt2_prefix(const SafetensorsFile& file) {
 
 // Whether `name` (after the prefix) is h.<digits>.attn.bias or .attn.masked_bias.
 inline bool gpt2_ignored_buffer(std::string_view name, std::string_view prefix) {
-  if (name.substr(0, prefix.size()) != prefix) return false;
-  name.remove_prefix(prefix.size());
-  if (name.substr(0, 2) != "h.") return false;
-  name.remove_prefix(2);
-  std::size_t digits = 0;
-  while (digits < name.size() && name[digits] >= '0' && name[digits] <= '9') ++digits;
-  if (digits == 0) return false;
-  name.remove_prefix(digits);
-  return name == ".attn.bias" || name == ".attn.masked_bias";
+  return is_layer_tensor(name, prefix, {".attn.bias", ".attn.masked_bias"});
 }
 
 // The tensors of the layout (without lm_head.weight).

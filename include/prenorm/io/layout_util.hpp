@@ -19,6 +19,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <initializer_list>
 #include <iterator>
 #include <optional>
 #include <sstream>
@@ -259,9 +260,13 @@ inline Activation json_hf_activation(const char* op, const nlohmann::json& json,
                          "\"gelu_python\" (exact), \"relu\", \"quick_gelu\")");
 }
 
-// The Hugging Face name of an activation, for a config.json.
-constexpr const char* hf_activation_name(Activation activation) {
+// The Hugging Face name of an activation, for a config.json. Throws for
+// BLOOM's GELU, which ACT2FN does not have (BLOOM hard-codes it).
+inline const char* hf_activation_name(Activation activation) {
   switch (activation) {
+    case Activation::GeluTanhBloom:
+      prenorm::detail::fail("hf_activation_name", "the activation gelu_tanh_bloom (BLOOM's GELU) "
+                            "has no Hugging Face activation name");
     case Activation::GeluTanh: return "gelu_new";
     case Activation::GeluErf: return "gelu";
     case Activation::Relu: return "relu";
@@ -291,6 +296,82 @@ inline void json_require_bool(const char* op, const nlohmann::json& json,
   if (value->get<bool>() != required)
     fail_with<FormatError>(op, source, ": '", key, "' is ", value->dump(),
                            ", only ", required ? "true" : "false", " is supported (", why, ")");
+}
+
+// --- the decoder families' loaders (hf_gpt_bigcode, hf_gpt_neo, hf_bloom) ---
+
+// A boolean field; `fallback` when absent or null.
+inline bool json_bool(const char* op, const nlohmann::json& json, const std::string& source,
+                      const char* key, bool fallback) {
+  const nlohmann::json* value = find_key(json, key);
+  if (value == nullptr || value->is_null()) return fallback;
+  if (!value->is_boolean())
+    fail_with<FormatError>(op, source, ": '", key, "' is ", value->dump(), ", expected a boolean");
+  return value->get<bool>();
+}
+
+// What a family loader's path overload does: opens the safetensors file at
+// `path`, reads its config.json (`config`, or config.json beside the file)
+// and returns load(file, json, config path) (`layout` names it in messages).
+template <class Load>
+auto load_with_hf_config(const char* layout, const std::filesystem::path& path,
+                         const std::optional<std::filesystem::path>& config, Load&& load) {
+  const SafetensorsFile file(path);
+  const std::filesystem::path config_path =
+      hf_config_path(layout, path, config, layout, "the config argument");
+  return load(file, read_json_file(config_path), config_path.string());
+}
+
+// Whether `name` is <prefix>h.<digits><suffix> for one of `suffixes` (a
+// per-layer buffer such as GPT-2's h.{i}.attn.bias).
+inline bool is_layer_tensor(std::string_view name, std::string_view prefix,
+                            std::initializer_list<std::string_view> suffixes) {
+  if (name.substr(0, prefix.size()) != prefix) return false;
+  name.remove_prefix(prefix.size());
+  if (name.substr(0, 2) != "h.") return false;
+  name.remove_prefix(2);
+  std::size_t digits = 0;
+  while (digits < name.size() && name[digits] >= '0' && name[digits] <= '9') ++digits;
+  if (digits == 0) return false;
+  name.remove_prefix(digits);
+  return std::find(suffixes.begin(), suffixes.end(), name) != suffixes.end();
+}
+
+// Throws unless the object `json` has no model_type or has `expected`.
+inline void json_require_model_type(const char* op, const nlohmann::json& json,
+                                    const std::string& source, const char* expected) {
+  if (!json.is_object())
+    fail_with<FormatError>(op, source, ": expected a JSON object, found ", json.type_name());
+  if (const nlohmann::json* type = find_key(json, "model_type"))
+    if (!type->is_string() || type->get<std::string>() != expected)
+      fail_with<FormatError>(op, source, ": 'model_type' is ", type->dump(), ", expected \"",
+                             expected, "\"");
+}
+
+// `prefix` ("transformer.") when the file names its tensors with it (as the
+// ...ForCausalLM classes save them), "" when bare (the base model class);
+// `probe` is a tensor every file of the layout has. Throws if both appear.
+inline std::string hf_tensor_prefix(const char* op, const SafetensorsFile& file,
+                                    const std::string& probe, const std::string& prefix) {
+  const bool bare = file.contains(probe), prefixed = file.contains(prefix + probe);
+  if (bare && prefixed)
+    fail_with<FormatError>(op, file.path().string(), ": has both '", probe, "' and '", prefix,
+                           probe, "'; use one naming for the whole file");
+  return prefixed ? prefix : "";
+}
+
+// The rows of a fused query-key-value projection laid out per head,
+// [q_0, k_0, v_0, q_1, ...] with blocks of head_dim rows (view(heads, 3,
+// head_dim): GPT-BigCode without multi_query, BLOOM), in prenorm's order
+// [q_0 .. q_H-1 | k_0 .. | v_0 .. ]. W: a (3 H hd, in) weight or a (3 H hd) bias.
+template <class M>
+M qkv_rows_from_per_head(const M& w, Index heads, Index head_dim) {
+  M result(w.rows(), w.cols());
+  for (Index h = 0; h < heads; ++h)
+    for (Index part = 0; part < 3; ++part)  // q, k, v
+      result.middleRows((part * heads + h) * head_dim, head_dim) =
+          w.middleRows((3 * h + part) * head_dim, head_dim);
+  return result;
 }
 
 // Rethrows a config's validate() error as a FormatError naming `source`.

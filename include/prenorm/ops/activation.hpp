@@ -4,6 +4,9 @@
 //   GeluErf:   0.5 x (1 + erf(x / sqrt(2)))                       exact GELU, ViT "gelu"
 //   Relu:      max(x, 0)                                          OPT "relu"
 //   QuickGelu: x sigmoid(1.702 x)                                 CLIP "quick_gelu"
+//   GeluTanhBloom: GeluTanh with sqrt(2/pi) rounded to 0.79788456, as BLOOM's
+//              bloom_gelu_forward has it (1e-10 relative from GeluTanh: above
+//              a double tolerance, so BLOOM gets its own)
 
 #include <Eigen/Core>
 #include <unsupported/Eigen/SpecialFunctions>  // Array::erf (part of Eigen 3.4)
@@ -22,6 +25,7 @@ enum class Activation {
   GeluErf,   // the exact GELU (ViT, Hugging Face "gelu")
   Relu,      // max(x, 0) (OPT, Hugging Face "relu")
   QuickGelu, // x sigmoid(1.702 x) (CLIP, Hugging Face "quick_gelu")
+  GeluTanhBloom,  // GeluTanh with BLOOM's constant 0.79788456 for sqrt(2/pi)
 };
 
 // snake_case names, as used in benchmark names and JSON keys.
@@ -31,6 +35,7 @@ constexpr std::string_view activation_name(Activation activation) {
     case Activation::GeluErf: return "gelu_erf";
     case Activation::Relu: return "relu";
     case Activation::QuickGelu: return "quick_gelu";
+    case Activation::GeluTanhBloom: return "gelu_tanh_bloom";
   }
   return "unknown";
 }
@@ -38,7 +43,7 @@ constexpr std::string_view activation_name(Activation activation) {
 // The activation whose activation_name is `name`, or false if none is.
 constexpr bool activation_from_name(std::string_view name, Activation& activation) {
   for (Activation a : {Activation::GeluTanh, Activation::GeluErf, Activation::Relu,
-                       Activation::QuickGelu})
+                       Activation::QuickGelu, Activation::GeluTanhBloom})
     if (activation_name(a) == name) {
       activation = a;
       return true;
@@ -53,9 +58,13 @@ using ArrayMap = Eigen::Map<Eigen::Array<Scalar, Eigen::Dynamic, 1>>;
 
 // In place over one contiguous run v [n]. Eigen vectorizes tanh (float), so
 // the whole row is one array expression.
+// sqrt(2/pi), and BLOOM's rounding of it.
+inline constexpr double kGeluTanhK0 = 0.7978845608028654;
+inline constexpr double kGeluTanhBloomK0 = 0.79788456;
+
 template <class Scalar>
-void gelu_tanh_inplace(ArrayMap<Scalar> v) {
-  const Scalar k0 = Scalar(0.7978845608028654);  // sqrt(2/pi)
+void gelu_tanh_inplace(ArrayMap<Scalar> v, double k0_value = kGeluTanhK0) {
+  const Scalar k0 = Scalar(k0_value);
   const Scalar k1 = Scalar(0.044715);
   v = Scalar(0.5) * v * (Scalar(1) + (k0 * (v + k1 * v.cube())).tanh());
 }
@@ -92,6 +101,7 @@ void activation_inplace(Activation activation, ArrayMap<Scalar> v) {
     case Activation::GeluErf: return gelu_erf_inplace(v);
     case Activation::Relu: return relu_inplace(v);
     case Activation::QuickGelu: return quick_gelu_inplace(v);
+    case Activation::GeluTanhBloom: return gelu_tanh_inplace(v, kGeluTanhBloomK0);
   }
   fail("activation_inplace", "unknown activation ", int(activation));
 }

@@ -176,8 +176,9 @@ using ActivationChunk = Eigen::Array<S, Eigen::Dynamic, 1, Eigen::ColMajor, 64, 
 //   1 + t = 2/(1 + p) (u >= 0) or 2p/(1 + p) (u < 0),   1 - t^2 = 4p/(1 + p)^2.
 // dy, x, dx: [rows x n]; dx may be dy (in place).
 template <class S>
-void gelu_tanh_backward(const ConstRowsRef<S>& dy, const ConstRowsRef<S>& x, RowsRef<S> dx) {
-  const S k0 = S(0.7978845608028654), k1 = S(0.044715);
+void gelu_tanh_backward(const ConstRowsRef<S>& dy, const ConstRowsRef<S>& x, RowsRef<S> dx,
+                        double k0_value = detail::kGeluTanhK0) {  // BLOOM: kGeluTanhBloomK0
+  const S k0 = S(k0_value), k1 = S(0.044715);
   detail::activation_backward_chunks<S>("gelu_tanh_backward", dy, x, dx,
                                         [&](const auto& xs, const auto& dys, auto& out) {
     using Chunk = detail::ActivationChunk<S>;
@@ -234,6 +235,7 @@ void activation_backward(Activation activation, const ConstRowsRef<S>& dy, const
     case Activation::GeluErf: return gelu_erf_backward<S>(dy, x, dx);
     case Activation::Relu: return relu_backward<S>(dy, x, dx);
     case Activation::QuickGelu: return quick_gelu_backward<S>(dy, x, dx);
+    case Activation::GeluTanhBloom: return gelu_tanh_backward<S>(dy, x, dx, detail::kGeluTanhBloomK0);
   }
   detail::fail("activation_backward", "unknown activation ", int(activation));
 }
