@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "../core/types.hpp"
+#include "../layers/topology.hpp"
 #include "../ops/activation.hpp"
 #include "atomic_file.hpp"
 #include "error.hpp"
