@@ -404,3 +404,22 @@ TEST(HfBloom, GeluTanhBloomIsBloomsGelu) {
 }
 
 }  // namespace
+
+namespace {
+
+// Without model_type, the architectures name the family; a family the loaders
+// do not know stays "not a model file prenorm knows".
+TEST(HfDecoderDetection, ByArchitecturesAndUnknownFamilies) {
+  prenorm_test::TempDir dir("prenorm-hf-detect");
+  const hf::Fixture f = hf::write_bloom_fixture(dir / "bloom", {.prefix = false}, Dtype::F32, 3);
+  const hf::Fixture g = rewrite(f, dir / "architectures", [](auto& c, auto&) { c.erase("model_type"); });
+  EXPECT_EQ(io::detect_layout(io::SafetensorsFile(g.model_path())), io::Layout::HfBloom);
+  const hf::Fixture other = rewrite(f, dir / "other", [](auto& c, auto&) {
+    c["model_type"] = "falcon";
+    c["architectures"] = {"FalconForCausalLM"};
+  });
+  prenorm_test::expect_error([&] { (void)io::load_any_model<double>(other.model_path()); },
+                             {"not a model file prenorm knows"});
+}
+
+}  // namespace
