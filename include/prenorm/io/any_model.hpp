@@ -98,8 +98,8 @@ inline std::optional<Layout> hf_decoder_layout(const nlohmann::json& json) {
       {"bloom", {"BloomForCausalLM", "BloomModel"}, Layout::HfBloom},
   };
   if (!json.is_object()) return std::nullopt;
-  const nlohmann::json* type = find_key(json, "model_type");
-  const nlohmann::json* architectures = find_key(json, "architectures");
+  const nlohmann::json* type = detail::find_key(json, "model_type");
+  const nlohmann::json* architectures = detail::find_key(json, "architectures");
   for (const Family& family : kFamilies) {
     if (type) {
       if (type->is_string() && type->get<std::string>() == family.model_type) return family.layout;

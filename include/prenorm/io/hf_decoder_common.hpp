@@ -24,26 +24,8 @@
 
 namespace prenorm::io::detail {
 
-// Throws unless config.json's model_type, when present, is `expected`.
-inline void json_require_model_type(const char* op, const nlohmann::json& json,
-                                    const std::string& source, const char* expected) {
-  if (!json.is_object())
-    fail_with<FormatError>(op, source, ": expected a JSON object, found ", json.type_name());
-  if (const nlohmann::json* type = find_key(json, "model_type"))
-    if (!type->is_string() || type->get<std::string>() != expected)
-      fail_with<FormatError>(op, source, ": 'model_type' is ", type->dump(), ", expected \"",
-                             expected, "\"");
-}
-
-// A boolean field; missing or null: `fallback`.
-inline bool json_bool(const char* op, const nlohmann::json& json, const std::string& source,
-                      const char* key, bool fallback) {
-  const nlohmann::json* value = find_key(json, key);
-  if (value == nullptr || value->is_null()) return fallback;
-  if (!value->is_boolean())
-    fail_with<FormatError>(op, source, ": '", key, "' is ", value->dump(), ", expected a boolean");
-  return value->get<bool>();
-}
+// json_require_model_type and json_bool are in layout_util.hpp (shared with the
+// other family loaders).
 
 // Throws when `key` is present and not null: a setting prenorm does not implement.
 inline void json_require_null(const char* op, const nlohmann::json& json,
