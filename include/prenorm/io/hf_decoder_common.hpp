@@ -9,8 +9,10 @@
 #include <nlohmann/json.hpp>
 
 #include <cstring>
+#include <filesystem>
 #include <functional>
 #include <initializer_list>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -183,6 +185,18 @@ inline Dtype weights_dtype(const SafetensorsFile& file,
   for (const std::string& name : file.names())
     if (!ignored(name)) names.push_back(name);
   return common_dtype(file, names);
+}
+
+// load(file, json, source) for the checkpoint at `path` and its config.json:
+// `config`, else the one beside the file (FileError naming the path looked
+// for when there is none). `layout` ("hf_opt") names the loader in messages.
+template <class Load>
+auto load_hf_checkpoint(const char* layout, const std::filesystem::path& path,
+                        const std::optional<std::filesystem::path>& config, const Load& load) {
+  const SafetensorsFile file(path);
+  const std::filesystem::path config_path =
+      hf_config_path(layout, path, config, layout, "the config argument");
+  return load(file, read_json_file(config_path), config_path.string());
 }
 
 }  // namespace prenorm::io::detail
