@@ -525,6 +525,8 @@ TEST(HfDecoders, DetectedByModelTypeOrArchitectures) {
   fs::remove(g.config_path());
   expect_error([&] { (void)io::load_any_model<double>(g.model_path()); },
                {"not a model file prenorm knows"});
+  expect_error([&] { (void)io::load_hf_gpt_neox<double>(g.model_path()); },
+               {"hf_gpt_neox", g.config_path().string(), "needs its config.json"});
   // A config.json given explicitly.
   const auto loaded = io::load_any_model<float>(g.model_path(), f.config_path());
   EXPECT_EQ(loaded.layout, io::Layout::HfGptNeox);

@@ -172,10 +172,9 @@ Gpt<Arch::PreLN, S> load_hf_gpt_neox(const SafetensorsFile& file, const nlohmann
 template <class S>
 Gpt<Arch::PreLN, S> load_hf_gpt_neox(const std::filesystem::path& path,
                                      const std::optional<std::filesystem::path>& config = {}) {
-  const SafetensorsFile file(path);
-  const std::filesystem::path config_path =
-      hf_config_path("hf_gpt_neox", path, config, "hf_gpt_neox", "the config argument");
-  return load_hf_gpt_neox<S>(file, read_json_file(config_path), config_path.string());
+  return detail::load_with_hf_config("hf_gpt_neox", path, config, [](const auto&... args) {
+    return load_hf_gpt_neox<S>(args...);
+  });
 }
 
 }  // namespace prenorm::io

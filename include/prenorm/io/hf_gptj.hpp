@@ -147,10 +147,9 @@ Gpt<Arch::PreLN, S> load_hf_gptj(const SafetensorsFile& file, const nlohmann::js
 template <class S>
 Gpt<Arch::PreLN, S> load_hf_gptj(const std::filesystem::path& path,
                                  const std::optional<std::filesystem::path>& config = {}) {
-  const SafetensorsFile file(path);
-  const std::filesystem::path config_path =
-      hf_config_path("hf_gptj", path, config, "hf_gptj", "the config argument");
-  return load_hf_gptj<S>(file, read_json_file(config_path), config_path.string());
+  return detail::load_with_hf_config("hf_gptj", path, config, [](const auto&... args) {
+    return load_hf_gptj<S>(args...);
+  });
 }
 
 }  // namespace prenorm::io

@@ -174,10 +174,9 @@ Gpt<Arch::PreLN, S> load_hf_opt(const SafetensorsFile& file, const nlohmann::jso
 template <class S>
 Gpt<Arch::PreLN, S> load_hf_opt(const std::filesystem::path& path,
                                 const std::optional<std::filesystem::path>& config = {}) {
-  const SafetensorsFile file(path);
-  const std::filesystem::path config_path =
-      hf_config_path("hf_opt", path, config, "hf_opt", "the config argument");
-  return load_hf_opt<S>(file, read_json_file(config_path), config_path.string());
+  return detail::load_with_hf_config("hf_opt", path, config, [](const auto&... args) {
+    return load_hf_opt<S>(args...);
+  });
 }
 
 }  // namespace prenorm::io

@@ -154,10 +154,9 @@ Gpt<Arch::PreLN, S> load_hf_phi(const SafetensorsFile& file, const nlohmann::jso
 template <class S>
 Gpt<Arch::PreLN, S> load_hf_phi(const std::filesystem::path& path,
                                 const std::optional<std::filesystem::path>& config = {}) {
-  const SafetensorsFile file(path);
-  const std::filesystem::path config_path =
-      hf_config_path("hf_phi", path, config, "hf_phi", "the config argument");
-  return load_hf_phi<S>(file, read_json_file(config_path), config_path.string());
+  return detail::load_with_hf_config("hf_phi", path, config, [](const auto&... args) {
+    return load_hf_phi<S>(args...);
+  });
 }
 
 }  // namespace prenorm::io

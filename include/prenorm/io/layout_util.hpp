@@ -31,7 +31,7 @@
 #include <vector>
 
 #include "../core/types.hpp"
-#include "../layers/topology.hpp"
+#include "../layers/topology.hpp"  // require_sequential_hf
 #include "../ops/activation.hpp"
 #include "atomic_file.hpp"
 #include "error.hpp"
