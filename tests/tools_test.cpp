@@ -186,6 +186,10 @@ class Fixture {
     images_.resize(2 * 3 * 8 * 8);
     for (float& p : images_) p = normal(rng);
     io::write_npy<float>(image_file(), images_, {2, 3, 8, 8});
+    // The tools pack the weights they load (prenorm::pack_weights): the
+    // in-process logits below use the same products, so they are the tools'.
+    prenorm::pack_weights(gpt_);
+    prenorm::pack_weights(vit_);
   }
 
   fs::path gpt2_file() const { return dir_ / "gpt2/model.safetensors"; }
