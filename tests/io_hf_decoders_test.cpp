@@ -487,10 +487,15 @@ TEST(HfGptj, MapsTheConfigAndZeroBiases) {
   EXPECT_EQ(model.blocks[0].attn.qkv.bias.cwiseAbs().maxCoeff(), 0.0);
   EXPECT_EQ(model.blocks[2].attn.out.bias.cwiseAbs().maxCoeff(), 0.0);
   // The file has GPT-2's transformer.wte.weight: the tensor names alone say
-  // GPT-2, config.json's model_type says GPT-J.
+  // GPT-2, config.json's model_type (beside the file) says GPT-J and decides.
   const io::SafetensorsFile file(f.model_path());
-  EXPECT_EQ(io::detect_layout(file), io::Layout::HfGpt2);
-  EXPECT_EQ(io::detect_layout(file, std::nullopt), io::Layout::HfGptj);
+  EXPECT_EQ(io::detect_layout(file), io::Layout::HfGptj);
+  EXPECT_EQ(io::detect_layout(file, f.config_path()), io::Layout::HfGptj);
+  // Without a config.json the names decide.
+  std::filesystem::create_directories(f.dir / "alone");
+  std::filesystem::copy_file(f.model_path(), f.dir / "alone" / "model.safetensors");
+  EXPECT_EQ(io::detect_layout(io::SafetensorsFile(f.dir / "alone" / "model.safetensors")),
+            io::Layout::HfGpt2);
 }
 
 TEST(HfGptj, Refusals) {
