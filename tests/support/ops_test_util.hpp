@@ -162,12 +162,14 @@ class NormFixture : public ::testing::Test {
   std::mt19937_64 rng{kSeed + W};
 };
 
+// The kernels take the width at run time; a fixed width W only changes the
+// Eigen types at the API. So the fixed widths are one per kind: 2 (the
+// compressed width is 1), 7 (shorter than a packet, a tail only) and 768 (whole
+// packets; compressed 767, a tail). Dynamic runs every width of widths().
 using Configs =
     ::testing::Types<Config<float, Dynamic>, Config<double, Dynamic>, Config<float, 2>,
-                     Config<double, 2>, Config<float, 3>, Config<double, 3>, Config<float, 7>,
-                     Config<double, 7>, Config<float, 64>, Config<double, 64>, Config<float, 767>,
-                     Config<double, 767>, Config<float, 768>, Config<double, 768>,
-                     Config<float, 4096>, Config<double, 4096>>;
+                     Config<double, 2>, Config<float, 7>, Config<double, 7>,
+                     Config<float, 768>, Config<double, 768>>;
 
 class ConfigNames {
  public:
