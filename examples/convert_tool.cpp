@@ -2,14 +2,17 @@
 // Pre-CRMSNorm and writes it in prenorm's own layout.
 //
 //   prenorm-convert --to {pre-ln|pre-rmsnorm|pre-crmsnorm} [--tied {untie|keep}]
-//                   [--config CONFIG.json] [--dtype {same|F32|F16|BF16|F64}]
+//                   [--config CONFIG.json] [--dtype {auto|same|F32|F16|BF16|F64}]
 //                   INPUT.safetensors OUTPUT.safetensors
 //
 // INPUT is in any of the layouts of io::load_any_model (Hugging Face GPT-2,
 // ViT and the decoder families of README's table, prenorm's own; the Hugging
 // Face ones read CONFIG.json, by default the config.json beside INPUT), or a
 // directory holding model.safetensors. The model is loaded in double, converted in
-// double, and rounded once to the output dtype ("same": the input's). A model
+// double, and rounded once to the output dtype. The default, "auto", keeps the
+// converted model equal to the source at float precision: F32 for F16 and
+// BF16 inputs (the transformed weights are not representable in 16 bits),
+// the input's dtype otherwise; "same" is always the input's. A model
 // already in the target architecture is re-saved unchanged (only the layout
 // and the dtype change; --tied applies only when the architecture changes).
 //
@@ -42,7 +45,7 @@ using prenorm::Arch;
 
 constexpr const char* kUsage =
     "usage: prenorm-convert --to {pre-ln|pre-rmsnorm|pre-crmsnorm} [--tied {untie|keep}]\n"
-    "                       [--config CONFIG.json] [--dtype {same|F32|F16|BF16|F64}]\n"
+    "                       [--config CONFIG.json] [--dtype {auto|same|F32|F16|BF16|F64}]\n"
     "                       INPUT.safetensors OUTPUT.safetensors\n"
     "\n"
     "Reads a Hugging Face GPT-2, ViT, GPT-BigCode, GPT-Neo or BLOOM checkpoint (with its\n"
@@ -53,7 +56,8 @@ constexpr const char* kUsage =
     "  --tied    what a tied GPT head becomes: untie (default, fastest) or keep (stored\n"
     "            once, transformed per token); only when the architecture changes\n"
     "  --config  the config.json of a Hugging Face checkpoint\n"
-    "  --dtype   output dtype; same (default) is the input's\n"
+    "  --dtype   output dtype; auto (default) is exact at float precision: F32 for F16\n"
+    "            and BF16 inputs, the input's otherwise; same is the input's\n"
     "Exit codes: 0 success, 1 bad input, 2 usage error.\n";
 
 [[noreturn]] void usage_error(const std::string& message) {
@@ -65,7 +69,9 @@ struct Options {
   Arch to = Arch::PreLN;
   prenorm::TiedPolicy tied = prenorm::TiedPolicy::Untie;
   std::optional<fs::path> config;
-  std::optional<io::Dtype> dtype;  // nullopt: same as the input
+  // The output dtype: a fixed one, or chosen from the input's (output_dtype).
+  enum class DtypeRule { Auto, Same, Fixed } dtype_rule = DtypeRule::Auto;
+  io::Dtype dtype = io::Dtype::F32;  // when Fixed
   fs::path input, output;
 };
 
@@ -121,13 +127,18 @@ Options parse(int argc, char** argv) {
       if (value.empty()) usage_error("--config needs a file name");
       o.config = value;
     } else {  // --dtype
-      if (value == "same") {
-        o.dtype.reset();
+      if (value == "auto") {
+        o.dtype_rule = Options::DtypeRule::Auto;
+      } else if (value == "same") {
+        o.dtype_rule = Options::DtypeRule::Same;
       } else {
         std::string upper = value;
         for (char& c : upper) c = char(std::toupper(static_cast<unsigned char>(c)));
-        o.dtype = io::dtype_from_name(upper);
-        if (!o.dtype) usage_error("--dtype takes same, F32, F16, BF16 or F64, got '" + value + "'");
+        const std::optional<io::Dtype> dtype = io::dtype_from_name(upper);
+        if (!dtype)
+          usage_error("--dtype takes auto, same, F32, F16, BF16 or F64, got '" + value + "'");
+        o.dtype_rule = Options::DtypeRule::Fixed;
+        o.dtype = *dtype;
       }
     }
   }
@@ -145,6 +156,19 @@ Options parse(int argc, char** argv) {
 bool same_file(const fs::path& a, const fs::path& b) {
   std::error_code error;
   return fs::equivalent(a, b, error) && !error;
+}
+
+// The output dtype for an input in `input` (see --dtype). "auto" widens 16-bit
+// inputs to F32: a converted weight is a product and sum of stored ones, which
+// 16 bits cannot hold, and rounding it back would move the logits by about
+// the 16-bit epsilon (issue 20: 3.4e-2 relative for a BF16 GPT-2).
+io::Dtype output_dtype(const Options& o, io::Dtype input) {
+  switch (o.dtype_rule) {
+    case Options::DtypeRule::Fixed: return o.dtype;
+    case Options::DtypeRule::Same: return input;
+    case Options::DtypeRule::Auto: break;
+  }
+  return input == io::Dtype::F16 || input == io::Dtype::BF16 ? io::Dtype::F32 : input;
 }
 
 // Converts (or, for the same architecture, copies) `model` to `To`.
@@ -170,7 +194,7 @@ int run(const Options& o) {
   if (loaded.config_path) std::cerr << ", config " << loaded.config_path->string();
   std::cerr << "\n";
 
-  const io::Dtype dtype = o.dtype.value_or(loaded.dtype);
+  const io::Dtype dtype = output_dtype(o, loaded.dtype);
   const bool tied_gpt = std::visit(
       [](const auto& m) {
         if constexpr (requires { m.config.tied; }) return m.config.tied;

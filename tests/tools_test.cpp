@@ -10,7 +10,7 @@
 //    (relative error <= 1e-5, in float), and --generate gives the greedy
 //    decoding done here with the source model;
 //  - converting a converted file again (prenorm layout as input), re-saving,
-//    and --dtype;
+//    --dtype and its default rule (auto: F32 for 16-bit inputs);
 //  - bad input: exit code 1 and a message naming the file and the tensor;
 //    usage errors: exit code 2 and the usage; in every failure no output
 //    file and no temporary file is left, and the input is unchanged (bytes
@@ -376,6 +376,18 @@ TEST(Tools, ChainsResavesAndDtypes) {
     EXPECT_NE(c.out.find(std::string(io::dtype_name(dtype)) + " -> "), std::string::npos) << describe(c);
     EXPECT_LE(relative_error(infer(out), expected), tolerance) << name;
   }
+  // The default dtype rule (auto): a 16-bit input becomes F32, anything else
+  // keeps its dtype; "same" keeps a 16-bit one.
+  for (const auto& [input, rule, dtype] :
+       {std::tuple{"F16.safetensors", "", Dtype::F32}, std::tuple{"bf16.safetensors", "auto", Dtype::F32},
+        std::tuple{"F64.safetensors", "", Dtype::F64}, std::tuple{"bf16.safetensors", "same", Dtype::BF16}}) {
+    const fs::path out = f.dir() / "rule.safetensors";
+    std::vector<std::string> args = {"--to", "pre-ln", f.dir() / input, out};
+    if (*rule != '\0') args.insert(args.begin(), "--dtype=" + std::string(rule));
+    const Outcome c = run_tool(kConvert, args);
+    ASSERT_EQ(c.code, 0) << describe(c);
+    EXPECT_EQ(io::prenorm_dtype(io::SafetensorsFile(out)), dtype) << input << " " << rule;
+  }
   // An explicit --config.
   {
     fs::create_directories(f.dir() / "elsewhere");
@@ -616,9 +628,11 @@ TEST(ToolsHfDecoders, InferAndConvertAFixtureFolder) {
     }
     for (const char* arch : {"pre-rmsnorm", "pre-crmsnorm"}) {
       const fs::path out = dir / (layout + "-" + arch + ".safetensors");
-      // In F32: rounding a converted model to the file's F16 / BF16 is not exact.
-      const Outcome c = run_tool(kConvert, {"--to", arch, "--dtype", "F32", f.dir, out});
+      // The default --dtype auto writes F32 for the F16 / BF16 files: rounding a
+      // converted model to 16 bits would not be exact (expect_infers: 1e-5).
+      const Outcome c = run_tool(kConvert, {"--to", arch, f.dir, out});
       ASSERT_EQ(c.code, 0) << describe(c);
+      EXPECT_EQ(io::prenorm_dtype(io::SafetensorsFile(out)), Dtype::F32);
       EXPECT_NE(c.out.find(" (" + layout + ", gpt) pre_ln -> "), std::string::npos) << describe(c);
       expect_infers(out, arch);
       const fs::path back = dir / (layout + "-" + arch + "-back.safetensors");
@@ -664,8 +678,9 @@ TEST(Tools, DecoderFamiliesGptBigcodeGptNeoBloom) {
     for (const char* arch : kArchs) {
       SCOPED_TRACE(arch);
       const fs::path out = dir / (layout + "-" + arch + ".safetensors");
-      // F32 output: BLOOM's precomputed LN_emb(E) table would lose precision in BF16.
-      const Outcome c = run_tool(kConvert, {"--to", arch, "--dtype", "F32", f.model_path(), out});
+      // The default (auto) writes F32: BLOOM's precomputed LN_emb(E) table would
+      // lose precision in BF16.
+      const Outcome c = run_tool(kConvert, {"--to", arch, f.model_path(), out});
       ASSERT_EQ(c.code, 0) << describe(c);
       EXPECT_NE(c.out.find("(" + layout + ", gpt) pre_ln -> "), std::string::npos) << describe(c);
       const Outcome i = run_tool(kInfer, {out, "--tokens", kTokensArg, "--logits-out", logits, "--generate", "5"});
