@@ -7,8 +7,9 @@
 //
 // INPUT is in any of the layouts of io::load_any_model (Hugging Face GPT-2,
 // ViT and the decoder families of README's table, prenorm's own; the Hugging
-// Face ones read CONFIG.json, by default the config.json beside INPUT), or a
-// directory holding model.safetensors. The model is loaded in double, converted in
+// Face ones read CONFIG.json, by default the config.json beside INPUT): a
+// .safetensors file, a sharded checkpoint's model.safetensors.index.json, or a
+// directory holding either. The model is loaded in double, converted in
 // double, and rounded once to the output dtype. The default, "auto", keeps the
 // converted model equal to the source at float precision: F32 for F16 and
 // BF16 inputs (the transformed weights are not representable in 16 bits),
@@ -51,7 +52,8 @@ constexpr const char* kUsage =
     "Reads a Hugging Face GPT-2, ViT, GPT-BigCode, GPT-Neo or BLOOM checkpoint (with its\n"
     "config.json: --config, or\n"
     "config.json beside INPUT) or a prenorm checkpoint, converts it exactly (in double)\n"
-    "to the target architecture and writes it in prenorm's layout.\n"
+    "to the target architecture and writes it in prenorm's layout. INPUT is a .safetensors\n"
+    "file, a sharded checkpoint's model.safetensors.index.json, or a folder holding either.\n"
     "  --to      target architecture (required); the same architecture re-saves the model\n"
     "  --tied    what a tied GPT head becomes: untie (default, fastest) or keep (stored\n"
     "            once, transformed per token); only when the architecture changes\n"
@@ -215,7 +217,7 @@ int run(const Options& o) {
 
   io::PrenormSaveOptions save;
   save.converted_from = same_arch ? loaded.converted_from : std::optional<Arch>(from);
-  save.inputs = {o.input};
+  save.inputs = file.files();  // the file, or the index and its shards
   if (loaded.config_path) save.inputs.push_back(*loaded.config_path);
   const prenorm::ConvertOptions convert_options{.tied = o.tied};
   const io::SafetensorsWriter writer = std::visit(

@@ -11,6 +11,7 @@
 //    decoding done here with the source model;
 //  - converting a converted file again (prenorm layout as input), re-saving,
 //    --dtype and its default rule (auto: F32 for 16-bit inputs);
+//  - a sharded checkpoint (three shards and an index) is the same model;
 //  - bad input: exit code 1 and a message naming the file and the tensor;
 //    usage errors: exit code 2 and the usage; in every failure no output
 //    file and no temporary file is left, and the input is unchanged (bytes
@@ -567,6 +568,66 @@ TEST(Tools, BadInputNamesTheFileAndTheTensor) {
                  {}, {(d / "small.npy").string(), "4 x 4"});
   expect_failure(kInfer, {f.vit_file(), "--image", d / "flat.npy"}, 1, d, {},
                  {(d / "flat.npy").string(), "[C, H, W]"});
+}
+
+// ===========================================================================
+// Sharded checkpoints (issue 20 item 2)
+// ===========================================================================
+
+// The GPT-2 fixture split into three shards with an index (and its
+// config.json) is the same model, bit for bit, for every reader: the family
+// loader, load_any_model, prenorm-infer and prenorm-convert, from the index
+// and from the folder. Writing onto a shard is refused.
+TEST(Tools, ShardedInputIsTheSameModel) {
+  PRENORM_SKIP_WITHOUT_TOOLS();
+  Fixture f(true);
+  const fs::path folder = f.dir() / "sharded", index = folder / "model.safetensors.index.json";
+  fs::create_directories(folder);
+  fs::copy_file(f.dir() / "gpt2/config.json", folder / "config.json");
+  const Gpt<Arch::PreLN, float> source = io::load_hf_gpt2<float>(f.gpt2_file());
+  io::SafetensorsWriter whole = io::save_hf_gpt2(source, Dtype::F32, {.prefix = true});
+  const std::uint64_t limit = whole.data_size() / 2;  // greedy filling: three shards
+  const std::vector<io::SafetensorsWriter> shards = std::move(whole).split(limit);
+  ASSERT_EQ(shards.size(), 3u);
+  io::write_sharded(shards, index);
+
+  // In process: the model re-saved in prenorm's layout has the same bytes.
+  const auto prenorm_bytes = [](const auto& model) {
+    return io::save_prenorm(model, Dtype::F32).bytes();
+  };
+  const auto any_bytes = [&](const fs::path& path) {
+    return std::visit([&](const auto& model) { return prenorm_bytes(model); },
+                      io::load_any_model<float>(path).model);
+  };
+  EXPECT_TRUE(prenorm_bytes(io::load_hf_gpt2<float>(index)) == prenorm_bytes(source));
+  EXPECT_TRUE(any_bytes(index) == any_bytes(f.gpt2_file()));
+  EXPECT_EQ(io::model_file_path(folder), index);
+
+  // The tools: the same logits and the same converted file.
+  const Index T = Index(kTokens.size()), V = f.gpt_config().vocab;
+  const auto logits_of = [&](const fs::path& model) {
+    const fs::path logits = f.dir() / "sharded-logits.npy";
+    const Outcome r = run_tool(kInfer, {model, "--tokens", kTokensArg, "--logits-out", logits});
+    EXPECT_EQ(r.code, 0) << describe(r);
+    return read_logits(logits, T, V);
+  };
+  const RowMatrix<float> expected = logits_of(f.gpt2_file());
+  EXPECT_TRUE(logits_of(folder) == expected);
+  EXPECT_TRUE(logits_of(index) == expected);
+  const fs::path from_single = f.dir() / "from-single.safetensors",
+                 from_shards = f.dir() / "from-shards.safetensors";
+  for (const auto& [input, out] : {std::pair{f.gpt2_file(), from_single}, std::pair{folder, from_shards}}) {
+    const Outcome c = run_tool(kConvert, {"--to", "pre-crmsnorm", input, out});
+    ASSERT_EQ(c.code, 0) << describe(c);
+  }
+  EXPECT_EQ(read_text(from_shards), read_text(from_single));
+  const fs::path shard = folder / io::shard_file_name(index, 2, 3);
+  expect_failure(kConvert, {"--to", "pre-ln", index, shard}, 1, f.dir(), {index, shard},
+                 {"refusing to write", shard.string()});
+  // A defect of the set fails the tools with its message (exit 1).
+  fs::remove(folder / io::shard_file_name(index, 3, 3));
+  expect_failure(kInfer, {folder, "--tokens", "1,2"}, 1, f.dir(), {index},
+                 {index.string(), "does not exist"});
 }
 
 // ===========================================================================
