@@ -3,7 +3,7 @@
 //
 //   prenorm-convert --to {pre-ln|pre-rmsnorm|pre-crmsnorm} [--tied {untie|keep}]
 //                   [--config CONFIG.json] [--dtype {auto|same|F32|F16|BF16|F64}]
-//                   INPUT.safetensors OUTPUT.safetensors
+//                   [--max-shard-size SIZE] INPUT OUTPUT
 //
 // INPUT is in any of the layouts of io::load_any_model (Hugging Face GPT-2,
 // ViT and the decoder families of README's table, prenorm's own; the Hugging
@@ -17,9 +17,17 @@
 // already in the target architecture is re-saved unchanged (only the layout
 // and the dtype change; --tied applies only when the architecture changes).
 //
-// OUTPUT is written atomically: a temporary file in its folder, renamed when
-// complete, so a failure leaves no partial file. Writing onto INPUT (or its
-// config), under any name, is refused.
+// OUTPUT is a .safetensors file, a sharded checkpoint's index
+// (*.safetensors.index.json, then always sharded) or a folder (created if
+// needed; model.safetensors in it, or model.safetensors.index.json when the
+// tensors exceed --max-shard-size, default 5GB). Shards follow the Hugging
+// Face convention: <prefix>-0000i-of-0000N.safetensors beside the index
+// <prefix>.safetensors.index.json, each holding at most SIZE bytes of tensors
+// (a larger tensor alone). A .safetensors OUTPUT that would exceed SIZE is an
+// error: name an index or a folder. Everything is written atomically:
+// temporaries in the target folder, renamed when all are complete, so a
+// failure leaves no partial file and no partial set of shards. Writing onto
+// INPUT (or its config, or one of its shards), under any name, is refused.
 //
 // Progress goes to stderr, a one-line summary to stdout. Exit codes: 0
 // success, 2 usage error, 1 bad input (the message names the file and the tensor).
@@ -28,13 +36,17 @@
 #include <prenorm/io.hpp>
 #include <prenorm/models.hpp>
 
+#include <cctype>
+#include <cstdint>
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -47,7 +59,7 @@ using prenorm::Arch;
 constexpr const char* kUsage =
     "usage: prenorm-convert --to {pre-ln|pre-rmsnorm|pre-crmsnorm} [--tied {untie|keep}]\n"
     "                       [--config CONFIG.json] [--dtype {auto|same|F32|F16|BF16|F64}]\n"
-    "                       INPUT.safetensors OUTPUT.safetensors\n"
+    "                       [--max-shard-size SIZE] INPUT OUTPUT\n"
     "\n"
     "Reads a Hugging Face GPT-2, ViT, GPT-BigCode, GPT-Neo or BLOOM checkpoint (with its\n"
     "config.json: --config, or\n"
@@ -60,6 +72,11 @@ constexpr const char* kUsage =
     "  --config  the config.json of a Hugging Face checkpoint\n"
     "  --dtype   output dtype; auto (default) is exact at float precision: F32 for F16\n"
     "            and BF16 inputs, the input's otherwise; same is the input's\n"
+    "  --max-shard-size  most tensor bytes per file (default 5GB; B, KB, MB, GB, TB are\n"
+    "            powers of 1000, KiB, MiB, GiB, TiB of 1024, a bare number is bytes). OUTPUT\n"
+    "            a .safetensors file (must fit), a *.safetensors.index.json (always shards:\n"
+    "            <prefix>-0000i-of-0000N.safetensors beside it) or a folder (model.safetensors,\n"
+    "            or model.safetensors.index.json and shards when larger)\n"
     "Exit codes: 0 success, 1 bad input, 2 usage error.\n";
 
 [[noreturn]] void usage_error(const std::string& message) {
@@ -74,8 +91,29 @@ struct Options {
   // The output dtype: a fixed one, or chosen from the input's (output_dtype).
   enum class DtypeRule { Auto, Same, Fixed } dtype_rule = DtypeRule::Auto;
   io::Dtype dtype = io::Dtype::F32;  // when Fixed
+  std::uint64_t max_shard_size = 5'000'000'000;  // tensor bytes per output file
   fs::path input, output;
 };
+
+// "5GB", "500MB", "2GiB", "1000": a byte count (see --max-shard-size); nullopt
+// when malformed, zero or too large.
+std::optional<std::uint64_t> parse_size(std::string_view text) {
+  std::size_t digits = 0;
+  while (digits < text.size() && std::isdigit(static_cast<unsigned char>(text[digits]))) ++digits;
+  if (digits == 0 || digits > 19) return std::nullopt;
+  const std::uint64_t number = std::stoull(std::string(text.substr(0, digits)));
+  std::string unit(text.substr(digits));
+  for (char& c : unit) c = char(std::toupper(static_cast<unsigned char>(c)));
+  static constexpr std::pair<const char*, std::uint64_t> kUnits[] = {
+      {"", 1},        {"B", 1},           {"KB", 1000},      {"MB", 1000'000},
+      {"GB", 1000'000'000}, {"TB", 1000'000'000'000}, {"KIB", 1ull << 10}, {"MIB", 1ull << 20},
+      {"GIB", 1ull << 30},  {"TIB", 1ull << 40}};
+  for (const auto& [name, scale] : kUnits) {
+    std::uint64_t size = 0;
+    if (unit == name && !__builtin_mul_overflow(number, scale, &size) && size > 0) return size;
+  }
+  return std::nullopt;
+}
 
 std::optional<Arch> parse_arch(std::string_view text) {
   if (text == "pre-ln" || text == "pre_ln") return Arch::PreLN;
@@ -109,7 +147,8 @@ Options parse(int argc, char** argv) {
       arg = arg.substr(0, eq);
       inline_value = true;
     }
-    if (arg != "--to" && arg != "--tied" && arg != "--config" && arg != "--dtype")
+    if (arg != "--to" && arg != "--tied" && arg != "--config" && arg != "--dtype" &&
+        arg != "--max-shard-size")
       usage_error("unknown option '" + arg + "'");
     if (!inline_value) {
       if (i + 1 >= argc) usage_error(arg + " needs a value");
@@ -128,6 +167,12 @@ Options parse(int argc, char** argv) {
     } else if (arg == "--config") {
       if (value.empty()) usage_error("--config needs a file name");
       o.config = value;
+    } else if (arg == "--max-shard-size") {
+      const std::optional<std::uint64_t> size = parse_size(value);
+      if (!size)
+        usage_error("--max-shard-size takes a positive size such as 5GB, 500MB, 2GiB or a byte "
+                    "count, got '" + value + "'");
+      o.max_shard_size = *size;
     } else {  // --dtype
       if (value == "auto") {
         o.dtype_rule = Options::DtypeRule::Auto;
@@ -180,6 +225,48 @@ auto to_arch(const Model& model, const prenorm::ConvertOptions& options) {
   else return prenorm::convert<To>(model, options);
 }
 
+// Whether `path` names a folder: an existing one, or ending in '/'.
+bool names_a_folder(const fs::path& path) {
+  std::error_code error;
+  return fs::is_directory(path, error) || !path.has_filename();
+}
+
+// Writes `writer` as OUTPUT (see the top of this file), refusing to replace
+// any of `inputs`. Returns the files written, the one to read first (the
+// file or the index).
+std::vector<fs::path> write_output(io::SafetensorsWriter writer, const Options& o,
+                                   const std::vector<fs::path>& inputs) {
+  const std::uint64_t size = writer.data_size();
+  bool sharded = io::SafetensorsFile::is_index_path(o.output);
+  fs::path target = o.output;
+  if (names_a_folder(o.output)) {
+    sharded = size > o.max_shard_size;
+    target = o.output / (sharded ? "model.safetensors.index.json" : "model.safetensors");
+  } else if (!sharded && size > o.max_shard_size) {
+    throw std::runtime_error("the converted model has " + std::to_string(size) +
+                             " bytes of tensors, more than --max-shard-size (" +
+                             std::to_string(o.max_shard_size) + "): name a folder or a "
+                             "*.safetensors.index.json as OUTPUT '" + o.output.string() +
+                             "' to write shards");
+  }
+  // An OUTPUT folder that does not exist is made here, and goes again if
+  // writing fails.
+  std::error_code error;
+  const fs::path folder = target.parent_path();
+  const bool made_folder = names_a_folder(o.output) && !fs::exists(folder, error);
+  if (made_folder) fs::create_directories(folder);
+  try {
+    if (!sharded) {
+      writer.write(target, inputs);
+      return {target};
+    }
+    return io::write_sharded(std::move(writer).split(o.max_shard_size), target, inputs);
+  } catch (...) {
+    if (made_folder) fs::remove(folder, error);
+    throw;
+  }
+}
+
 // Runs the conversion; throws on bad input.
 int run(const Options& o) {
   std::cerr << "prenorm-convert: reading " << o.input.string() << "\n";
@@ -220,7 +307,7 @@ int run(const Options& o) {
   save.inputs = file.files();  // the file, or the index and its shards
   if (loaded.config_path) save.inputs.push_back(*loaded.config_path);
   const prenorm::ConvertOptions convert_options{.tied = o.tied};
-  const io::SafetensorsWriter writer = std::visit(
+  io::SafetensorsWriter writer = std::visit(
       [&](const auto& model) {
         switch (o.to) {
           case Arch::PreLN:
@@ -238,16 +325,20 @@ int run(const Options& o) {
 
   std::cerr << "prenorm-convert: writing " << o.output.string() << " (" << io::dtype_name(dtype)
             << ", " << writer.size() << " tensors)\n";
-  writer.write(o.output, save.inputs);
-  const auto bytes = fs::file_size(o.output);
+  const std::size_t tensors = writer.size();
+  const std::vector<fs::path> written = write_output(std::move(writer), o, save.inputs);
+  std::uintmax_t bytes = 0;
+  for (const fs::path& path : written) bytes += fs::file_size(path);
 
   std::cout << o.input.string() << " (" << io::layout_name(loaded.layout) << ", "
             << io::model_kind_name(kind) << ") " << prenorm::arch_name(from) << " -> "
             << prenorm::arch_name(o.to);
   if (tied_gpt && !same_arch)
     std::cout << " (tied: " << (o.tied == prenorm::TiedPolicy::Keep ? "keep" : "untie") << ")";
-  std::cout << ": " << writer.size() << " tensors, " << io::dtype_name(dtype) << " -> "
-            << o.output.string() << " (" << bytes << " bytes)\n";
+  std::cout << ": " << tensors << " tensors, " << io::dtype_name(dtype) << " -> "
+            << written.front().string();
+  if (written.size() > 1) std::cout << " and " << written.size() - 1 << " shards";
+  std::cout << " (" << bytes << " bytes)\n";
   return 0;
 }
 

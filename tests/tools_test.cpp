@@ -11,7 +11,8 @@
 //    decoding done here with the source model;
 //  - converting a converted file again (prenorm layout as input), re-saving,
 //    --dtype and its default rule (auto: F32 for 16-bit inputs);
-//  - a sharded checkpoint (three shards and an index) is the same model;
+//  - a sharded checkpoint (three shards and an index) is the same model, as
+//    input and as output (--max-shard-size);
 //  - bad input: exit code 1 and a message naming the file and the tensor;
 //    usage errors: exit code 2 and the usage; in every failure no output
 //    file and no temporary file is left, and the input is unchanged (bytes
@@ -628,6 +629,63 @@ TEST(Tools, ShardedInputIsTheSameModel) {
   fs::remove(folder / io::shard_file_name(index, 3, 3));
   expect_failure(kInfer, {folder, "--tokens", "1,2"}, 1, f.dir(), {index},
                  {index.string(), "does not exist"});
+}
+
+// prenorm-convert --max-shard-size: a folder OUTPUT gets an index and shards
+// when the model exceeds it (else model.safetensors), an index OUTPUT always
+// gets shards, a .safetensors OUTPUT over the size is an error; the shards
+// hold the model of the one-file output, bit for bit; a failed write leaves
+// nothing behind.
+TEST(Tools, ShardedOutput) {
+  PRENORM_SKIP_WITHOUT_TOOLS();
+  Fixture f(false);
+  const TempDir& d = f.dir();
+  const std::string in = f.gpt2_file();
+  const auto convert = [&](const std::vector<std::string>& extra, const fs::path& out) {
+    std::vector<std::string> args = {"--to", "pre-crmsnorm"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    args.push_back(in);
+    args.push_back(out);
+    const Outcome c = run_tool(kConvert, args);
+    EXPECT_EQ(c.code, 0) << describe(c);
+    return c;
+  };
+  const auto model_bytes = [](const fs::path& path) {
+    return std::visit([](const auto& model) { return io::save_prenorm(model, Dtype::F32).bytes(); },
+                      io::load_any_model<float>(path).model);
+  };
+  convert({}, d / "single.safetensors");
+  const std::vector<std::byte> expected = model_bytes(d / "single.safetensors");
+  const std::uintmax_t single_size = fs::file_size(d / "single.safetensors");
+
+  // A folder (made here), over the size: index + shards; within it: model.safetensors.
+  const Outcome c = convert({"--max-shard-size", std::to_string(single_size / 3) + "B"}, d / "out/");
+  const fs::path index = d / "out/model.safetensors.index.json";
+  const io::SafetensorsFile sharded(index);
+  const std::size_t shards = sharded.files().size() - 1;
+  EXPECT_GE(shards, 3u);
+  EXPECT_EQ(sharded.file_of(sharded.names().front()),
+            d / "out" / io::shard_file_name(index, 1, shards));
+  EXPECT_NE(c.out.find(" and " + std::to_string(shards) + " shards"), std::string::npos) << describe(c);
+  EXPECT_TRUE(model_bytes(index) == expected);
+  convert({}, d / "small/");  // the default 5GB: one file
+  EXPECT_TRUE(model_bytes(d / "small/model.safetensors") == expected);
+  // An index OUTPUT: shards even when one is enough.
+  convert({"--max-shard-size=1GiB"}, d / "one.safetensors.index.json");
+  EXPECT_TRUE(fs::exists(d / "one-00001-of-00001.safetensors"));
+  EXPECT_TRUE(model_bytes(d / "one.safetensors.index.json") == expected);
+
+  // Failures leave nothing behind.
+  const std::string over = std::to_string(single_size / 2);
+  expect_failure(kConvert, {"--to", "pre-ln", "--max-shard-size", over, in, d / "big.safetensors"},
+                 1, d, {in}, {"more than --max-shard-size", "name a folder"});
+  // The index cannot be renamed into place (a folder has its name): no shard stays.
+  fs::create_directories(d / "blocked/model.safetensors.index.json");
+  expect_failure(kConvert, {"--to", "pre-ln", "--max-shard-size", over, in, d / "blocked"}, 1, d,
+                 {in}, {"model.safetensors.index.json"});
+  for (const char* bad : {"0", "5XB", "GB", "-1", "99999999999999999999"})
+    expect_failure(kConvert, {"--to", "pre-ln", "--max-shard-size", bad, in, d / "x.safetensors"},
+                   2, d, {in}, {"--max-shard-size", bad});
 }
 
 // ===========================================================================
