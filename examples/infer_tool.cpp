@@ -263,7 +263,7 @@ template <class S>
 int run(const Options& o) {
   const io::SafetensorsFile file(o.model);
   io::LoadedModel<S> loaded = io::load_any_model<S>(file, o.config);
-  std::vector<fs::path> inputs = {o.model};
+  std::vector<fs::path> inputs = file.files();  // the file, or the index and its shards
   if (loaded.config_path) inputs.push_back(*loaded.config_path);
   if (o.image) inputs.push_back(*o.image);
   std::visit(

@@ -1,7 +1,8 @@
-// End-to-end tests of the command-line tools prenorm-convert and
-// prenorm-infer (examples/convert_tool.cpp, examples/infer_tool.cpp), run as
-// processes. tests/CMakeLists.txt passes their paths as PRENORM_CONVERT_BIN
-// and PRENORM_INFER_BIN (the tests skip when the tools are not built).
+// End-to-end tests of the command-line tools prenorm-convert, prenorm-infer
+// and prenorm-verify (examples/convert_tool.cpp, infer_tool.cpp,
+// verify_tool.cpp), run as processes. tests/CMakeLists.txt passes their paths
+// as PRENORM_CONVERT_BIN, PRENORM_INFER_BIN and PRENORM_VERIFY_BIN (the tests
+// skip when the tools are not built).
 //
 // Checked:
 //  - a GPT-2-layout file (tied, and untied) and a ViT-layout file, written
@@ -13,6 +14,9 @@
 //    --dtype and its default rule (auto: F32 for 16-bit inputs);
 //  - a sharded checkpoint (three shards and an index) is the same model, as
 //    input and as output (--max-shard-size);
+//  - verification: prenorm-convert prints the logits error of what it wrote
+//    and fails over --verify-tolerance; prenorm-verify passes a conversion
+//    and fails a tampered file;
 //  - bad input: exit code 1 and a message naming the file and the tensor;
 //    usage errors: exit code 2 and the usage; in every failure no output
 //    file and no temporary file is left, and the input is unchanged (bytes
@@ -58,14 +62,16 @@ using prenorm::Vit;
 using prenorm::VitConfig;
 using io::Dtype;
 
-#if defined(PRENORM_CONVERT_BIN) && defined(PRENORM_INFER_BIN)
+#if defined(PRENORM_CONVERT_BIN) && defined(PRENORM_INFER_BIN) && defined(PRENORM_VERIFY_BIN)
 const char* const kConvert = PRENORM_CONVERT_BIN;
 const char* const kInfer = PRENORM_INFER_BIN;
+const char* const kVerify = PRENORM_VERIFY_BIN;
 #define PRENORM_SKIP_WITHOUT_TOOLS() (void)0
 #else
 const char* const kConvert = "";
 const char* const kInfer = "";
-#define PRENORM_SKIP_WITHOUT_TOOLS() GTEST_SKIP() << "prenorm-convert / prenorm-infer are not built"
+const char* const kVerify = "";
+#define PRENORM_SKIP_WITHOUT_TOOLS() GTEST_SKIP() << "prenorm-convert / prenorm-infer / prenorm-verify are not built"
 #endif
 
 // --- helpers -----------------------------------------------------------------
@@ -686,6 +692,69 @@ TEST(Tools, ShardedOutput) {
   for (const char* bad : {"0", "5XB", "GB", "-1", "99999999999999999999"})
     expect_failure(kConvert, {"--to", "pre-ln", "--max-shard-size", bad, in, d / "x.safetensors"},
                    2, d, {in}, {"--max-shard-size", bad});
+}
+
+// ===========================================================================
+// Verification (issue 20 item 4): prenorm-convert checks what it wrote,
+// prenorm-verify compares two checkpoints
+// ===========================================================================
+
+// A copy of the prenorm file `in` with every weight scaled by 1.001.
+void write_tampered(const fs::path& in, const fs::path& out) {
+  const io::SafetensorsFile file(in);
+  io::SafetensorsWriter writer;
+  for (const auto& [key, value] : file.metadata()) writer.set_metadata(key, value);
+  for (const std::string& name : file.names()) {
+    std::vector<double> values = file.values<double>(name);
+    for (double& v : values) v *= 1.001;
+    writer.add(name, *file.info(name).dtype, file.info(name).shape, values);
+  }
+  writer.write(out);
+}
+
+TEST(Tools, VerifyConversionsAndCheckpoints) {
+  PRENORM_SKIP_WITHOUT_TOOLS();
+  Fixture f(true);
+  const TempDir& d = f.dir();
+  const std::string gpt = f.gpt2_file(), vit = f.vit_file();
+  // prenorm-convert: the error of the written model, within the tolerance (F32).
+  const fs::path out = d / "crms.safetensors";
+  const Outcome c = run_tool(kConvert, {"--to", "pre-crmsnorm", "--verify-tolerance", "1e-5", gpt, out});
+  ASSERT_EQ(c.code, 0) << describe(c);
+  EXPECT_NE(c.err.find("verify: 8 tokens: the logits of " + out.string() + " (F32) differ"),
+            std::string::npos) << describe(c);
+  EXPECT_NE(c.out.find("logits relative error "), std::string::npos) << describe(c);
+  // An explicit 16-bit output: the deviation is printed, and over the tolerance
+  // the run fails with nothing left behind (also a made folder, also shards).
+  const Outcome h = run_tool(kConvert, {"--to", "pre-crmsnorm", "--dtype", "BF16", gpt, d / "bf16.safetensors"});
+  ASSERT_EQ(h.code, 0) << describe(h);
+  EXPECT_NE(h.err.find("(BF16) differ from the source's by "), std::string::npos) << describe(h);
+  for (const fs::path& target : {d / "f16.safetensors.index.json", d / "made/"})
+    expect_failure(kConvert, {"--to", "pre-rmsnorm", "--dtype", "F16", "--max-shard-size", "1KB",
+                              "--verify-tolerance=1e-6", gpt, target},
+                   1, d, {gpt}, {"verification failed", "more than --verify-tolerance 1e-06"});
+  expect_failure(kConvert, {"--to", "pre-ln", "--verify-tolerance", "x", gpt, out}, 2, d, {gpt},
+                 {"--verify-tolerance takes a number"});
+
+  // prenorm-verify: a correct conversion passes, a tampered file fails.
+  const Outcome v = run_tool(kVerify, {d / "gpt2", out});
+  EXPECT_EQ(v.code, 0) << describe(v);
+  EXPECT_NE(v.out.find("(8 tokens): logits relative error "), std::string::npos) << describe(v);
+  EXPECT_NE(v.out.find(": pass"), std::string::npos) << describe(v);
+  write_tampered(out, d / "tampered.safetensors");
+  const Outcome t = run_tool(kVerify, {gpt, d / "tampered.safetensors"});
+  EXPECT_EQ(t.code, 1) << describe(t);
+  EXPECT_NE(t.out.find(": FAIL"), std::string::npos) << describe(t);
+  EXPECT_EQ(run_tool(kVerify, {"--tolerance=1", gpt, d / "tampered.safetensors"}).code, 0);
+  // A ViT and its conversion; a GPT against a ViT; usage.
+  const fs::path vit_out = d / "vit-crms.safetensors";
+  ASSERT_EQ(run_tool(kConvert, {"--to", "pre-crmsnorm", vit, vit_out}).code, 0);
+  const Outcome w = run_tool(kVerify, {vit, vit_out});
+  EXPECT_EQ(w.code, 0) << describe(w);
+  EXPECT_NE(w.out.find("(one 3x8x8 image)"), std::string::npos) << describe(w);
+  expect_failure(kVerify, {gpt, vit}, 1, d, {gpt, vit}, {"cannot compare a gpt with a vit"});
+  expect_failure(kVerify, {gpt}, 2, d, {gpt}, {"expected A and B"});
+  expect_failure(kVerify, {gpt, d / "missing.safetensors"}, 1, d, {gpt}, {"missing.safetensors"});
 }
 
 // ===========================================================================
