@@ -47,7 +47,6 @@
 #include "model_check.hpp"
 
 #include <cctype>
-#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
@@ -183,11 +182,9 @@ Options parse(int argc, char** argv) {
       if (value.empty()) usage_error("--config needs a file name");
       o.config = value;
     } else if (arg == "--verify-tolerance") {
-      char* end = nullptr;
-      const double tolerance = std::strtod(value.c_str(), &end);
-      if (value.empty() || *end != '\0' || !(tolerance >= 0) || !std::isfinite(tolerance))
+      o.verify_tolerance = prenorm_tools::parse_tolerance(value);
+      if (!o.verify_tolerance)
         usage_error("--verify-tolerance takes a number >= 0, got '" + value + "'");
-      o.verify_tolerance = tolerance;
     } else if (arg == "--max-shard-size") {
       const std::optional<std::uint64_t> size = parse_size(value);
       if (!size)

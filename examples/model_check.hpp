@@ -12,7 +12,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <variant>
@@ -52,6 +54,15 @@ std::string shape_mismatch(const A& a, const B& b) {
 }
 
 }  // namespace detail
+
+// A tolerance given on the command line: a finite number >= 0, else nullopt.
+inline std::optional<double> parse_tolerance(const std::string& text) {
+  char* end = nullptr;
+  const double tolerance = std::strtod(text.c_str(), &end);
+  if (text.empty() || *end != '\0' || !(tolerance >= 0) || !std::isfinite(tolerance))
+    return std::nullopt;
+  return tolerance;
+}
 
 // Runs `reference` and `other` on the probe: up to 8 tokens (ids spread over
 // the vocabulary, within the context) for a GPT, one image of smooth

@@ -18,7 +18,6 @@
 #include <prenorm/io.hpp>
 #include <prenorm/models.hpp>
 
-#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
@@ -70,10 +69,9 @@ Options parse(int argc, char** argv) {
       else if (arg.size() == 11 && i + 1 < argc) value = argv[++i];
       else if (arg.size() == 11) usage_error("--tolerance needs a value");
       else usage_error("unknown option '" + arg + "'");
-      char* end = nullptr;
-      o.tolerance = std::strtod(value.c_str(), &end);
-      if (value.empty() || *end != '\0' || !(o.tolerance >= 0) || !std::isfinite(o.tolerance))
-        usage_error("--tolerance takes a number >= 0, got '" + value + "'");
+      const std::optional<double> tolerance = prenorm_tools::parse_tolerance(value);
+      if (!tolerance) usage_error("--tolerance takes a number >= 0, got '" + value + "'");
+      o.tolerance = *tolerance;
     } else if (arg.size() >= 2 && arg.compare(0, 2, "--") == 0) {
       usage_error("unknown option '" + arg + "'");
     } else {

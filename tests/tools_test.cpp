@@ -754,6 +754,7 @@ TEST(Tools, VerifyConversionsAndCheckpoints) {
   EXPECT_NE(w.out.find("(one 3x8x8 image)"), std::string::npos) << describe(w);
   expect_failure(kVerify, {gpt, vit}, 1, d, {gpt, vit}, {"cannot compare a gpt with a vit"});
   expect_failure(kVerify, {gpt}, 2, d, {gpt}, {"expected A and B"});
+  expect_failure(kVerify, {"--tolerance", "-1", gpt, gpt}, 2, d, {gpt}, {"--tolerance takes a number"});
   expect_failure(kVerify, {gpt, d / "missing.safetensors"}, 1, d, {gpt}, {"missing.safetensors"});
 }
 
