@@ -2,20 +2,40 @@
 // Pre-CRMSNorm and writes it in prenorm's own layout.
 //
 //   prenorm-convert --to {pre-ln|pre-rmsnorm|pre-crmsnorm} [--tied {untie|keep}]
-//                   [--config CONFIG.json] [--dtype {same|F32|F16|BF16|F64}]
-//                   INPUT.safetensors OUTPUT.safetensors
+//                   [--config CONFIG.json] [--dtype {auto|same|F32|F16|BF16|F64}]
+//                   [--max-shard-size SIZE] [--verify-tolerance X] INPUT OUTPUT
 //
 // INPUT is in any of the layouts of io::load_any_model (Hugging Face GPT-2,
 // ViT and the decoder families of README's table, prenorm's own; the Hugging
-// Face ones read CONFIG.json, by default the config.json beside INPUT), or a
-// directory holding model.safetensors. The model is loaded in double, converted in
-// double, and rounded once to the output dtype ("same": the input's). A model
+// Face ones read CONFIG.json, by default the config.json beside INPUT): a
+// .safetensors file, a sharded checkpoint's model.safetensors.index.json, or a
+// directory holding either. The model is loaded in double, converted in
+// double, and rounded once to the output dtype. The default, "auto", keeps the
+// converted model equal to the source at float precision: F32 for F16 and
+// BF16 inputs (the transformed weights are not representable in 16 bits),
+// the input's dtype otherwise; "same" is always the input's. A model
 // already in the target architecture is re-saved unchanged (only the layout
 // and the dtype change; --tied applies only when the architecture changes).
 //
-// OUTPUT is written atomically: a temporary file in its folder, renamed when
-// complete, so a failure leaves no partial file. Writing onto INPUT (or its
-// config), under any name, is refused.
+// OUTPUT is a .safetensors file, a sharded checkpoint's index
+// (*.safetensors.index.json, then always sharded) or a folder (created if
+// needed; model.safetensors in it, or model.safetensors.index.json when the
+// tensors exceed --max-shard-size, default 5GB). Shards follow the Hugging
+// Face convention: <prefix>-0000i-of-0000N.safetensors beside the index
+// <prefix>.safetensors.index.json, each holding at most SIZE bytes of tensors
+// (a larger tensor alone). A .safetensors OUTPUT that would exceed SIZE is an
+// error: name an index or a folder. Everything is written atomically:
+// temporaries in the target folder, renamed when all are complete, so a
+// failure leaves no partial file and no partial set of shards. Writing onto
+// INPUT (or its config, or one of its shards), under any name, is refused.
+//
+// Verification: the written OUTPUT is read back (in double, from its dtype)
+// and run next to the source model on a probe input (a few tokens, or one
+// image; examples/model_check.hpp); the relative error of the logits is
+// printed. It is the deviation the conversion and the output dtype introduced:
+// about 1e-7 in F32, about the 16-bit epsilon with an explicit 16-bit
+// --dtype. With --verify-tolerance X, an error above X (or NaN) fails the run
+// (exit 1) and the output is removed.
 //
 // Progress goes to stderr, a one-line summary to stdout. Exit codes: 0
 // success, 2 usage error, 1 bad input (the message names the file and the tensor).
@@ -24,13 +44,20 @@
 #include <prenorm/io.hpp>
 #include <prenorm/models.hpp>
 
+#include "model_check.hpp"
+
+#include <cctype>
+#include <cstdint>
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
 #include <optional>
+#include <sstream>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -42,18 +69,27 @@ using prenorm::Arch;
 
 constexpr const char* kUsage =
     "usage: prenorm-convert --to {pre-ln|pre-rmsnorm|pre-crmsnorm} [--tied {untie|keep}]\n"
-    "                       [--config CONFIG.json] [--dtype {same|F32|F16|BF16|F64}]\n"
-    "                       INPUT.safetensors OUTPUT.safetensors\n"
+    "                       [--config CONFIG.json] [--dtype {auto|same|F32|F16|BF16|F64}]\n"
+    "                       [--max-shard-size SIZE] [--verify-tolerance X] INPUT OUTPUT\n"
     "\n"
     "Reads a Hugging Face GPT-2, ViT, GPT-BigCode, GPT-Neo or BLOOM checkpoint (with its\n"
     "config.json: --config, or\n"
     "config.json beside INPUT) or a prenorm checkpoint, converts it exactly (in double)\n"
-    "to the target architecture and writes it in prenorm's layout.\n"
+    "to the target architecture and writes it in prenorm's layout. INPUT is a .safetensors\n"
+    "file, a sharded checkpoint's model.safetensors.index.json, or a folder holding either.\n"
     "  --to      target architecture (required); the same architecture re-saves the model\n"
     "  --tied    what a tied GPT head becomes: untie (default, fastest) or keep (stored\n"
     "            once, transformed per token); only when the architecture changes\n"
     "  --config  the config.json of a Hugging Face checkpoint\n"
-    "  --dtype   output dtype; same (default) is the input's\n"
+    "  --dtype   output dtype; auto (default) is exact at float precision: F32 for F16\n"
+    "            and BF16 inputs, the input's otherwise; same is the input's\n"
+    "  --max-shard-size  most tensor bytes per file (default 5GB; B, KB, MB, GB, TB are\n"
+    "            powers of 1000, KiB, MiB, GiB, TiB of 1024, a bare number is bytes). OUTPUT\n"
+    "            a .safetensors file (must fit), a *.safetensors.index.json (always shards:\n"
+    "            <prefix>-0000i-of-0000N.safetensors beside it) or a folder (model.safetensors,\n"
+    "            or model.safetensors.index.json and shards when larger)\n"
+    "  --verify-tolerance  the written model is run next to the source on a probe input\n"
+    "            and the relative error of the logits printed; above X: exit 1, OUTPUT removed\n"
     "Exit codes: 0 success, 1 bad input, 2 usage error.\n";
 
 [[noreturn]] void usage_error(const std::string& message) {
@@ -65,9 +101,33 @@ struct Options {
   Arch to = Arch::PreLN;
   prenorm::TiedPolicy tied = prenorm::TiedPolicy::Untie;
   std::optional<fs::path> config;
-  std::optional<io::Dtype> dtype;  // nullopt: same as the input
+  // The output dtype: a fixed one, or chosen from the input's (output_dtype).
+  enum class DtypeRule { Auto, Same, Fixed } dtype_rule = DtypeRule::Auto;
+  io::Dtype dtype = io::Dtype::F32;  // when Fixed
+  std::uint64_t max_shard_size = 5'000'000'000;  // tensor bytes per output file
+  std::optional<double> verify_tolerance;
   fs::path input, output;
 };
+
+// "5GB", "500MB", "2GiB", "1000": a byte count (see --max-shard-size); nullopt
+// when malformed, zero or too large.
+std::optional<std::uint64_t> parse_size(std::string_view text) {
+  std::size_t digits = 0;
+  while (digits < text.size() && std::isdigit(static_cast<unsigned char>(text[digits]))) ++digits;
+  if (digits == 0 || digits > 19) return std::nullopt;
+  const std::uint64_t number = std::stoull(std::string(text.substr(0, digits)));
+  std::string unit(text.substr(digits));
+  for (char& c : unit) c = char(std::toupper(static_cast<unsigned char>(c)));
+  static constexpr std::pair<const char*, std::uint64_t> kUnits[] = {
+      {"", 1},        {"B", 1},           {"KB", 1000},      {"MB", 1000'000},
+      {"GB", 1000'000'000}, {"TB", 1000'000'000'000}, {"KIB", 1ull << 10}, {"MIB", 1ull << 20},
+      {"GIB", 1ull << 30},  {"TIB", 1ull << 40}};
+  for (const auto& [name, scale] : kUnits) {
+    std::uint64_t size = 0;
+    if (unit == name && !__builtin_mul_overflow(number, scale, &size) && size > 0) return size;
+  }
+  return std::nullopt;
+}
 
 std::optional<Arch> parse_arch(std::string_view text) {
   if (text == "pre-ln" || text == "pre_ln") return Arch::PreLN;
@@ -101,7 +161,8 @@ Options parse(int argc, char** argv) {
       arg = arg.substr(0, eq);
       inline_value = true;
     }
-    if (arg != "--to" && arg != "--tied" && arg != "--config" && arg != "--dtype")
+    if (arg != "--to" && arg != "--tied" && arg != "--config" && arg != "--dtype" &&
+        arg != "--max-shard-size" && arg != "--verify-tolerance")
       usage_error("unknown option '" + arg + "'");
     if (!inline_value) {
       if (i + 1 >= argc) usage_error(arg + " needs a value");
@@ -120,14 +181,29 @@ Options parse(int argc, char** argv) {
     } else if (arg == "--config") {
       if (value.empty()) usage_error("--config needs a file name");
       o.config = value;
+    } else if (arg == "--verify-tolerance") {
+      o.verify_tolerance = prenorm_tools::parse_tolerance(value);
+      if (!o.verify_tolerance)
+        usage_error("--verify-tolerance takes a number >= 0, got '" + value + "'");
+    } else if (arg == "--max-shard-size") {
+      const std::optional<std::uint64_t> size = parse_size(value);
+      if (!size)
+        usage_error("--max-shard-size takes a positive size such as 5GB, 500MB, 2GiB or a byte "
+                    "count, got '" + value + "'");
+      o.max_shard_size = *size;
     } else {  // --dtype
-      if (value == "same") {
-        o.dtype.reset();
+      if (value == "auto") {
+        o.dtype_rule = Options::DtypeRule::Auto;
+      } else if (value == "same") {
+        o.dtype_rule = Options::DtypeRule::Same;
       } else {
         std::string upper = value;
         for (char& c : upper) c = char(std::toupper(static_cast<unsigned char>(c)));
-        o.dtype = io::dtype_from_name(upper);
-        if (!o.dtype) usage_error("--dtype takes same, F32, F16, BF16 or F64, got '" + value + "'");
+        const std::optional<io::Dtype> dtype = io::dtype_from_name(upper);
+        if (!dtype)
+          usage_error("--dtype takes auto, same, F32, F16, BF16 or F64, got '" + value + "'");
+        o.dtype_rule = Options::DtypeRule::Fixed;
+        o.dtype = *dtype;
       }
     }
   }
@@ -147,11 +223,82 @@ bool same_file(const fs::path& a, const fs::path& b) {
   return fs::equivalent(a, b, error) && !error;
 }
 
+// The output dtype for an input in `input` (see --dtype). "auto" widens 16-bit
+// inputs to F32: a converted weight is a product and sum of stored ones, which
+// 16 bits cannot hold, and rounding it back would move the logits by about
+// the 16-bit epsilon (issue 20: 3.4e-2 relative for a BF16 GPT-2).
+io::Dtype output_dtype(const Options& o, io::Dtype input) {
+  switch (o.dtype_rule) {
+    case Options::DtypeRule::Fixed: return o.dtype;
+    case Options::DtypeRule::Same: return input;
+    case Options::DtypeRule::Auto: break;
+  }
+  return input == io::Dtype::F16 || input == io::Dtype::BF16 ? io::Dtype::F32 : input;
+}
+
 // Converts (or, for the same architecture, copies) `model` to `To`.
 template <Arch To, class Model>
 auto to_arch(const Model& model, const prenorm::ConvertOptions& options) {
   if constexpr (Model::arch == To) return model;
   else return prenorm::convert<To>(model, options);
+}
+
+// Whether `path` names a folder: an existing one, or ending in '/'.
+bool names_a_folder(const fs::path& path) {
+  std::error_code error;
+  return fs::is_directory(path, error) || !path.has_filename();
+}
+
+// What write_output wrote.
+struct Written {
+  std::vector<fs::path> files;  // the file, or the index and then the shards
+  std::optional<fs::path> made_folder;
+
+  // Removes it all (a failed verification).
+  void remove() const {
+    std::error_code error;
+    for (const fs::path& file : files) fs::remove(file, error);
+    if (made_folder) fs::remove(*made_folder, error);
+  }
+};
+
+// Writes `writer` as OUTPUT (see the top of this file), refusing to replace
+// any of `inputs`.
+Written write_output(io::SafetensorsWriter writer, const Options& o,
+                     const std::vector<fs::path>& inputs) {
+  const std::uint64_t size = writer.data_size();
+  bool sharded = io::SafetensorsFile::is_index_path(o.output);
+  fs::path target = o.output;
+  if (names_a_folder(o.output)) {
+    sharded = size > o.max_shard_size;
+    target = o.output / (sharded ? "model.safetensors.index.json" : "model.safetensors");
+  } else if (!sharded && size > o.max_shard_size) {
+    throw std::runtime_error("the converted model has " + std::to_string(size) +
+                             " bytes of tensors, more than --max-shard-size (" +
+                             std::to_string(o.max_shard_size) + "): name a folder or a "
+                             "*.safetensors.index.json as OUTPUT '" + o.output.string() +
+                             "' to write shards");
+  }
+  // An OUTPUT folder that does not exist is made here, and goes again if
+  // writing fails.
+  std::error_code error;
+  const fs::path folder = target.parent_path();
+  const bool made_folder = names_a_folder(o.output) && !fs::exists(folder, error);
+  if (made_folder) fs::create_directories(folder);
+  try {
+    Written written;
+    if (made_folder) written.made_folder = folder;
+    if (sharded) {
+      written.files = io::write_sharded(std::move(writer).split(o.max_shard_size), target, inputs);
+    } else {
+      writer.write(target, inputs);
+      written.files = {target};
+    }
+    return written;
+  } catch (...) {
+    if (made_folder) fs::remove(folder, error);
+    throw;
+  }
 }
 
 // Runs the conversion; throws on bad input.
@@ -170,7 +317,7 @@ int run(const Options& o) {
   if (loaded.config_path) std::cerr << ", config " << loaded.config_path->string();
   std::cerr << "\n";
 
-  const io::Dtype dtype = o.dtype.value_or(loaded.dtype);
+  const io::Dtype dtype = output_dtype(o, loaded.dtype);
   const bool tied_gpt = std::visit(
       [](const auto& m) {
         if constexpr (requires { m.config.tied; }) return m.config.tied;
@@ -191,10 +338,10 @@ int run(const Options& o) {
 
   io::PrenormSaveOptions save;
   save.converted_from = same_arch ? loaded.converted_from : std::optional<Arch>(from);
-  save.inputs = {o.input};
+  save.inputs = file.files();  // the file, or the index and its shards
   if (loaded.config_path) save.inputs.push_back(*loaded.config_path);
   const prenorm::ConvertOptions convert_options{.tied = o.tied};
-  const io::SafetensorsWriter writer = std::visit(
+  io::SafetensorsWriter writer = std::visit(
       [&](const auto& model) {
         switch (o.to) {
           case Arch::PreLN:
@@ -212,16 +359,41 @@ int run(const Options& o) {
 
   std::cerr << "prenorm-convert: writing " << o.output.string() << " (" << io::dtype_name(dtype)
             << ", " << writer.size() << " tensors)\n";
-  writer.write(o.output, save.inputs);
-  const auto bytes = fs::file_size(o.output);
+  const std::size_t tensors = writer.size();
+  const Written written = write_output(std::move(writer), o, save.inputs);
+  std::uintmax_t bytes = 0;
+  for (const fs::path& path : written.files) bytes += fs::file_size(path);
+
+  // The model as written, against the source.
+  prenorm_tools::Comparison check;
+  try {
+    check = prenorm_tools::compare_models(
+        loaded.model, io::load_any_model<double>(written.files.front()).model);
+  } catch (...) {
+    written.remove();
+    throw;
+  }
+  std::cerr << "prenorm-convert: verify: " << check.probe << ": the logits of "
+            << written.files.front().string() << " (" << io::dtype_name(dtype)
+            << ") differ from the source's by " << check.logits_error << " (relative)\n";
+  if (o.verify_tolerance && !(check.logits_error <= *o.verify_tolerance)) {
+    written.remove();
+    std::ostringstream message;
+    message << "verification failed: the logits of the converted model differ from the source's "
+               "by " << check.logits_error << " (relative), more than --verify-tolerance "
+            << *o.verify_tolerance << "; removed OUTPUT '" << o.output.string() << "'";
+    throw std::runtime_error(message.str());
+  }
 
   std::cout << o.input.string() << " (" << io::layout_name(loaded.layout) << ", "
             << io::model_kind_name(kind) << ") " << prenorm::arch_name(from) << " -> "
             << prenorm::arch_name(o.to);
   if (tied_gpt && !same_arch)
     std::cout << " (tied: " << (o.tied == prenorm::TiedPolicy::Keep ? "keep" : "untie") << ")";
-  std::cout << ": " << writer.size() << " tensors, " << io::dtype_name(dtype) << " -> "
-            << o.output.string() << " (" << bytes << " bytes)\n";
+  std::cout << ": " << tensors << " tensors, " << io::dtype_name(dtype) << " -> "
+            << written.files.front().string();
+  if (written.files.size() > 1) std::cout << " and " << written.files.size() - 1 << " shards";
+  std::cout << " (" << bytes << " bytes), logits relative error " << check.logits_error << "\n";
   return 0;
 }
 

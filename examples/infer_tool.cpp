@@ -1,7 +1,8 @@
 // prenorm-infer: runs a GPT or ViT checkpoint in any of the layouts of
 // io::load_any_model (Hugging Face GPT-2, ViT and the decoder families of
 // README's table, prenorm's own) of any architecture. MODEL may be a
-// directory holding model.safetensors (and config.json).
+// .safetensors file, a sharded checkpoint's model.safetensors.index.json, or a
+// directory holding either (and config.json).
 //
 //   prenorm-infer MODEL.safetensors [--config CONFIG.json]
 //                 (--tokens 1,2,3 | --image IMAGE.npy)
@@ -53,7 +54,9 @@ constexpr const char* kUsage =
     "Runs a GPT (--tokens) or ViT (--image, float .npy [C,H,W] or [B,C,H,W]) checkpoint in\n"
     "a Hugging Face layout (GPT-2, ViT, and the decoders GPT-BigCode, GPT-Neo, BLOOM;\n"
     "config.json: --config, or beside MODEL) or in\n"
-    "prenorm's layout, and prints the top-5 of the last position or of each image.\n"
+    "prenorm's layout, and prints the top-5 of the last position or of each image. MODEL is\n"
+    "a .safetensors file, a sharded checkpoint's model.safetensors.index.json, or a folder\n"
+    "holding either.\n"
     "  --logits-out  float32 .npy of the logits: [tokens x vocab] or [batch x classes]\n"
     "  --generate N  greedy decoding of N more tokens with the KV cache (GPT)\n"
     "  --threads N   number of threads\n"
@@ -260,7 +263,7 @@ template <class S>
 int run(const Options& o) {
   const io::SafetensorsFile file(o.model);
   io::LoadedModel<S> loaded = io::load_any_model<S>(file, o.config);
-  std::vector<fs::path> inputs = {o.model};
+  std::vector<fs::path> inputs = file.files();  // the file, or the index and its shards
   if (loaded.config_path) inputs.push_back(*loaded.config_path);
   if (o.image) inputs.push_back(*o.image);
   std::visit(

@@ -2,7 +2,9 @@
 //
 // Malformed files are crafted byte by byte (a header string and a data
 // section), written to a temporary directory, and opened both from the path
-// (mmap) and from memory; each rule gets its own test and message.
+// (mmap) and from memory; each rule gets its own test and message. Sharded
+// checkpoints (an index and its shards) are written with write_sharded and
+// spoiled one defect at a time.
 
 #include <gtest/gtest.h>
 #include <sys/stat.h>
@@ -13,6 +15,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <span>
 #include <prenorm/io/atomic_file.hpp>
 #include <prenorm/io/safetensors.hpp>
 #include <random>
@@ -698,6 +702,170 @@ TEST(SafetensorsFileTest, MissingFileAndDirectoryAreFileErrors) {
   EXPECT_THROW(SafetensorsFile file(dir.path()), FileError);
   EXPECT_NE(error_message([&] { SafetensorsFile file(dir.path()); }).find("not a regular file"),
             std::string::npos);
+}
+
+// --- sharded checkpoints (an index and its shards) ---------------------------
+
+// Four tensors of mixed dtypes and sizes, and some metadata.
+SafetensorsWriter four_tensors(std::map<std::string, std::string> metadata = {{"format", "pt"}}) {
+  SafetensorsWriter writer;
+  writer.add("t0", Dtype::F32, {2, 3}, std::vector<float>{1, 2, 3, 4, 5, 6});    // 24 bytes
+  writer.add("t1", Dtype::F64, {2}, std::vector<double>{0.1, 0.2});               // 16
+  writer.add("t2", Dtype::F16, {4}, std::vector<float>{1, -2, 3, -4});            // 8
+  writer.add("t3", Dtype::BF16, {3, 2}, std::vector<float>{1, 2, 4, 8, 16, 32});  // 12
+  for (auto& [key, value] : metadata) writer.set_metadata(key, value);
+  return writer;
+}
+
+// Writes four_tensors() in shards of at most 24 bytes: {t0}, {t1, t2}, {t3}.
+fs::path write_three_shards(const TempDir& dir,
+                            std::map<std::string, std::string> metadata = {{"format", "pt"}}) {
+  const fs::path index = dir / "model.safetensors.index.json";
+  const std::vector<fs::path> written =
+      prenorm::io::write_sharded(four_tensors(std::move(metadata)).split(24), index);
+  EXPECT_EQ(written.size(), 4u);
+  return index;
+}
+
+std::string read_text_file(const fs::path& path) {
+  const std::vector<std::byte> bytes = read_bytes(path);
+  return std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+}
+
+void write_text_file(const fs::path& path, const std::string& text) {
+  write_bytes(path, to_bytes(text));
+}
+
+// Replaces the first `from` in the file `path` by `to`.
+void edit_file(const fs::path& path, const std::string& from, const std::string& to) {
+  std::string text = read_text_file(path);
+  const std::size_t at = text.find(from);
+  ASSERT_NE(at, std::string::npos) << from;
+  text.replace(at, from.size(), to);
+  write_text_file(path, text);
+}
+
+TEST(SafetensorsShardsTest, SplitWriteAndReadAsOneSet) {
+  TempDir dir;
+  const SafetensorsWriter whole = four_tensors();
+  const auto single = SafetensorsFile::from_bytes(whole.bytes(), "single.safetensors");
+  const fs::path index = write_three_shards(dir);
+  EXPECT_EQ(dir.entries(),
+            (std::vector<std::string>{"model-00001-of-00003.safetensors",
+                                      "model-00002-of-00003.safetensors",
+                                      "model-00003-of-00003.safetensors",
+                                      "model.safetensors.index.json"}));
+  EXPECT_NE(read_text_file(index).find("\"total_size\": 60"), std::string::npos);
+
+  const SafetensorsFile sharded(index);
+  EXPECT_EQ(sharded.path(), index);
+  EXPECT_EQ(sharded.names(), single.names());
+  EXPECT_EQ(sharded.metadata(), single.metadata());
+  EXPECT_EQ(sharded.files().size(), 4u);
+  EXPECT_EQ(sharded.file_of("t2"), dir / "model-00002-of-00003.safetensors");
+  for (const std::string& name : single.names()) {
+    SCOPED_TRACE(name);
+    const std::span<const std::byte> a = sharded.raw_bytes(name), b = single.raw_bytes(name);
+    EXPECT_TRUE(std::equal(a.begin(), a.end(), b.begin(), b.end()));
+    EXPECT_EQ(sharded.info(name).shape, single.info(name).shape);
+    EXPECT_EQ(sharded.values<double>(name), single.values<double>(name));
+  }
+  EXPECT_TRUE(sharded.map<float>("t0").has_value()) << "zero-copy views work in a shard too";
+  // One shard when everything fits, every tensor alone when nothing does.
+  EXPECT_EQ(four_tensors().split(60).size(), 1u);
+  EXPECT_EQ(four_tensors().split(1).size(), 4u);
+}
+
+TEST(SafetensorsShardsTest, IndexDefectsNameTheFileAndTheTensor) {
+  const auto expect_error = [](const auto& spoil, const std::vector<std::string>& expected,
+                               std::map<std::string, std::string> metadata = {{"format", "pt"}}) {
+    TempDir dir;
+    const fs::path index = write_three_shards(dir, metadata);
+    spoil(dir, index);
+    const std::string message = error_message([&] { SafetensorsFile file(index); });
+    for (const std::string& part : expected)
+      EXPECT_NE(message.find(part), std::string::npos)
+          << "message: " << message << "\nexpected to contain: " << part;
+  };
+  const std::string index_name = "model.safetensors.index.json: ";
+  // A tensor in two shards: shard 3 rewritten with t2 besides t3.
+  expect_error(
+      [](const TempDir& dir, const fs::path&) {
+        SafetensorsWriter shard;
+        shard.add("t2", Dtype::F16, {4}, std::vector<float>{1, -2, 3, -4});
+        shard.add("t3", Dtype::BF16, {3, 2}, std::vector<float>{1, 2, 4, 8, 16, 32});
+        shard.write(dir / "model-00003-of-00003.safetensors");
+      },
+      {index_name, "tensor 't2' is in two shards", "model-00002-of-00003.safetensors' and '",
+       "model-00003-of-00003.safetensors'"});
+  // A shard the index names but that is missing.
+  expect_error([](const TempDir& dir, const fs::path&) {
+    fs::remove(dir / "model-00003-of-00003.safetensors");
+  }, {index_name, "model-00003-of-00003.safetensors' (of tensor 't3' and others) does not exist"});
+  // A tensor the index names but that no shard holds.
+  expect_error([](const TempDir&, const fs::path& index) {
+    edit_file(index, "\"t0\":", "\"t9\": \"model-00001-of-00003.safetensors\", \"t0\":");
+  }, {index_name, "tensor 't9' is missing: the index puts it in shard '",
+      "model-00001-of-00003.safetensors', which does not hold it"});
+  // A tensor in a shard but not in the index, and one the index puts elsewhere.
+  expect_error([](const TempDir&, const fs::path& index) {
+    edit_file(index, "\"t3\"", "\"t3-renamed\"");
+  }, {index_name, "model-00003-of-00003.safetensors' holds tensor 't3', which the index does not list"});
+  expect_error([](const TempDir&, const fs::path& index) {
+    edit_file(index, "\"t2\": \"model-00002-of-00003", "\"t2\": \"model-00001-of-00003");
+  }, {index_name, "model-00002-of-00003.safetensors' holds tensor 't2', which the index puts in "
+      "'model-00001-of-00003.safetensors'"});
+  // A truncated shard: the per-file validation, naming the shard and the tensor.
+  expect_error([](const TempDir& dir, const fs::path&) {
+    fs::resize_file(dir / "model-00002-of-00003.safetensors",
+                    fs::file_size(dir / "model-00002-of-00003.safetensors") - 4);
+  }, {"model-00002-of-00003.safetensors: tensor 't2': data_offsets [16, 24) exceed the data "
+      "section of 20 bytes"});
+  // Shards that disagree on the model: prenorm's metadata differs in one.
+  const std::map<std::string, std::string> prenorm = {{"format", "prenorm"}, {"arch", "pre_ln"}};
+  expect_error([](const TempDir& dir, const fs::path&) {
+    edit_file(dir / "model-00002-of-00003.safetensors", "pre_ln", "pre_xx");
+  }, {index_name, "shards disagree on the model: '", "model-00002-of-00003.safetensors' (tensor 't1'",
+      "model-00001-of-00003.safetensors' differ in prenorm metadata 'arch'"}, prenorm);
+  // The index itself: not an index, a shard outside the folder.
+  expect_error([](const TempDir&, const fs::path& index) { write_text_file(index, "[1, 2]"); },
+               {index_name, "needs a non-empty object \"weight_map\""});
+  expect_error([](const TempDir&, const fs::path& index) {
+    edit_file(index, "\"model-00003-of-00003", "\"../model-00003-of-00003");
+  }, {index_name, "tensor 't3': shard '../model-00003-of-00003.safetensors' is not a file name"});
+}
+
+TEST(SafetensorsShardsTest, ShardsMayDifferInOtherMetadata) {
+  TempDir dir;
+  const fs::path index = write_three_shards(dir);
+  edit_file(dir / "model-00002-of-00003.safetensors", "\"pt\"", "\"tf\"");
+  EXPECT_EQ(SafetensorsFile(index).size(), 4u);
+}
+
+TEST(SafetensorsShardsTest, AFailedShardedWriteLeavesNothingBehind) {
+  TempDir dir;
+  fs::create_directories(dir / "out");
+  // The last file (the index) cannot be written: every shard is gone too.
+  fs::create_directories(dir / "out" / "model.safetensors.index.json");
+  EXPECT_THROW(prenorm::io::write_sharded(four_tensors().split(24),
+                                          dir / "out" / "model.safetensors.index.json"),
+               FileError);
+  EXPECT_EQ(fs::directory_iterator(dir / "out")->path().filename(), "model.safetensors.index.json");
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir / "out"), fs::directory_iterator()), 1);
+  // An unwritable folder: nothing is written.
+  fs::create_directories(dir / "ro");
+  ::chmod((dir / "ro").c_str(), 0555);
+  if (::access((dir / "ro").c_str(), W_OK) != 0) {  // root can write anyway
+    EXPECT_THROW(prenorm::io::write_sharded(four_tensors().split(24),
+                                            dir / "ro" / "model.safetensors.index.json"),
+                 FileError);
+    EXPECT_TRUE(fs::is_empty(dir / "ro"));
+  }
+  // Replacing an input is refused before anything is written.
+  const fs::path index = write_three_shards(dir);
+  const SafetensorsFile input(index);
+  EXPECT_THROW(prenorm::io::write_sharded(four_tensors().split(24), index, input.files()),
+               FileError);
 }
 
 // --- writer errors -------------------------------------------------------------

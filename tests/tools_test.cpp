@@ -1,7 +1,8 @@
-// End-to-end tests of the command-line tools prenorm-convert and
-// prenorm-infer (examples/convert_tool.cpp, examples/infer_tool.cpp), run as
-// processes. tests/CMakeLists.txt passes their paths as PRENORM_CONVERT_BIN
-// and PRENORM_INFER_BIN (the tests skip when the tools are not built).
+// End-to-end tests of the command-line tools prenorm-convert, prenorm-infer
+// and prenorm-verify (examples/convert_tool.cpp, infer_tool.cpp,
+// verify_tool.cpp), run as processes. tests/CMakeLists.txt passes their paths
+// as PRENORM_CONVERT_BIN, PRENORM_INFER_BIN and PRENORM_VERIFY_BIN (the tests
+// skip when the tools are not built).
 //
 // Checked:
 //  - a GPT-2-layout file (tied, and untied) and a ViT-layout file, written
@@ -10,7 +11,12 @@
 //    (relative error <= 1e-5, in float), and --generate gives the greedy
 //    decoding done here with the source model;
 //  - converting a converted file again (prenorm layout as input), re-saving,
-//    and --dtype;
+//    --dtype and its default rule (auto: F32 for 16-bit inputs);
+//  - a sharded checkpoint (three shards and an index) is the same model, as
+//    input and as output (--max-shard-size);
+//  - verification: prenorm-convert prints the logits error of what it wrote
+//    and fails over --verify-tolerance; prenorm-verify passes a conversion
+//    and fails a tampered file;
 //  - bad input: exit code 1 and a message naming the file and the tensor;
 //    usage errors: exit code 2 and the usage; in every failure no output
 //    file and no temporary file is left, and the input is unchanged (bytes
@@ -56,14 +62,16 @@ using prenorm::Vit;
 using prenorm::VitConfig;
 using io::Dtype;
 
-#if defined(PRENORM_CONVERT_BIN) && defined(PRENORM_INFER_BIN)
+#if defined(PRENORM_CONVERT_BIN) && defined(PRENORM_INFER_BIN) && defined(PRENORM_VERIFY_BIN)
 const char* const kConvert = PRENORM_CONVERT_BIN;
 const char* const kInfer = PRENORM_INFER_BIN;
+const char* const kVerify = PRENORM_VERIFY_BIN;
 #define PRENORM_SKIP_WITHOUT_TOOLS() (void)0
 #else
 const char* const kConvert = "";
 const char* const kInfer = "";
-#define PRENORM_SKIP_WITHOUT_TOOLS() GTEST_SKIP() << "prenorm-convert / prenorm-infer are not built"
+const char* const kVerify = "";
+#define PRENORM_SKIP_WITHOUT_TOOLS() GTEST_SKIP() << "prenorm-convert / prenorm-infer / prenorm-verify are not built"
 #endif
 
 // --- helpers -----------------------------------------------------------------
@@ -376,6 +384,18 @@ TEST(Tools, ChainsResavesAndDtypes) {
     EXPECT_NE(c.out.find(std::string(io::dtype_name(dtype)) + " -> "), std::string::npos) << describe(c);
     EXPECT_LE(relative_error(infer(out), expected), tolerance) << name;
   }
+  // The default dtype rule (auto): a 16-bit input becomes F32, anything else
+  // keeps its dtype; "same" keeps a 16-bit one.
+  for (const auto& [input, rule, dtype] :
+       {std::tuple{"F16.safetensors", "", Dtype::F32}, std::tuple{"bf16.safetensors", "auto", Dtype::F32},
+        std::tuple{"F64.safetensors", "", Dtype::F64}, std::tuple{"bf16.safetensors", "same", Dtype::BF16}}) {
+    const fs::path out = f.dir() / "rule.safetensors";
+    std::vector<std::string> args = {"--to", "pre-ln", f.dir() / input, out};
+    if (*rule != '\0') args.insert(args.begin(), "--dtype=" + std::string(rule));
+    const Outcome c = run_tool(kConvert, args);
+    ASSERT_EQ(c.code, 0) << describe(c);
+    EXPECT_EQ(io::prenorm_dtype(io::SafetensorsFile(out)), dtype) << input << " " << rule;
+  }
   // An explicit --config.
   {
     fs::create_directories(f.dir() / "elsewhere");
@@ -558,6 +578,187 @@ TEST(Tools, BadInputNamesTheFileAndTheTensor) {
 }
 
 // ===========================================================================
+// Sharded checkpoints (issue 20 item 2)
+// ===========================================================================
+
+// The GPT-2 fixture split into three shards with an index (and its
+// config.json) is the same model, bit for bit, for every reader: the family
+// loader, load_any_model, prenorm-infer and prenorm-convert, from the index
+// and from the folder. Writing onto a shard is refused.
+TEST(Tools, ShardedInputIsTheSameModel) {
+  PRENORM_SKIP_WITHOUT_TOOLS();
+  Fixture f(true);
+  const fs::path folder = f.dir() / "sharded", index = folder / "model.safetensors.index.json";
+  fs::create_directories(folder);
+  fs::copy_file(f.dir() / "gpt2/config.json", folder / "config.json");
+  const Gpt<Arch::PreLN, float> source = io::load_hf_gpt2<float>(f.gpt2_file());
+  io::SafetensorsWriter whole = io::save_hf_gpt2(source, Dtype::F32, {.prefix = true});
+  const std::uint64_t limit = whole.data_size() / 2;  // greedy filling: three shards
+  const std::vector<io::SafetensorsWriter> shards = std::move(whole).split(limit);
+  ASSERT_EQ(shards.size(), 3u);
+  io::write_sharded(shards, index);
+
+  // In process: the model re-saved in prenorm's layout has the same bytes.
+  const auto prenorm_bytes = [](const auto& model) {
+    return io::save_prenorm(model, Dtype::F32).bytes();
+  };
+  const auto any_bytes = [&](const fs::path& path) {
+    return std::visit([&](const auto& model) { return prenorm_bytes(model); },
+                      io::load_any_model<float>(path).model);
+  };
+  EXPECT_TRUE(prenorm_bytes(io::load_hf_gpt2<float>(index)) == prenorm_bytes(source));
+  EXPECT_TRUE(any_bytes(index) == any_bytes(f.gpt2_file()));
+  EXPECT_EQ(io::model_file_path(folder), index);
+
+  // The tools: the same logits and the same converted file.
+  const Index T = Index(kTokens.size()), V = f.gpt_config().vocab;
+  const auto logits_of = [&](const fs::path& model) {
+    const fs::path logits = f.dir() / "sharded-logits.npy";
+    const Outcome r = run_tool(kInfer, {model, "--tokens", kTokensArg, "--logits-out", logits});
+    EXPECT_EQ(r.code, 0) << describe(r);
+    return read_logits(logits, T, V);
+  };
+  const RowMatrix<float> expected = logits_of(f.gpt2_file());
+  EXPECT_TRUE(logits_of(folder) == expected);
+  EXPECT_TRUE(logits_of(index) == expected);
+  const fs::path from_single = f.dir() / "from-single.safetensors",
+                 from_shards = f.dir() / "from-shards.safetensors";
+  for (const auto& [input, out] : {std::pair{f.gpt2_file(), from_single}, std::pair{folder, from_shards}}) {
+    const Outcome c = run_tool(kConvert, {"--to", "pre-crmsnorm", input, out});
+    ASSERT_EQ(c.code, 0) << describe(c);
+  }
+  EXPECT_EQ(read_text(from_shards), read_text(from_single));
+  const fs::path shard = folder / io::shard_file_name(index, 2, 3);
+  expect_failure(kConvert, {"--to", "pre-ln", index, shard}, 1, f.dir(), {index, shard},
+                 {"refusing to write", shard.string()});
+  // A defect of the set fails the tools with its message (exit 1).
+  fs::remove(folder / io::shard_file_name(index, 3, 3));
+  expect_failure(kInfer, {folder, "--tokens", "1,2"}, 1, f.dir(), {index},
+                 {index.string(), "does not exist"});
+}
+
+// prenorm-convert --max-shard-size: a folder OUTPUT gets an index and shards
+// when the model exceeds it (else model.safetensors), an index OUTPUT always
+// gets shards, a .safetensors OUTPUT over the size is an error; the shards
+// hold the model of the one-file output, bit for bit; a failed write leaves
+// nothing behind.
+TEST(Tools, ShardedOutput) {
+  PRENORM_SKIP_WITHOUT_TOOLS();
+  Fixture f(false);
+  const TempDir& d = f.dir();
+  const std::string in = f.gpt2_file();
+  const auto convert = [&](const std::vector<std::string>& extra, const fs::path& out) {
+    std::vector<std::string> args = {"--to", "pre-crmsnorm"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    args.push_back(in);
+    args.push_back(out);
+    const Outcome c = run_tool(kConvert, args);
+    EXPECT_EQ(c.code, 0) << describe(c);
+    return c;
+  };
+  const auto model_bytes = [](const fs::path& path) {
+    return std::visit([](const auto& model) { return io::save_prenorm(model, Dtype::F32).bytes(); },
+                      io::load_any_model<float>(path).model);
+  };
+  convert({}, d / "single.safetensors");
+  const std::vector<std::byte> expected = model_bytes(d / "single.safetensors");
+  const std::uintmax_t single_size = fs::file_size(d / "single.safetensors");
+
+  // A folder (made here), over the size: index + shards; within it: model.safetensors.
+  const Outcome c = convert({"--max-shard-size", std::to_string(single_size / 3) + "B"}, d / "out/");
+  const fs::path index = d / "out/model.safetensors.index.json";
+  const io::SafetensorsFile sharded(index);
+  const std::size_t shards = sharded.files().size() - 1;
+  EXPECT_GE(shards, 3u);
+  EXPECT_EQ(sharded.file_of(sharded.names().front()),
+            d / "out" / io::shard_file_name(index, 1, shards));
+  EXPECT_NE(c.out.find(" and " + std::to_string(shards) + " shards"), std::string::npos) << describe(c);
+  EXPECT_TRUE(model_bytes(index) == expected);
+  convert({}, d / "small/");  // the default 5GB: one file
+  EXPECT_TRUE(model_bytes(d / "small/model.safetensors") == expected);
+  // An index OUTPUT: shards even when one is enough.
+  convert({"--max-shard-size=1GiB"}, d / "one.safetensors.index.json");
+  EXPECT_TRUE(fs::exists(d / "one-00001-of-00001.safetensors"));
+  EXPECT_TRUE(model_bytes(d / "one.safetensors.index.json") == expected);
+
+  // Failures leave nothing behind.
+  const std::string over = std::to_string(single_size / 2);
+  expect_failure(kConvert, {"--to", "pre-ln", "--max-shard-size", over, in, d / "big.safetensors"},
+                 1, d, {in}, {"more than --max-shard-size", "name a folder"});
+  // The index cannot be renamed into place (a folder has its name): no shard stays.
+  fs::create_directories(d / "blocked/model.safetensors.index.json");
+  expect_failure(kConvert, {"--to", "pre-ln", "--max-shard-size", over, in, d / "blocked"}, 1, d,
+                 {in}, {"model.safetensors.index.json"});
+  for (const char* bad : {"0", "5XB", "GB", "-1", "99999999999999999999"})
+    expect_failure(kConvert, {"--to", "pre-ln", "--max-shard-size", bad, in, d / "x.safetensors"},
+                   2, d, {in}, {"--max-shard-size", bad});
+}
+
+// ===========================================================================
+// Verification (issue 20 item 4): prenorm-convert checks what it wrote,
+// prenorm-verify compares two checkpoints
+// ===========================================================================
+
+// A copy of the prenorm file `in` with every weight scaled by 1.001.
+void write_tampered(const fs::path& in, const fs::path& out) {
+  const io::SafetensorsFile file(in);
+  io::SafetensorsWriter writer;
+  for (const auto& [key, value] : file.metadata()) writer.set_metadata(key, value);
+  for (const std::string& name : file.names()) {
+    std::vector<double> values = file.values<double>(name);
+    for (double& v : values) v *= 1.001;
+    writer.add(name, *file.info(name).dtype, file.info(name).shape, values);
+  }
+  writer.write(out);
+}
+
+TEST(Tools, VerifyConversionsAndCheckpoints) {
+  PRENORM_SKIP_WITHOUT_TOOLS();
+  Fixture f(true);
+  const TempDir& d = f.dir();
+  const std::string gpt = f.gpt2_file(), vit = f.vit_file();
+  // prenorm-convert: the error of the written model, within the tolerance (F32).
+  const fs::path out = d / "crms.safetensors";
+  const Outcome c = run_tool(kConvert, {"--to", "pre-crmsnorm", "--verify-tolerance", "1e-5", gpt, out});
+  ASSERT_EQ(c.code, 0) << describe(c);
+  EXPECT_NE(c.err.find("verify: 8 tokens: the logits of " + out.string() + " (F32) differ"),
+            std::string::npos) << describe(c);
+  EXPECT_NE(c.out.find("logits relative error "), std::string::npos) << describe(c);
+  // An explicit 16-bit output: the deviation is printed, and over the tolerance
+  // the run fails with nothing left behind (also a made folder, also shards).
+  const Outcome h = run_tool(kConvert, {"--to", "pre-crmsnorm", "--dtype", "BF16", gpt, d / "bf16.safetensors"});
+  ASSERT_EQ(h.code, 0) << describe(h);
+  EXPECT_NE(h.err.find("(BF16) differ from the source's by "), std::string::npos) << describe(h);
+  for (const fs::path& target : {d / "f16.safetensors.index.json", d / "made/"})
+    expect_failure(kConvert, {"--to", "pre-rmsnorm", "--dtype", "F16", "--max-shard-size", "1KB",
+                              "--verify-tolerance=1e-6", gpt, target},
+                   1, d, {gpt}, {"verification failed", "more than --verify-tolerance 1e-06"});
+  expect_failure(kConvert, {"--to", "pre-ln", "--verify-tolerance", "x", gpt, out}, 2, d, {gpt},
+                 {"--verify-tolerance takes a number"});
+
+  // prenorm-verify: a correct conversion passes, a tampered file fails.
+  const Outcome v = run_tool(kVerify, {d / "gpt2", out});
+  EXPECT_EQ(v.code, 0) << describe(v);
+  EXPECT_NE(v.out.find("(8 tokens): logits relative error "), std::string::npos) << describe(v);
+  EXPECT_NE(v.out.find(": pass"), std::string::npos) << describe(v);
+  write_tampered(out, d / "tampered.safetensors");
+  const Outcome t = run_tool(kVerify, {gpt, d / "tampered.safetensors"});
+  EXPECT_EQ(t.code, 1) << describe(t);
+  EXPECT_NE(t.out.find(": FAIL"), std::string::npos) << describe(t);
+  EXPECT_EQ(run_tool(kVerify, {"--tolerance=1", gpt, d / "tampered.safetensors"}).code, 0);
+  // A ViT and its conversion; a GPT against a ViT; usage.
+  const fs::path vit_out = d / "vit-crms.safetensors";
+  ASSERT_EQ(run_tool(kConvert, {"--to", "pre-crmsnorm", vit, vit_out}).code, 0);
+  const Outcome w = run_tool(kVerify, {vit, vit_out});
+  EXPECT_EQ(w.code, 0) << describe(w);
+  EXPECT_NE(w.out.find("(one 3x8x8 image)"), std::string::npos) << describe(w);
+  expect_failure(kVerify, {gpt, vit}, 1, d, {gpt, vit}, {"cannot compare a gpt with a vit"});
+  expect_failure(kVerify, {gpt}, 2, d, {gpt}, {"expected A and B"});
+  expect_failure(kVerify, {"--tolerance", "-1", gpt, gpt}, 2, d, {gpt}, {"--tolerance takes a number"});
+  expect_failure(kVerify, {gpt, d / "missing.safetensors"}, 1, d, {gpt}, {"missing.safetensors"});
+}
+
+// ===========================================================================
 // Hugging Face decoder families (GPT-NeoX, OPT, Phi, GPT-J): a fixture folder
 // of tests/support/hf_fixtures.hpp, run and converted by the tools, against the
 // long-double reference of tests/support/hf_reference.hpp
@@ -616,9 +817,11 @@ TEST(ToolsHfDecoders, InferAndConvertAFixtureFolder) {
     }
     for (const char* arch : {"pre-rmsnorm", "pre-crmsnorm"}) {
       const fs::path out = dir / (layout + "-" + arch + ".safetensors");
-      // In F32: rounding a converted model to the file's F16 / BF16 is not exact.
-      const Outcome c = run_tool(kConvert, {"--to", arch, "--dtype", "F32", f.dir, out});
+      // The default --dtype auto writes F32 for the F16 / BF16 files: rounding a
+      // converted model to 16 bits would not be exact (expect_infers: 1e-5).
+      const Outcome c = run_tool(kConvert, {"--to", arch, f.dir, out});
       ASSERT_EQ(c.code, 0) << describe(c);
+      EXPECT_EQ(io::prenorm_dtype(io::SafetensorsFile(out)), Dtype::F32);
       EXPECT_NE(c.out.find(" (" + layout + ", gpt) pre_ln -> "), std::string::npos) << describe(c);
       expect_infers(out, arch);
       const fs::path back = dir / (layout + "-" + arch + "-back.safetensors");
@@ -664,8 +867,9 @@ TEST(Tools, DecoderFamiliesGptBigcodeGptNeoBloom) {
     for (const char* arch : kArchs) {
       SCOPED_TRACE(arch);
       const fs::path out = dir / (layout + "-" + arch + ".safetensors");
-      // F32 output: BLOOM's precomputed LN_emb(E) table would lose precision in BF16.
-      const Outcome c = run_tool(kConvert, {"--to", arch, "--dtype", "F32", f.model_path(), out});
+      // The default (auto) writes F32: BLOOM's precomputed LN_emb(E) table would
+      // lose precision in BF16.
+      const Outcome c = run_tool(kConvert, {"--to", arch, f.model_path(), out});
       ASSERT_EQ(c.code, 0) << describe(c);
       EXPECT_NE(c.out.find("(" + layout + ", gpt) pre_ln -> "), std::string::npos) << describe(c);
       const Outcome i = run_tool(kInfer, {out, "--tokens", kTokensArg, "--logits-out", logits, "--generate", "5"});

@@ -140,11 +140,17 @@ inline Layout detect_layout(const SafetensorsFile& file,
       "'vit.embeddings.patch_embeddings.projection.weight'");
 }
 
-// `path`, or `path`/model.safetensors when `path` is a directory (a Hugging
-// Face checkpoint folder, as the tools accept).
+// `path`, or, when `path` is a directory (a Hugging Face checkpoint folder, as
+// the tools accept), the checkpoint in it: `path`/model.safetensors, else the
+// index of a sharded one, `path`/model.safetensors.index.json (SafetensorsFile
+// opens either). Without both, `path`/model.safetensors, for the error.
 inline std::filesystem::path model_file_path(const std::filesystem::path& path) {
   std::error_code error;
-  return std::filesystem::is_directory(path, error) ? path / "model.safetensors" : path;
+  if (!std::filesystem::is_directory(path, error)) return path;
+  const std::filesystem::path single = path / "model.safetensors";
+  const std::filesystem::path index = path / "model.safetensors.index.json";
+  if (!std::filesystem::exists(single, error) && std::filesystem::exists(index, error)) return index;
+  return single;
 }
 
 // A GPT or ViT of one of the three architectures.

@@ -12,24 +12,30 @@
 // another name or through a link included), so a tool never replaces its
 // own input.
 //
+// write_files_atomically does the same for several files (a sharded
+// checkpoint): all are written and flushed before the first rename.
+//
 // POSIX only (open, fsync, rename).
 
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cerrno>
 #include <cstddef>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <ostream>
 #include <random>
 #include <span>
 #include <streambuf>
 #include <string>
 #include <system_error>
+#include <utility>
 #include <vector>
 
 #include "error.hpp"
@@ -130,93 +136,143 @@ inline void check_not_an_input(const std::filesystem::path& destination,
   }
 }
 
+// One file to write: its destination and what to write into it.
+struct FileToWrite {
+  std::filesystem::path destination;
+  std::function<void(std::ostream&)> write_contents;
+};
+
+namespace detail {
+
+// A temporary file beside `destination`, removed unless committed.
+class TemporaryFile {
+ public:
+  static constexpr const char* kOp = "write_file_atomically";
+
+  explicit TemporaryFile(std::filesystem::path destination) : destination_(std::move(destination)) {
+    if (destination_.empty() || !destination_.has_filename())
+      fail_with<FileError>(kOp, "destination '", destination_.string(), "' does not name a file");
+    const std::filesystem::path directory = this->directory();
+    for (int attempt = 0; fd_ < 0; ++attempt) {
+      std::filesystem::path candidate = directory / temporary_name_for(destination_);
+      // 0666 minus the umask, like any newly created file.
+      const int fd = ::open(candidate.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+      if (fd >= 0) {
+        path_ = std::move(candidate);
+        fd_ = fd;
+      } else if (errno != EEXIST || attempt >= 100) {
+        const int error = errno;
+        fail_with<FileError>(kOp, "cannot create a temporary file in '", directory.string(),
+                             "' to write '", destination_.string(), "': ", errno_text(error));
+      }
+    }
+    // Replacing a file keeps its permissions.
+    struct ::stat existing {};
+    if (::stat(destination_.c_str(), &existing) == 0 && S_ISREG(existing.st_mode))
+      ::fchmod(fd_, existing.st_mode & 07777);
+  }
+  TemporaryFile(const TemporaryFile&) = delete;
+  TemporaryFile& operator=(const TemporaryFile&) = delete;
+  ~TemporaryFile() {
+    if (fd_ >= 0) ::close(fd_);
+    if (!committed_ && !path_.empty()) ::unlink(path_.c_str());
+  }
+
+  const std::filesystem::path& destination() const { return destination_; }
+  std::filesystem::path directory() const {
+    return destination_.has_parent_path() ? destination_.parent_path() : std::filesystem::path(".");
+  }
+
+  // Writes the contents, flushes them to disk and closes the file.
+  void write(const std::function<void(std::ostream&)>& write_contents) {
+    {
+      FdStreamBuf buffer(fd_);
+      std::ostream stream(&buffer);
+      write_contents(stream);
+      stream.flush();
+      if (!stream || buffer.error() != 0) {
+        const int error = buffer.error();
+        fail_with<FileError>(kOp, "cannot write '", path_.string(),
+                             "': ", error != 0 ? errno_text(error) : std::string("stream error"));
+      }
+    }
+    if (::fsync(fd_) != 0) {
+      const int error = errno;
+      fail_with<FileError>(kOp, "cannot flush '", path_.string(), "' to disk: ", errno_text(error));
+    }
+    const int fd = fd_;
+    fd_ = -1;
+    if (::close(fd) != 0) {
+      const int error = errno;
+      fail_with<FileError>(kOp, "cannot close '", path_.string(), "': ", errno_text(error));
+    }
+  }
+
+  // Renames the written file onto the destination.
+  void commit() {
+    if (::rename(path_.c_str(), destination_.c_str()) != 0) {
+      const int error = errno;
+      fail_with<FileError>(kOp, "cannot rename '", path_.string(), "' to '",
+                           destination_.string(), "': ", errno_text(error));
+    }
+    committed_ = true;
+  }
+  bool committed() const { return committed_; }
+
+ private:
+  std::filesystem::path destination_;
+  std::filesystem::path path_;
+  int fd_ = -1;
+  bool committed_ = false;
+};
+
+}  // namespace detail
+
+// Creates or replaces each of `files` with what its function writes, all or
+// nothing as far as a process can: every file is written to a temporary
+// beside its destination and flushed first, and only then are they renamed
+// one by one. If anything throws before the renames, no destination is
+// touched; if a rename fails, the files renamed before it are removed too.
+inline void write_files_atomically(const std::vector<FileToWrite>& files,
+                                   const std::vector<std::filesystem::path>& inputs = {}) {
+  for (const FileToWrite& file : files) check_not_an_input(file.destination, inputs);
+  std::vector<std::unique_ptr<detail::TemporaryFile>> temporaries;
+  for (const FileToWrite& file : files) {
+    temporaries.push_back(std::make_unique<detail::TemporaryFile>(file.destination));
+    temporaries.back()->write(file.write_contents);
+  }
+  // An input could have been renamed onto a destination meanwhile; check
+  // again just before the point of no return.
+  for (const FileToWrite& file : files) check_not_an_input(file.destination, inputs);
+  try {
+    for (const auto& temporary : temporaries) temporary->commit();
+  } catch (...) {
+    for (const auto& temporary : temporaries)
+      if (temporary->committed()) ::unlink(temporary->destination().c_str());
+    throw;
+  }
+
+  // Make the renames durable. Failure here leaves complete files, so it is
+  // not reported.
+  std::vector<std::filesystem::path> directories;
+  for (const auto& temporary : temporaries) {
+    const std::filesystem::path directory = temporary->directory();
+    if (std::find(directories.begin(), directories.end(), directory) != directories.end()) continue;
+    directories.push_back(directory);
+    const int directory_fd = ::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (directory_fd >= 0) {
+      ::fsync(directory_fd);
+      ::close(directory_fd);
+    }
+  }
+}
+
 // Creates or replaces `destination` with what `write_contents` writes to the
 // stream it is given. See the top of this file for the guarantees.
 inline void write_file_atomically(const std::filesystem::path& destination,
                                   const std::function<void(std::ostream&)>& write_contents,
                                   const std::vector<std::filesystem::path>& inputs = {}) {
-  constexpr const char* kOp = "write_file_atomically";
-  if (destination.empty() || !destination.has_filename())
-    detail::fail_with<FileError>(kOp, "destination '", destination.string(),
-                                 "' does not name a file");
-  check_not_an_input(destination, inputs);
-
-  const std::filesystem::path directory =
-      destination.has_parent_path() ? destination.parent_path() : std::filesystem::path(".");
-
-  // The temporary file and its removal unless committed.
-  struct Temporary {
-    std::filesystem::path path;
-    int fd = -1;
-    bool committed = false;
-    ~Temporary() {
-      if (fd >= 0) ::close(fd);
-      if (!committed && !path.empty()) ::unlink(path.c_str());
-    }
-  } temporary;
-
-  for (int attempt = 0; temporary.fd < 0; ++attempt) {
-    std::filesystem::path candidate = directory / detail::temporary_name_for(destination);
-    // 0666 minus the umask, like any newly created file.
-    const int fd = ::open(candidate.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (fd >= 0) {
-      temporary.path = std::move(candidate);
-      temporary.fd = fd;
-    } else if (errno != EEXIST || attempt >= 100) {
-      const int error = errno;
-      detail::fail_with<FileError>(kOp, "cannot create a temporary file in '", directory.string(),
-                                   "' to write '", destination.string(),
-                                   "': ", detail::errno_text(error));
-    }
-  }
-
-  // Replacing a file keeps its permissions.
-  struct ::stat existing {};
-  if (::stat(destination.c_str(), &existing) == 0 && S_ISREG(existing.st_mode))
-    ::fchmod(temporary.fd, existing.st_mode & 07777);
-
-  {
-    detail::FdStreamBuf buffer(temporary.fd);
-    std::ostream stream(&buffer);
-    write_contents(stream);
-    stream.flush();
-    if (!stream || buffer.error() != 0) {
-      const int error = buffer.error();
-      detail::fail_with<FileError>(
-          kOp, "cannot write '", temporary.path.string(),
-          "': ", error != 0 ? detail::errno_text(error) : std::string("stream error"));
-    }
-  }
-
-  if (::fsync(temporary.fd) != 0) {
-    const int error = errno;
-    detail::fail_with<FileError>(kOp, "cannot flush '", temporary.path.string(),
-                                 "' to disk: ", detail::errno_text(error));
-  }
-  const int fd = temporary.fd;
-  temporary.fd = -1;
-  if (::close(fd) != 0) {
-    const int error = errno;
-    detail::fail_with<FileError>(kOp, "cannot close '", temporary.path.string(),
-                                 "': ", detail::errno_text(error));
-  }
-  // An input could have been renamed onto the destination meanwhile; check
-  // again just before the point of no return.
-  check_not_an_input(destination, inputs);
-  if (::rename(temporary.path.c_str(), destination.c_str()) != 0) {
-    const int error = errno;
-    detail::fail_with<FileError>(kOp, "cannot rename '", temporary.path.string(), "' to '",
-                                 destination.string(), "': ", detail::errno_text(error));
-  }
-  temporary.committed = true;
-
-  // Make the rename itself durable. Failure here leaves a complete file, so
-  // it is not reported.
-  const int directory_fd = ::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (directory_fd >= 0) {
-    ::fsync(directory_fd);
-    ::close(directory_fd);
-  }
+  write_files_atomically({FileToWrite{destination, write_contents}}, inputs);
 }
 
 // The same for contents already in memory.

@@ -1,9 +1,11 @@
 #pragma once
-// Writing safetensors files (the format: safetensors_header.hpp).
+// Writing safetensors files (the format: safetensors_header.hpp), one file or
+// a sharded checkpoint (split, write_sharded; the reader: safetensors_reader.hpp).
 
 #include <Eigen/Core>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -89,6 +91,34 @@ class SafetensorsWriter {
 
   std::size_t size() const { return tensors_.size(); }
 
+  // The bytes of tensor data (what a shard size limit counts; the header apart).
+  std::uint64_t data_size() const {
+    std::uint64_t total = 0;
+    for (const Tensor& tensor : tensors_) total += tensor.bytes.size();
+    return total;
+  }
+
+  // Splits the tensors, in the order they were added, into writers of at most
+  // `max_shard_bytes` of data each (a tensor larger than that gets a writer of
+  // its own), each with the metadata; at least one writer. The tensors move.
+  std::vector<SafetensorsWriter> split(std::uint64_t max_shard_bytes) && {
+    std::vector<SafetensorsWriter> shards(1);
+    std::uint64_t filled = 0;
+    for (Tensor& tensor : tensors_) {
+      if (filled > 0 && filled + tensor.bytes.size() > max_shard_bytes) {
+        shards.emplace_back();
+        filled = 0;
+      }
+      filled += tensor.bytes.size();
+      shards.back().names_.insert(tensor.name);
+      shards.back().tensors_.push_back(std::move(tensor));
+    }
+    for (SafetensorsWriter& shard : shards) shard.metadata_ = metadata_;
+    tensors_.clear();
+    names_.clear();
+    return shards;
+  }
+
   // The header: JSON padded with spaces to a multiple of 8 bytes.
   std::string header() const {
     // Joined entry by entry (each one serialized by nlohmann) rather than
@@ -138,9 +168,22 @@ class SafetensorsWriter {
   // refusing to replace any of `inputs`.
   void write(const std::filesystem::path& path,
              const std::vector<std::filesystem::path>& inputs = {}) const {
-    const std::string header_text = header();  // header errors before touching the disk
-    write_file_atomically(
-        path, [&](std::ostream& out) { write_unchecked(out, header_text); }, inputs);
+    write_files_atomically({file_to_write(path)}, inputs);
+  }
+
+  // `path` and the function that writes this file (for write_files_atomically).
+  // Header errors throw here, before anything touches the disk.
+  FileToWrite file_to_write(const std::filesystem::path& path) const {
+    return {path, [this, header_text = header()](std::ostream& out) {
+              write_unchecked(out, header_text);
+            }};
+  }
+
+  // The names of the tensors, in the order they were added.
+  std::vector<std::string> names() const {
+    std::vector<std::string> result;
+    for (const Tensor& tensor : tensors_) result.push_back(tensor.name);
+    return result;
   }
 
  private:
@@ -219,5 +262,53 @@ class SafetensorsWriter {
   std::unordered_set<std::string> names_;  // of tensors_, for duplicate checks
   std::map<std::string, std::string> metadata_;
 };
+
+// The file name of shard `i` (from 1) of `count` for the index `index`
+// (Hugging Face's convention): <prefix>-0000i-of-0000N.safetensors, where the
+// index is <prefix>.safetensors.index.json (any other name: the whole name is the prefix).
+inline std::string shard_file_name(const std::filesystem::path& index, std::size_t i,
+                                   std::size_t count) {
+  std::string prefix = index.filename().string();
+  constexpr std::string_view kSuffix = ".safetensors.index.json";
+  if (prefix.size() > kSuffix.size() &&
+      prefix.compare(prefix.size() - kSuffix.size(), kSuffix.size(), kSuffix) == 0)
+    prefix.resize(prefix.size() - kSuffix.size());
+  char number[32];
+  std::snprintf(number, sizeof number, "-%05zu-of-%05zu.safetensors", i, count);
+  return prefix + number;
+}
+
+// Writes a sharded checkpoint: each of `shards` as shard_file_name(index, i,
+// N) beside `index`, and the index itself, {"metadata": {"total_size": data
+// bytes}, "weight_map": {tensor: shard file}}. All or nothing
+// (write_files_atomically), refusing to replace any of `inputs`. Returns the
+// paths written, the index first.
+inline std::vector<std::filesystem::path> write_sharded(
+    const std::vector<SafetensorsWriter>& shards, const std::filesystem::path& index,
+    const std::vector<std::filesystem::path>& inputs = {}) {
+  const std::filesystem::path folder =
+      index.has_parent_path() ? index.parent_path() : std::filesystem::path(".");
+  nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
+  std::uint64_t total_size = 0;
+  std::vector<FileToWrite> files;
+  for (std::size_t i = 0; i < shards.size(); ++i) {
+    const std::string name = shard_file_name(index, i + 1, shards.size());
+    for (const std::string& tensor : shards[i].names()) weight_map[tensor] = name;
+    total_size += shards[i].data_size();
+    files.push_back(shards[i].file_to_write(folder / name));
+  }
+  nlohmann::ordered_json json;
+  json["metadata"] = {{"total_size", total_size}};
+  json["weight_map"] = std::move(weight_map);
+  const std::string text = json.dump(2) + "\n";
+  // The index last: it is renamed into place after every shard.
+  files.push_back(FileToWrite{index, [text](std::ostream& out) {
+                                out.write(text.data(), std::streamsize(text.size()));
+                              }});
+  write_files_atomically(files, inputs);
+  std::vector<std::filesystem::path> written = {index};
+  for (std::size_t i = 0; i + 1 < files.size(); ++i) written.push_back(files[i].destination);
+  return written;
+}
 
 }  // namespace prenorm::io

@@ -1,0 +1,108 @@
+#pragma once
+// The equivalence check shared by prenorm-convert (after writing) and
+// prenorm-verify: two models of one kind (GPT or ViT; any layouts and
+// architectures) run on one deterministic probe input in double, and the
+// relative error of their logits, max |b - a| / max |a| with `a` the
+// reference. The hidden states are not compared: the architectures keep
+// different residual streams (Pre-CRMSNorm's is compressed to d - 1), so only
+// the logits are comparable across a conversion.
+
+#include <prenorm/io.hpp>
+#include <prenorm/models.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <variant>
+#include <vector>
+
+namespace prenorm_tools {
+
+struct Comparison {
+  std::string probe;        // what was run, e.g. "8 tokens" or "one 3x32x32 image"
+  double logits_error = 0;  // relative, see the top of this file; NaN if either has NaN
+};
+
+namespace detail {
+
+inline double relative_error(const prenorm::RowMatrix<double>& reference,
+                             const prenorm::RowMatrix<double>& other) {
+  if (!reference.allFinite() || !other.allFinite()) return std::numeric_limits<double>::quiet_NaN();
+  const double scale = std::max(reference.cwiseAbs().maxCoeff(), 1e-300);
+  return (other - reference).cwiseAbs().maxCoeff() / scale;
+}
+
+// Shapes that must agree for the models to be compared, as "name a vs b".
+template <class A, class B>
+std::string shape_mismatch(const A& a, const B& b) {
+  const auto differ = [](const char* name, prenorm::Index x, prenorm::Index y) {
+    return x == y ? std::string()
+                  : std::string(name) + " " + std::to_string(x) + " vs " + std::to_string(y);
+  };
+  if constexpr (requires { a.config.vocab; }) {
+    return differ("vocab", a.config.vocab, b.config.vocab);
+  } else {
+    std::string text = differ("classes", a.config.classes, b.config.classes);
+    if (text.empty()) text = differ("image_size", a.config.image_size, b.config.image_size);
+    if (text.empty()) text = differ("channels", a.config.channels, b.config.channels);
+    return text;
+  }
+}
+
+}  // namespace detail
+
+// A tolerance given on the command line: a finite number >= 0, else nullopt.
+inline std::optional<double> parse_tolerance(const std::string& text) {
+  char* end = nullptr;
+  const double tolerance = std::strtod(text.c_str(), &end);
+  if (text.empty() || *end != '\0' || !(tolerance >= 0) || !std::isfinite(tolerance))
+    return std::nullopt;
+  return tolerance;
+}
+
+// Runs `reference` and `other` on the probe: up to 8 tokens (ids spread over
+// the vocabulary, within the context) for a GPT, one image of smooth
+// deterministic pixels for a ViT. Throws std::runtime_error when the models
+// are of different kinds or shapes.
+inline Comparison compare_models(const prenorm::io::AnyModel<double>& reference,
+                                 const prenorm::io::AnyModel<double>& other) {
+  if (prenorm::io::kind_of(reference) != prenorm::io::kind_of(other))
+    throw std::runtime_error(std::string("cannot compare a ") +
+                             std::string(prenorm::io::model_kind_name(prenorm::io::kind_of(reference))) +
+                             " with a " +
+                             std::string(prenorm::io::model_kind_name(prenorm::io::kind_of(other))));
+  return std::visit(
+      [](const auto& a, const auto& b) -> Comparison {
+        constexpr bool kGpt = requires { a.config.vocab; };
+        if constexpr (kGpt != requires { b.config.vocab; }) {
+          throw std::logic_error("compare_models: kinds checked above");
+        } else {
+          if (const std::string mismatch = detail::shape_mismatch(a, b); !mismatch.empty())
+            throw std::runtime_error("the models differ in shape: " + mismatch);
+          if constexpr (kGpt) {
+            const prenorm::Index T = std::min<prenorm::Index>({8, a.config.context, b.config.context});
+            std::vector<int> ids(static_cast<std::size_t>(T));
+            for (prenorm::Index t = 0; t < T; ++t)
+              ids[std::size_t(t)] = int((t * 7919 + 13) % a.config.vocab);
+            const prenorm::TokenBatch batch{ids, 1, T};
+            return {std::to_string(T) + " tokens",
+                    detail::relative_error(a.forward(batch), b.forward(batch))};
+          } else {
+            const auto& c = a.config;
+            std::vector<double> pixels(std::size_t(c.channels * c.image_size * c.image_size));
+            for (std::size_t i = 0; i < pixels.size(); ++i) pixels[i] = std::sin(0.37 * double(i) + 0.5);
+            const prenorm::ImageBatch<double> image{pixels, 1, c.channels, c.image_size, c.image_size};
+            return {"one " + std::to_string(c.channels) + "x" + std::to_string(c.image_size) + "x" +
+                        std::to_string(c.image_size) + " image",
+                    detail::relative_error(a.forward(image), b.forward(image))};
+          }
+        }
+      },
+      reference, other);
+}
+
+}  // namespace prenorm_tools
