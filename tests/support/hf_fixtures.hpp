@@ -798,6 +798,37 @@ inline void image_config(nlohmann::ordered_json& c, const ImageSizes& s) {
   c["patch_size"] = s.patch;
 }
 
+// The embeddings of DINOv2 and DeiT under `e` ("dinov2.embeddings."): the
+// `tokens` (1, 1, d) before the patches, positions (1, tokens + P, d), the patch
+// conv with a bias.
+inline void vit_embeddings(Builder& b, const std::string& e, const ImageSizes& s,
+                           std::initializer_list<const char*> tokens) {
+  const int d = s.width, T = int(tokens.size()) + s.patches();
+  for (const char* token : tokens) image_token(b, e + token, d);
+  b.embedding(e + "position_embeddings", T, d);
+  b.reshape(e + "position_embeddings", {1, T, d});
+  b.conv(e + "patch_embeddings.projection.weight", d, s.channels, s.patch);
+  b.residual_bias(e + "patch_embeddings.projection.bias", d);
+}
+
+// The self-attention of a DINOv2 / DeiT layer `l`.
+inline void vit_attention(Builder& b, const std::string& l, int d) {
+  for (const char* x : {"query", "key", "value"}) {
+    b.linear(l + "attention.attention." + x + ".weight", d, d);
+    b.bias(l + "attention.attention." + x + ".bias", d);
+  }
+  b.linear(l + "attention.output.dense.weight", d, d);
+  b.residual_bias(l + "attention.output.dense.bias", d);
+}
+
+// An MLP that writes the residual stream: fc (I, d), proj (d, I).
+inline void residual_mlp(Builder& b, const std::string& fc, const std::string& proj, int d, int I) {
+  b.linear(fc + ".weight", I, d);
+  b.bias(fc + ".bias", I);
+  b.linear(proj + ".weight", d, I);
+  b.residual_bias(proj + ".bias", d);
+}
+
 inline void labels_config(nlohmann::ordered_json& c, int classes) {
   nlohmann::ordered_json id2label = nlohmann::ordered_json::object(),
                          label2id = nlohmann::ordered_json::object();
@@ -841,10 +872,7 @@ inline Fixture write_clip_vision_fixture(const fs::path& dir, const ClipVisionOp
     b.linear(l + "self_attn.out_proj.weight", d, d);
     b.residual_bias(l + "self_attn.out_proj.bias", d);
     b.layer_norm(l + "layer_norm1.", d);
-    b.linear(l + "mlp.fc1.weight", I, d);
-    b.bias(l + "mlp.fc1.bias", I);
-    b.linear(l + "mlp.fc2.weight", d, I);
-    b.residual_bias(l + "mlp.fc2.bias", d);
+    detail::residual_mlp(b, l + "mlp.fc1", l + "mlp.fc2", d, I);
     b.layer_norm(l + "layer_norm2.", d);
   }
   b.layer_norm(p + "post_layernorm.", d);
@@ -892,31 +920,19 @@ struct Dinov2Options {
 inline Fixture write_dinov2_fixture(const fs::path& dir, const Dinov2Options& o, Dtype dtype,
                                     std::uint64_t seed) {
   const ImageSizes& s = o.sizes;
-  const int d = s.width, I = s.mlp_width(), T = 1 + s.patches();
+  const int d = s.width, I = s.mlp_width();
   const std::string p = o.prefix ? "dinov2." : "";
   detail::Builder b(seed);
-  detail::image_token(b, p + "embeddings.cls_token", d);
+  detail::vit_embeddings(b, p + "embeddings.", s, {"cls_token"});
   b.vector(p + "embeddings.mask_token", d, 0.1, 0.0);
   b.reshape(p + "embeddings.mask_token", {1, d});
-  b.embedding(p + "embeddings.position_embeddings", T, d);
-  b.reshape(p + "embeddings.position_embeddings", {1, T, d});
-  b.conv(p + "embeddings.patch_embeddings.projection.weight", d, s.channels, s.patch);
-  b.residual_bias(p + "embeddings.patch_embeddings.projection.bias", d);
   for (int i = 0; i < s.layers; ++i) {
     const std::string l = detail::layer(p + "encoder.layer.", i);
     b.layer_norm(l + "norm1.", d);
-    for (const char* x : {"query", "key", "value"}) {
-      b.linear(l + "attention.attention." + x + ".weight", d, d);
-      b.bias(l + "attention.attention." + x + ".bias", d);
-    }
-    b.linear(l + "attention.output.dense.weight", d, d);
-    b.residual_bias(l + "attention.output.dense.bias", d);
+    detail::vit_attention(b, l, d);
     b.vector(l + "layer_scale1.lambda1", d, 0.5, 1.0);
     b.layer_norm(l + "norm2.", d);
-    b.linear(l + "mlp.fc1.weight", I, d);
-    b.bias(l + "mlp.fc1.bias", I);
-    b.linear(l + "mlp.fc2.weight", d, I);
-    b.residual_bias(l + "mlp.fc2.bias", d);
+    detail::residual_mlp(b, l + "mlp.fc1", l + "mlp.fc2", d, I);
     b.vector(l + "layer_scale2.lambda1", d, 0.5, 1.0);
   }
   b.layer_norm(p + "layernorm.", d);
@@ -955,30 +971,17 @@ struct DeitOptions {
 inline Fixture write_deit_fixture(const fs::path& dir, const DeitOptions& o, Dtype dtype,
                                   std::uint64_t seed) {
   const ImageSizes& s = o.sizes;
-  const int d = s.width, I = s.mlp_width(), T = 2 + s.patches();
+  const int d = s.width, I = s.mlp_width();
   const std::string p = "deit.";
   detail::Builder b(seed);
-  detail::image_token(b, p + "embeddings.cls_token", d);
-  detail::image_token(b, p + "embeddings.distillation_token", d);
+  detail::vit_embeddings(b, p + "embeddings.", s, {"cls_token", "distillation_token"});
   if (o.mask_token) detail::image_token(b, p + "embeddings.mask_token", d);
-  b.embedding(p + "embeddings.position_embeddings", T, d);
-  b.reshape(p + "embeddings.position_embeddings", {1, T, d});
-  b.conv(p + "embeddings.patch_embeddings.projection.weight", d, s.channels, s.patch);
-  b.residual_bias(p + "embeddings.patch_embeddings.projection.bias", d);
   for (int i = 0; i < s.layers; ++i) {
     const std::string l = detail::layer(p + "encoder.layer.", i);
     b.layer_norm(l + "layernorm_before.", d);
-    for (const char* x : {"query", "key", "value"}) {
-      b.linear(l + "attention.attention." + x + ".weight", d, d);
-      b.bias(l + "attention.attention." + x + ".bias", d);
-    }
-    b.linear(l + "attention.output.dense.weight", d, d);
-    b.residual_bias(l + "attention.output.dense.bias", d);
+    detail::vit_attention(b, l, d);
     b.layer_norm(l + "layernorm_after.", d);
-    b.linear(l + "intermediate.dense.weight", I, d);
-    b.bias(l + "intermediate.dense.bias", I);
-    b.linear(l + "output.dense.weight", d, I);
-    b.residual_bias(l + "output.dense.bias", d);
+    detail::residual_mlp(b, l + "intermediate.dense", l + "output.dense", d, I);
   }
   b.layer_norm(p + "layernorm.", d);
   for (const char* head : o.teacher ? std::vector<const char*>{"cls_classifier", "distillation_classifier"}

@@ -876,6 +876,25 @@ inline Mat scale_columns(Mat x, const Vec& lambda) {
   return x;
 }
 
+// The settings every image encoder's config has (the family's defaults for
+// layer_norm_eps and hidden_act).
+struct EncoderSettings {
+  int heads, layers, image_size, channels;
+  LD eps;
+  std::string act;
+};
+inline EncoderSettings encoder_settings(const nlohmann::json& c, double eps, const char* act) {
+  return {config_required<int>(c, "num_attention_heads"), config_required<int>(c, "num_hidden_layers"),
+          config_required<int>(c, "image_size"), config_value<int>(c, "num_channels", 3),
+          config_value<double>(c, "layer_norm_eps", eps), config_value<std::string>(c, "hidden_act", act)};
+}
+
+// The patch conv `conv` (with `bias`, when given) of `image`.
+inline Mat encoder_patches(const Weights& w, const EncoderSettings& s, const Vec& image,
+                           const std::string& conv, const Vec* bias) {
+  return patch_conv(image, s.channels, s.image_size, s.image_size, w.at(conv), bias);
+}
+
 }  // namespace detail
 
 // modeling_clip.py: CLIPVisionModelWithProjection / CLIPModel.get_image_features
@@ -890,22 +909,19 @@ inline Mat reference_outputs_clip_vision(const nlohmann::json& config, const HfT
   const Weights w(tensors);
   const bool whole = config_value<std::string>(config, "model_type", "") == "clip";
   const nlohmann::json& c = whole ? config.at("vision_config") : config;
-  const int heads = config_required<int>(c, "num_attention_heads");
-  const int layers = config_required<int>(c, "num_hidden_layers"), size = config_required<int>(c, "image_size");
-  const int C = config_value<int>(c, "num_channels", 3);
-  const LD eps = config_value<double>(c, "layer_norm_eps", 1e-5);
-  const std::string act = config_value<std::string>(c, "hidden_act", "quick_gelu");
+  const EncoderSettings s = encoder_settings(c, 1e-5, "quick_gelu");
+  const LD eps = s.eps;
   const std::string p = w.prefix_of("embeddings.patch_embedding.weight", {"vision_model.", ""});
-  const Mat patches = patch_conv(image, C, size, size, w.at(p + "embeddings.patch_embedding.weight"), nullptr);
+  const Mat patches = encoder_patches(w, s, image, p + "embeddings.patch_embedding.weight", nullptr);
   Mat h = with_tokens({w.vector(p + "embeddings.class_embedding")}, patches,
                       w.at(p + "embeddings.position_embedding.weight"));
   h = norm(h, w, p + "pre_layrnorm", eps);
-  for (int i = 0; i < layers; ++i) {
+  for (int i = 0; i < s.layers; ++i) {
     const std::string l = p + "encoder.layers." + std::to_string(i) + ".";
     const std::string a = l + "self_attn.";
-    h = add(h, encoder_attention(norm(h, w, l + "layer_norm1", eps), w, heads, a + "q_proj",
+    h = add(h, encoder_attention(norm(h, w, l + "layer_norm1", eps), w, s.heads, a + "q_proj",
                                  a + "k_proj", a + "v_proj", a + "out_proj"));
-    h = add(h, encoder_mlp(norm(h, w, l + "layer_norm2", eps), w, l + "mlp.fc1", l + "mlp.fc2", act));
+    h = add(h, encoder_mlp(norm(h, w, l + "layer_norm2", eps), w, l + "mlp.fc1", l + "mlp.fc2", s.act));
   }
   const Mat pooled = norm(row(h, 0), w, p + "post_layernorm", eps);
   if (!w.has("visual_projection.weight")) return pooled;
@@ -921,25 +937,22 @@ inline Mat reference_outputs_dinov2(const nlohmann::json& c, const HfTensors& te
                                     const Vec& image) {
   using namespace detail;
   const Weights w(tensors);
-  const int heads = config_required<int>(c, "num_attention_heads");
-  const int layers = config_required<int>(c, "num_hidden_layers"), size = config_required<int>(c, "image_size");
-  const int C = config_value<int>(c, "num_channels", 3);
-  const LD eps = config_value<double>(c, "layer_norm_eps", 1e-6);
-  const std::string act = config_value<std::string>(c, "hidden_act", "gelu");
+  const EncoderSettings s = encoder_settings(c, 1e-6, "gelu");
+  const LD eps = s.eps;
   if (config_value<bool>(c, "use_swiglu_ffn", false)) refuse("use_swiglu_ffn");
   const std::string p = w.prefix_of("embeddings.patch_embeddings.projection.weight", {"dinov2.", ""});
   const std::string e = p + "embeddings.";
   const Vec patch_bias = w.vector(e + "patch_embeddings.projection.bias");
-  const Mat patches = patch_conv(image, C, size, size, w.at(e + "patch_embeddings.projection.weight"), &patch_bias);
+  const Mat patches = encoder_patches(w, s, image, e + "patch_embeddings.projection.weight", &patch_bias);
   Mat h = with_tokens({flat(w.at(e + "cls_token"))}, patches, w.at(e + "position_embeddings"));
-  for (int i = 0; i < layers; ++i) {
+  for (int i = 0; i < s.layers; ++i) {
     const std::string l = p + "encoder.layer." + std::to_string(i) + ".";
     const std::string a = l + "attention.";
-    h = add(h, scale_columns(encoder_attention(norm(h, w, l + "norm1", eps), w, heads,
+    h = add(h, scale_columns(encoder_attention(norm(h, w, l + "norm1", eps), w, s.heads,
                                                a + "attention.query", a + "attention.key",
                                                a + "attention.value", a + "output.dense"),
                              w.vector(l + "layer_scale1.lambda1")));
-    h = add(h, scale_columns(encoder_mlp(norm(h, w, l + "norm2", eps), w, l + "mlp.fc1", l + "mlp.fc2", act),
+    h = add(h, scale_columns(encoder_mlp(norm(h, w, l + "norm2", eps), w, l + "mlp.fc1", l + "mlp.fc2", s.act),
                              w.vector(l + "layer_scale2.lambda1")));
   }
   const Mat seq = norm(h, w, p + "layernorm", eps);
@@ -964,25 +977,22 @@ inline Mat reference_outputs_deit(const nlohmann::json& c, const HfTensors& tens
                                   const Vec& image) {
   using namespace detail;
   const Weights w(tensors);
-  const int heads = config_required<int>(c, "num_attention_heads");
-  const int layers = config_required<int>(c, "num_hidden_layers"), size = config_required<int>(c, "image_size");
-  const int C = config_value<int>(c, "num_channels", 3);
-  const LD eps = config_value<double>(c, "layer_norm_eps", 1e-12);
-  const std::string act = config_value<std::string>(c, "hidden_act", "gelu");
+  const EncoderSettings s = encoder_settings(c, 1e-12, "gelu");
+  const LD eps = s.eps;
   const std::string p = w.prefix_of("embeddings.patch_embeddings.projection.weight", {"deit.", ""});
   const std::string e = p + "embeddings.";
   const Vec patch_bias = w.vector(e + "patch_embeddings.projection.bias");
-  const Mat patches = patch_conv(image, C, size, size, w.at(e + "patch_embeddings.projection.weight"), &patch_bias);
+  const Mat patches = encoder_patches(w, s, image, e + "patch_embeddings.projection.weight", &patch_bias);
   Mat h = with_tokens({flat(w.at(e + "cls_token")), flat(w.at(e + "distillation_token"))}, patches,
                       w.at(e + "position_embeddings"));
-  for (int i = 0; i < layers; ++i) {
+  for (int i = 0; i < s.layers; ++i) {
     const std::string l = p + "encoder.layer." + std::to_string(i) + ".";
     const std::string a = l + "attention.";
-    h = add(h, encoder_attention(norm(h, w, l + "layernorm_before", eps), w, heads,
+    h = add(h, encoder_attention(norm(h, w, l + "layernorm_before", eps), w, s.heads,
                                  a + "attention.query", a + "attention.key", a + "attention.value",
                                  a + "output.dense"));
     h = add(h, encoder_mlp(norm(h, w, l + "layernorm_after", eps), w, l + "intermediate.dense",
-                           l + "output.dense", act));
+                           l + "output.dense", s.act));
   }
   const Mat seq = norm(h, w, p + "layernorm", eps);
   const auto classify = [&](const std::string& name, int t) {

@@ -37,20 +37,10 @@ namespace prenorm::io {
 // The DeiT config (the pooling is the file's: see load_hf_deit).
 inline VitConfig deit_config_from_json(const nlohmann::json& json, const std::string& source) {
   constexpr const char* op = "hf_deit";
-  using namespace detail;
-  json_require_model_type(op, json, source, "deit");
-  VitConfig config = vit_like_config(op, json, source, 1e-12, "gelu");
-  config.mlp_width = json_integer(op, json, source, "intermediate_size", 1);
-  json_require_bool(op, json, source, "qkv_bias", true,
-                    "prenorm's DeiT reads query, key and value biases");
-  const std::optional<Index> classes = hf_class_count(op, json, source);
-  if (!classes)
-    fail_with<FormatError>(op, source,
-                           ": missing 'num_labels' and 'id2label' (the number of classes)");
-  config.classes = *classes;
+  VitConfig config = detail::vit_classifier_config(op, json, source, "deit");
   config.distillation_token = true;
   config.pooling = VitPooling::ClsDistillation;
-  validate_config(op, config, source);
+  detail::validate_config(op, config, source);
   return config;
 }
 

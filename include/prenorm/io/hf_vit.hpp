@@ -100,22 +100,30 @@ inline VitConfig vit_like_config(const char* op, const nlohmann::json& json,
   return config;
 }
 
-}  // namespace detail
-
-inline VitConfig vit_config_from_json(const nlohmann::json& json, const std::string& source) {
-  constexpr const char* op = "hf_vit";
-  using namespace detail;
-  json_require_model_type(op, json, source, "vit");
+// The config of a ViT image classifier (`model_type` "vit", or DeiT's "deit"):
+// vit_like_config's keys, intermediate_size, qkv_bias (true only) and the
+// classes. Not validated yet (the caller may add options).
+inline VitConfig vit_classifier_config(const char* op, const nlohmann::json& json,
+                                       const std::string& source, const char* model_type) {
+  json_require_model_type(op, json, source, model_type);
   VitConfig config = vit_like_config(op, json, source, 1e-12, "gelu");
   config.mlp_width = json_integer(op, json, source, "intermediate_size", 1);
   json_require_bool(op, json, source, "qkv_bias", true,
-                    "prenorm's ViT reads query, key and value biases");
+                    "prenorm reads query, key and value biases");
   const std::optional<Index> classes = hf_class_count(op, json, source);
   if (!classes)
     fail_with<FormatError>(op, source,
                            ": missing 'num_labels' and 'id2label' (the number of classes)");
   config.classes = *classes;
-  validate_config(op, config, source);
+  return config;
+}
+
+}  // namespace detail
+
+inline VitConfig vit_config_from_json(const nlohmann::json& json, const std::string& source) {
+  constexpr const char* op = "hf_vit";
+  const VitConfig config = detail::vit_classifier_config(op, json, source, "vit");
+  detail::validate_config(op, config, source);
   return config;
 }
 
