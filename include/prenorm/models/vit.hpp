@@ -51,7 +51,7 @@ class Vit {
   using Block = PreNormBlock<A, S>;
   static constexpr Arch arch = A;
   // Called with -1 after the embeddings and with i after block i, on the main
-  // branch h [batch*(1+patches) x main] (residual adds complete).
+  // branch h [batch*tokens x main] (residual adds complete).
   using BlockHook = std::function<void(Index, const RowMatrix<S>&)>;
 
   VitConfig config;

@@ -29,7 +29,7 @@ class VitSession {
     return forward_images("VitSession::forward", images, nullptr);
   }
   // The same, calling hook(-1, h) after the embeddings and hook(i, h) after
-  // block i with the main branch h [batch*(1+patches) x main].
+  // block i with the main branch h [batch*tokens x main].
   const RowMatrix<S>& forward(const ImageBatch<S>& images, const BlockHook& hook) {
     return forward_images("VitSession::forward", images, &hook);
   }
@@ -56,7 +56,7 @@ class VitSession {
   BlockWorkspace<S> workspace_;
   RowMatrix<S> patches_;  // [batch*tokens x C*p*p]; the prefix (cls, distillation) rows are zero
   RowMatrix<S> embed_;    // [batch*tokens x d]: the embeddings a stem norm reads
-  RowMatrix<S> stem_;     // [batch*tokens x d]: the stem norm's output
+  RowMatrix<S> stem_;     // [batch*tokens x d]: the stem norm's output, before centering
   RowMatrix<S> h_, x_;    // [batch*tokens x main]
   RowMatrix<S> branch_;   // [batch*tokens x branch_width()]: a branch output in its first main columns
   RowMatrix<S> pooled_;   // [batch x pooled_parts*main]: the head's input
@@ -131,11 +131,11 @@ class VitSession {
     if (c.stem_norm) {
       // h = LN(e) gamma + beta starts the stream; a norm without centering
       // needs it zero-mean (and compressed to its first main coordinates).
-      stem_.resize(N, e);
-      layer_norm_forward(embed_, v.stem_gamma, v.stem_beta, stem_, eps);
       if constexpr (A == Arch::PreLN) {
-        h_ = stem_;
+        layer_norm_forward(embed_, v.stem_gamma, v.stem_beta, h_, eps);
       } else {
+        stem_.resize(N, e);
+        layer_norm_forward(embed_, v.stem_gamma, v.stem_beta, stem_, eps);
         detail::for_each_row(N, e, [&](Index r) {
           h_.row(r) = stem_.row(r).head(m).array() - stem_.row(r).mean();
         });
