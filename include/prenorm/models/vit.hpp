@@ -225,16 +225,18 @@ class Vit {
     f(std::string("patch.weight"), self.patch.weight);
     f(std::string("patch.bias"), self.patch.bias);
     f(std::string("cls_token"), self.cls_token);
-    f(std::string("distillation_token"), self.distillation_token);
     f(std::string("position_embedding"), self.position_embedding);
-    f(std::string("stem_gamma"), self.stem_gamma);
-    f(std::string("stem_beta"), self.stem_beta);
     for (std::size_t i = 0; i < self.blocks.size(); ++i)
       visit_block_parameters("blocks[" + std::to_string(i) + "].", self.blocks[i], f);
     f(std::string("final_gamma"), self.final_gamma);
     f(std::string("final_beta"), self.final_beta);
     f(std::string("head.weight"), self.head.weight);
     f(std::string("head.bias"), self.head.bias);
+    // The encoder options' tensors last, so that a plain ViT (where they are
+    // empty) visits, and saves, its tensors in the order it always had.
+    f(std::string("distillation_token"), self.distillation_token);
+    f(std::string("stem_gamma"), self.stem_gamma);
+    f(std::string("stem_beta"), self.stem_beta);
   }
 };
 
