@@ -255,6 +255,67 @@ INSTANTIATE_TEST_SUITE_P(Cases, ConvertVit, ::testing::ValuesIn(kVitCases),
                          [](const auto& info) { return std::string(info.param.name); });
 
 // ===========================================================================
+// The encoder families' options (VitConfig): a stem norm (CLIP), a
+// distillation token with the two-part head (DeiT), the patch-mean head
+// (DINOv2). Double only: the float paths are those above.
+// ===========================================================================
+
+struct FamilyCase {
+  const char* name;
+  bool stem_norm, distillation_token;
+  prenorm::VitPooling pooling;
+};
+
+const FamilyCase kFamilyCases[] = {
+    {"stem_norm", true, false, prenorm::VitPooling::Cls},
+    {"distillation", false, true, prenorm::VitPooling::ClsDistillation},
+    {"patch_mean", false, false, prenorm::VitPooling::ClsPatchMean},
+    {"all", true, true, prenorm::VitPooling::ClsPatchMean},
+};
+
+class ConvertVitFamily : public ::testing::TestWithParam<FamilyCase> {};
+
+TEST_P(ConvertVitFamily, EveryDirectionKeepsLogitsDouble) {
+  const FamilyCase& f = GetParam();
+  VitConfig config = vit_config({"", 9, 3, 0, 2, 1e-6});
+  config.stem_norm = f.stem_norm;
+  config.distillation_token = f.distillation_token;
+  config.pooling = f.pooling;
+  Vit<Arch::PreLN, double> src(config);
+  src.init_random(500, 0.5, /*random_affine=*/true);
+  // Offsets on everything that starts the stream: uncentered, it changes the logits.
+  src.patch.bias.array() += 3.0;
+  src.cls_token.array() += 3.0;
+  src.distillation_token.array() += 3.0;
+  src.position_embedding.array() += 2.0;
+  src.stem_beta.array() += 2.0;
+  const auto images = random_images<double>(3, 5);
+  MatD ref;
+  const auto h_src = branches(src, images, &ref);
+  ASSERT_GT(max_relative_row_mean(h_src.front()), 0.1) << f.name << ": the stream starts uncentered";
+  EXPECT_EQ(src.head.weight.cols(), config.pooled_parts() * config.width);
+
+  double worst = 0;
+  auto rms = convert_checked<Arch::PreRMSNorm>(src, images, ref, worst, f.name);
+  auto crms = convert_checked<Arch::PreCRMSNorm>(src, images, ref, worst, f.name);
+  // The Pre-RMSNorm stream is zero-mean from its start (the stem's centering, or the writers').
+  for (const MatD& h : branches(rms, images)) EXPECT_LE(max_relative_row_mean(h), 1e-12) << f.name;
+  EXPECT_EQ(crms.head.weight.cols(), config.pooled_parts() * (config.width - 1));
+  EXPECT_EQ(crms.position_embedding.cols(), f.stem_norm ? config.width : config.width - 1);
+  EXPECT_LE(prenorm::zero_mean_report(rms).relative, 1e-12);
+  EXPECT_LE(prenorm::zero_mean_report(crms).relative, 1e-12);
+  convert_checked<Arch::PreCRMSNorm>(rms, images, ref, worst, std::string(f.name) + " rms");
+  convert_checked<Arch::PreRMSNorm>(crms, images, ref, worst, std::string(f.name) + " crms");
+  auto back = convert_checked<Arch::PreLN>(crms, images, ref, worst, std::string(f.name) + " crms");
+  convert_checked<Arch::PreLN>(rms, images, ref, worst, std::string(f.name) + " rms");
+  convert_checked<Arch::PreRMSNorm>(back, images, ref, worst, std::string(f.name) + " crms->ln");
+  report(std::string(f.name) + " every direction", worst);
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, ConvertVitFamily, ::testing::ValuesIn(kFamilyCases),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+// ===========================================================================
 // Errors
 // ===========================================================================
 

@@ -27,6 +27,13 @@
 //   gpt_bigcode  BigcodeOptions {multi_query}                     write_gpt_bigcode_fixture
 //   bloom        BloomOptions {prefix, apply_residual_connection_post_layernorm}
 //                (6 heads of 8 by default: non power of two ALiBi) write_bloom_fixture
+// The encoder families (sizes: ImageSizes, d = 16, 2 heads, 2 layers, 8 x 8
+// images of 3 channels in 4 x 4 patches, 5 classes unless the options say
+// otherwise; random_images gives inputs):
+//   clip_vision  ClipVisionOptions {whole ("clip": vision_config and a text
+//                tower), projection (visual_projection)}          write_clip_vision_fixture
+//   dinov2       Dinov2Options {prefix, classifier}               write_dinov2_fixture
+//   deit         DeitOptions {teacher (two heads), mask_token}    write_deit_fixture
 // write_fixture(dir, config, tensors, dtype) writes any config and tensor map
 // (e.g. one family's tensors renamed into another's layout); read_fixture(dir)
 // reads a directory back (e.g. one written by prenorm's own writers).
@@ -35,6 +42,8 @@
 // center changes the logits: embedding rows with a mean of 0.5 to 1, norm betas
 // of mean 0.5, gammas in 1 +- 0.3, and writers into the residual stream (the
 // attention output and MLP output biases) with a mean of 0.3.
+// The encoders' class (and distillation) tokens have a mean of 0.75, their
+// patch biases 0.3, and DINOv2's layer scales are 1 +- 0.5.
 
 #pragma once
 
@@ -178,6 +187,16 @@ class Builder {
     tensors[name] = HfTensor{{n}, rng_.values(std::size_t(n), scale, mean)};
   }
   void copy(const std::string& to, const std::string& from) { tensors[to] = tensors.at(from); }
+  // A convolution weight (out, C, p, p), entries of size 1 / sqrt(C p p).
+  void conv(const std::string& name, std::int64_t out, std::int64_t channels, std::int64_t p) {
+    tensors[name] = HfTensor{{out, channels, p, p},
+                             rng_.values(std::size_t(out * channels * p * p),
+                                         1.5 / std::sqrt(double(channels * p * p)))};
+  }
+  // The same values under another shape (a (1, 1, d) token, a (1, T, d) table).
+  void reshape(const std::string& name, std::vector<std::int64_t> shape) {
+    tensors.at(name).shape = std::move(shape);
+  }
 
   HfTensors tensors;
 
@@ -736,6 +755,255 @@ inline Fixture write_bloom_fixture(const fs::path& dir, const BloomOptions& o, D
   c["unk_token_id"] = 0;
   c["use_cache"] = true;
   c["vocab_size"] = s.vocab;
+  return write_fixture(dir, c, b.tensors, dtype);
+}
+
+// --- the encoders -----------------------------------------------------------------
+
+struct ImageSizes {
+  int width = 16;
+  int heads = 2;
+  int layers = 2;
+  int mlp = 0;  // 0: 4 d
+  int image = 8;
+  int patch = 4;
+  int channels = 3;
+  int classes = 5;
+  double epsilon = 1e-6;
+  int mlp_width() const { return mlp > 0 ? mlp : 4 * width; }
+  int patches() const { return (image / patch) * (image / patch); }
+};
+
+// `count` random images [count x C x H x W] (NCHW, values in [-1, 1)).
+inline std::vector<double> random_images(const ImageSizes& s, int count, std::uint64_t seed) {
+  detail::FixtureRng rng(seed);
+  return rng.values(std::size_t(count) * std::size_t(s.channels * s.image * s.image), 1.0);
+}
+
+namespace detail {
+
+// A class (or distillation) token (1, 1, d) of mean 0.75.
+inline void image_token(Builder& b, const std::string& name, int d) {
+  b.vector(name, d, 0.5, 0.75);
+  b.reshape(name, {1, 1, d});
+}
+
+// The config keys of ViT-like image encoders.
+inline void image_config(nlohmann::ordered_json& c, const ImageSizes& s) {
+  c["hidden_size"] = s.width;
+  c["image_size"] = s.image;
+  c["num_attention_heads"] = s.heads;
+  c["num_channels"] = s.channels;
+  c["num_hidden_layers"] = s.layers;
+  c["patch_size"] = s.patch;
+}
+
+// The embeddings of DINOv2 and DeiT under `e` ("dinov2.embeddings."): the
+// `tokens` (1, 1, d) before the patches, positions (1, tokens + P, d), the patch
+// conv with a bias.
+inline void vit_embeddings(Builder& b, const std::string& e, const ImageSizes& s,
+                           std::initializer_list<const char*> tokens) {
+  const int d = s.width, T = int(tokens.size()) + s.patches();
+  for (const char* token : tokens) image_token(b, e + token, d);
+  b.embedding(e + "position_embeddings", T, d);
+  b.reshape(e + "position_embeddings", {1, T, d});
+  b.conv(e + "patch_embeddings.projection.weight", d, s.channels, s.patch);
+  b.residual_bias(e + "patch_embeddings.projection.bias", d);
+}
+
+// The self-attention of a DINOv2 / DeiT layer `l`.
+inline void vit_attention(Builder& b, const std::string& l, int d) {
+  for (const char* x : {"query", "key", "value"}) {
+    b.linear(l + "attention.attention." + x + ".weight", d, d);
+    b.bias(l + "attention.attention." + x + ".bias", d);
+  }
+  b.linear(l + "attention.output.dense.weight", d, d);
+  b.residual_bias(l + "attention.output.dense.bias", d);
+}
+
+// An MLP that writes the residual stream: fc (I, d), proj (d, I).
+inline void residual_mlp(Builder& b, const std::string& fc, const std::string& proj, int d, int I) {
+  b.linear(fc + ".weight", I, d);
+  b.bias(fc + ".bias", I);
+  b.linear(proj + ".weight", d, I);
+  b.residual_bias(proj + ".bias", d);
+}
+
+inline void labels_config(nlohmann::ordered_json& c, int classes) {
+  nlohmann::ordered_json id2label = nlohmann::ordered_json::object(),
+                         label2id = nlohmann::ordered_json::object();
+  for (int k = 0; k < classes; ++k) {
+    id2label[std::to_string(k)] = "LABEL_" + std::to_string(k);
+    label2id["LABEL_" + std::to_string(k)] = k;
+  }
+  c["id2label"] = id2label;
+  c["label2id"] = label2id;
+}
+
+}  // namespace detail
+
+// --- CLIP vision (CLIPVisionModel / CLIPVisionModelWithProjection, or the
+// vision tower of CLIPModel): bias-free patch conv, pre_layrnorm, quick_gelu
+struct ClipVisionOptions {
+  ImageSizes sizes = {.epsilon = 1e-5};
+  bool whole = false;       // model_type "clip" (vision_config, a text tower, logit_scale)
+  bool projection = true;   // visual_projection.weight
+  int projection_dim = 6;
+};
+
+inline Fixture write_clip_vision_fixture(const fs::path& dir, const ClipVisionOptions& o,
+                                         Dtype dtype, std::uint64_t seed) {
+  const ImageSizes& s = o.sizes;
+  const int d = s.width, I = s.mlp_width(), T = 1 + s.patches();
+  const std::string p = "vision_model.";
+  detail::Builder b(seed);
+  b.vector(p + "embeddings.class_embedding", d, 0.5, 0.75);
+  b.conv(p + "embeddings.patch_embedding.weight", d, s.channels, s.patch);
+  b.embedding(p + "embeddings.position_embedding.weight", T, d);
+  b.tensors[p + "embeddings.position_ids"] = HfTensor{{1, T}, {}};  // a buffer of older files
+  for (int t = 0; t < T; ++t) b.tensors[p + "embeddings.position_ids"].values.push_back(t);
+  b.layer_norm(p + "pre_layrnorm.", d);
+  for (int i = 0; i < s.layers; ++i) {
+    const std::string l = detail::layer(p + "encoder.layers.", i);
+    for (const char* x : {"k", "v", "q"}) {
+      b.linear(l + "self_attn." + x + "_proj.weight", d, d);
+      b.bias(l + "self_attn." + x + "_proj.bias", d);
+    }
+    b.linear(l + "self_attn.out_proj.weight", d, d);
+    b.residual_bias(l + "self_attn.out_proj.bias", d);
+    b.layer_norm(l + "layer_norm1.", d);
+    detail::residual_mlp(b, l + "mlp.fc1", l + "mlp.fc2", d, I);
+    b.layer_norm(l + "layer_norm2.", d);
+  }
+  b.layer_norm(p + "post_layernorm.", d);
+  if (o.projection) b.linear("visual_projection.weight", o.projection_dim, d);
+  nlohmann::ordered_json v;
+  v["attention_dropout"] = 0.0;
+  v["hidden_act"] = "quick_gelu";
+  v["initializer_factor"] = 1.0;
+  v["initializer_range"] = 0.02;
+  v["intermediate_size"] = I;
+  v["layer_norm_eps"] = s.epsilon;
+  detail::image_config(v, s);
+  v["projection_dim"] = o.projection_dim;
+  nlohmann::ordered_json c;
+  if (o.whole) {
+    // A token of the text tower, its projection and the logit scale: skipped.
+    b.linear("text_model.embeddings.token_embedding.weight", 10, d);
+    b.linear("text_projection.weight", o.projection_dim, d);
+    b.vector("logit_scale", 1, 0.0, 2.6592);
+    v["model_type"] = "clip_vision_model";
+    c["architectures"] = {"CLIPModel"};
+    c["logit_scale_init_value"] = 2.6592;
+    c["model_type"] = "clip";
+    c["projection_dim"] = o.projection_dim;
+    c["text_config"] = {{"hidden_size", d}, {"model_type", "clip_text_model"}};
+    c["torch_dtype"] = detail::torch_dtype(dtype);
+    c["vision_config"] = v;
+  } else {
+    c = v;
+    c["architectures"] = {o.projection ? "CLIPVisionModelWithProjection" : "CLIPVisionModel"};
+    c["model_type"] = "clip_vision_model";
+    c["torch_dtype"] = detail::torch_dtype(dtype);
+  }
+  return write_fixture(dir, c, b.tensors, dtype);
+}
+
+// --- DINOv2 (Dinov2ForImageClassification / Dinov2Model): layer scale on both
+// branches, mask_token, classifier over [cls, mean of the patch tokens]
+struct Dinov2Options {
+  ImageSizes sizes = {};
+  bool prefix = true;      // "dinov2." (Dinov2ForImageClassification), else bare (Dinov2Model)
+  bool classifier = true;  // classifier.{weight,bias} (K, 2d)
+};
+
+inline Fixture write_dinov2_fixture(const fs::path& dir, const Dinov2Options& o, Dtype dtype,
+                                    std::uint64_t seed) {
+  const ImageSizes& s = o.sizes;
+  const int d = s.width, I = s.mlp_width();
+  const std::string p = o.prefix ? "dinov2." : "";
+  detail::Builder b(seed);
+  detail::vit_embeddings(b, p + "embeddings.", s, {"cls_token"});
+  b.vector(p + "embeddings.mask_token", d, 0.1, 0.0);
+  b.reshape(p + "embeddings.mask_token", {1, d});
+  for (int i = 0; i < s.layers; ++i) {
+    const std::string l = detail::layer(p + "encoder.layer.", i);
+    b.layer_norm(l + "norm1.", d);
+    detail::vit_attention(b, l, d);
+    b.vector(l + "layer_scale1.lambda1", d, 0.5, 1.0);
+    b.layer_norm(l + "norm2.", d);
+    detail::residual_mlp(b, l + "mlp.fc1", l + "mlp.fc2", d, I);
+    b.vector(l + "layer_scale2.lambda1", d, 0.5, 1.0);
+  }
+  b.layer_norm(p + "layernorm.", d);
+  if (o.classifier) {
+    b.linear("classifier.weight", s.classes, 2 * d);
+    b.bias("classifier.bias", s.classes);
+  }
+  nlohmann::ordered_json c;
+  c["apply_layernorm"] = true;
+  c["architectures"] = {o.classifier ? "Dinov2ForImageClassification" : "Dinov2Model"};
+  c["attention_probs_dropout_prob"] = 0.0;
+  c["drop_path_rate"] = 0.0;
+  c["hidden_act"] = "gelu";
+  c["hidden_dropout_prob"] = 0.0;
+  detail::image_config(c, s);
+  if (o.classifier) detail::labels_config(c, s.classes);
+  c["initializer_range"] = 0.02;
+  c["layer_norm_eps"] = s.epsilon;
+  c["layerscale_value"] = 1.0;
+  c["mlp_ratio"] = double(I) / double(d);
+  c["model_type"] = "dinov2";
+  c["qkv_bias"] = true;
+  c["torch_dtype"] = detail::torch_dtype(dtype);
+  c["use_swiglu_ffn"] = false;
+  return write_fixture(dir, c, b.tensors, dtype);
+}
+
+// --- DeiT (DeiTForImageClassificationWithTeacher / DeiTForImageClassification):
+// ViT's names under "deit.", a distillation token after the cls token
+struct DeitOptions {
+  ImageSizes sizes = {.epsilon = 1e-12};
+  bool teacher = true;      // cls_classifier and distillation_classifier, else classifier
+  bool mask_token = false;  // embeddings.mask_token (use_mask_token)
+};
+
+inline Fixture write_deit_fixture(const fs::path& dir, const DeitOptions& o, Dtype dtype,
+                                  std::uint64_t seed) {
+  const ImageSizes& s = o.sizes;
+  const int d = s.width, I = s.mlp_width();
+  const std::string p = "deit.";
+  detail::Builder b(seed);
+  detail::vit_embeddings(b, p + "embeddings.", s, {"cls_token", "distillation_token"});
+  if (o.mask_token) detail::image_token(b, p + "embeddings.mask_token", d);
+  for (int i = 0; i < s.layers; ++i) {
+    const std::string l = detail::layer(p + "encoder.layer.", i);
+    b.layer_norm(l + "layernorm_before.", d);
+    detail::vit_attention(b, l, d);
+    b.layer_norm(l + "layernorm_after.", d);
+    detail::residual_mlp(b, l + "intermediate.dense", l + "output.dense", d, I);
+  }
+  b.layer_norm(p + "layernorm.", d);
+  for (const char* head : o.teacher ? std::vector<const char*>{"cls_classifier", "distillation_classifier"}
+                                    : std::vector<const char*>{"classifier"}) {
+    b.linear(std::string(head) + ".weight", s.classes, d);
+    b.bias(std::string(head) + ".bias", s.classes);
+  }
+  nlohmann::ordered_json c;
+  c["architectures"] = {o.teacher ? "DeiTForImageClassificationWithTeacher"
+                                  : "DeiTForImageClassification"};
+  c["attention_probs_dropout_prob"] = 0.0;
+  c["encoder_stride"] = 16;
+  c["hidden_act"] = "gelu";
+  c["hidden_dropout_prob"] = 0.0;
+  detail::image_config(c, s);
+  detail::labels_config(c, s.classes);
+  c["initializer_range"] = 0.02;
+  c["intermediate_size"] = I;
+  c["layer_norm_eps"] = s.epsilon;
+  c["model_type"] = "deit";
+  c["qkv_bias"] = true;
+  c["torch_dtype"] = detail::torch_dtype(dtype);
   return write_fixture(dir, c, b.tensors, dtype);
 }
 

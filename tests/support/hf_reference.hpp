@@ -16,6 +16,12 @@
 //   gpt_bigcode  reference_logits_gpt_bigcode  GPTBigCodeForCausalLM
 //   bloom        reference_logits_bloom        BloomForCausalLM
 //   any of them  reference_logits              (dispatches on model_type)
+// and the image encoders, (config, tensors, image [C x H x W]) -> Mat [1 x outputs]
+// (the output the Hugging Face class returns):
+//   clip_vision_model, clip  reference_outputs_clip_vision  image embeds / pooler_output
+//   dinov2                   reference_outputs_dinov2       logits / pooler_output
+//   deit                     reference_outputs_deit         logits (with or without teacher)
+//   any of them              reference_outputs(Fixture, image)
 // Settings these families have that the reference does not implement (rope
 // scaling, Phi's qk_layernorm, cross attention, ...) throw
 // std::invalid_argument naming the key.
@@ -317,9 +323,10 @@ struct AttentionSpec {
   LD divisor = 1.0L;  // GPT-J divides by sqrt(head_dim) after masking
   int window = 0;     // GPT-Neo local: key j visible from i when i - j < window; 0 = all
   Vec alibi = {};     // per query head: + slope * j (build_alibi_tensor: slope * key position)
+  bool causal = true; // false: every key visible (the image encoders)
 };
 
-// Causal softmax attention of query heads q[h] (T x hd) over kv heads k, v;
+// Causal (or, with spec.causal false, bidirectional) softmax attention of query heads q[h] (T x hd) over kv heads k, v;
 // query head h reads kv head h / (heads / kv_heads) (repeat_kv). Masked scores
 // are left out of the softmax (HF's finfo.min gives them weight exactly 0).
 // Returns the heads merged: T x (heads * hd), head h at columns h * hd.
@@ -335,9 +342,10 @@ inline Mat causal_attention(const std::vector<Mat>& q, const std::vector<Mat>& k
     const Mat& vh = v[std::size_t(h / group)];
     for (int i = 0; i < T; ++i) {
       const int first = spec.window > 0 ? std::max(0, i - spec.window + 1) : 0;
-      Vec score(static_cast<std::size_t>(i + 1), 0.0L);
+      const int last = spec.causal ? i : T - 1;
+      Vec score(static_cast<std::size_t>(last + 1), 0.0L);
       LD max = -INFINITY;
-      for (int j = first; j <= i; ++j) {
+      for (int j = first; j <= last; ++j) {
         LD s = 0;
         for (int c = 0; c < hd; ++c) s += q[std::size_t(h)](i, c) * kh(j, c);
         s = s * spec.scale / spec.divisor;
@@ -346,10 +354,10 @@ inline Mat causal_attention(const std::vector<Mat>& q, const std::vector<Mat>& k
         max = std::max(max, s);
       }
       LD sum = 0;
-      for (int j = first; j <= i; ++j) sum += (score[std::size_t(j)] = std::exp(score[std::size_t(j)] - max));
+      for (int j = first; j <= last; ++j) sum += (score[std::size_t(j)] = std::exp(score[std::size_t(j)] - max));
       for (int c = 0; c < hd; ++c) {
         LD acc = 0;
-        for (int j = first; j <= i; ++j) acc += score[std::size_t(j)] / sum * vh(j, c);
+        for (int j = first; j <= last; ++j) acc += score[std::size_t(j)] / sum * vh(j, c);
         out(i, h * hd + c) = acc;
       }
     }
@@ -781,6 +789,230 @@ inline Mat reference_logits_bloom(const nlohmann::json& c, const HfTensors& tens
   h = norm(h, p + "ln_f");
   const bool tied = config_value<bool>(c, "tie_word_embeddings", true);
   return head(h, w.matrix(tied ? p + "word_embeddings.weight" : "lm_head.weight"));
+}
+
+// ===========================================================================
+// The image encoders: (config, tensors, image [C x H x W]) -> Mat [1 x outputs]
+// ===========================================================================
+
+namespace detail {
+
+// nn.Conv2d(C, d, kernel p, stride p) of one image [C x H x W] (C order),
+// flatten(2).transpose(1, 2): (patches x d), patch (py, px) at row py * (W / p) + px.
+inline Mat patch_conv(const Vec& image, int C, int H, int W, const HfTensor& weight,
+                      const Vec* bias) {
+  const int d = int(weight.shape[0]), p = int(weight.shape[2]), gh = H / p, gw = W / p;
+  if (int(weight.shape[1]) != C || int(image.size()) != C * H * W) refuse("patch_conv: shapes");
+  Mat x(gh * gw, d);
+  for (int py = 0; py < gh; ++py)
+    for (int px = 0; px < gw; ++px)
+      for (int o = 0; o < d; ++o) {
+        LD acc = bias ? (*bias)[std::size_t(o)] : 0.0L;
+        for (int c = 0; c < C; ++c)
+          for (int ky = 0; ky < p; ++ky)
+            for (int kx = 0; kx < p; ++kx)
+              acc += LD(weight.values[std::size_t(((o * C + c) * p + ky) * p + kx)]) *
+                     image[std::size_t((c * H + py * p + ky) * W + px * p + kx)];
+        x(py * gw + px, o) = acc;
+      }
+  return x;
+}
+
+// [tokens (each a d-vector, in order); patches] + the position table (T, d) (its
+// values in C order whatever the leading 1s of its shape).
+inline Mat with_tokens(const std::vector<Vec>& tokens, const Mat& patches, const HfTensor& positions) {
+  const int K = int(tokens.size()), d = patches.cols, T = K + patches.rows;
+  if (positions.values.size() != std::size_t(T) * std::size_t(d)) refuse("position table: shape");
+  Mat x(T, d);
+  for (int t = 0; t < T; ++t)
+    for (int c = 0; c < d; ++c)
+      x(t, c) = (t < K ? tokens[std::size_t(t)][std::size_t(c)] : patches(t - K, c)) +
+                LD(positions.values[std::size_t(t * d + c)]);
+  return x;
+}
+
+// A (1, 1, d) or (d) tensor as a vector.
+inline Vec flat(const HfTensor& t) { return Vec(t.values.begin(), t.values.end()); }
+
+// Row t of x as a 1-row matrix.
+inline Mat row(const Mat& x, int t) {
+  Mat y(1, x.cols);
+  for (int c = 0; c < x.cols; ++c) y(0, c) = x(t, c);
+  return y;
+}
+
+// Bidirectional self-attention of x (T x d) with nn.Linear q, k, v (d, d) and
+// the output projection: softmax(q k^T / sqrt(hd)) v, heads at hd columns.
+inline Mat encoder_attention(const Mat& x, const Weights& w, int heads, const std::string& q,
+                             const std::string& k, const std::string& v, const std::string& out) {
+  const Vec bq = w.vector(q + ".bias"), bk = w.vector(k + ".bias"), bv = w.vector(v + ".bias");
+  const Mat qm = linear(x, w.matrix(q + ".weight"), &bq), km = linear(x, w.matrix(k + ".weight"), &bk),
+            vm = linear(x, w.matrix(v + ".weight"), &bv);
+  const int hd = x.cols / heads;
+  AttentionSpec spec;
+  spec.causal = false;
+  spec.scale = 1.0L / std::sqrt(LD(hd));
+  const Mat a = causal_attention(split_heads(qm, heads, hd, hd, 0), split_heads(km, heads, hd, hd, 0),
+                                 split_heads(vm, heads, hd, hd, 0), spec);
+  const Vec bo = w.vector(out + ".bias");
+  return linear(a, w.matrix(out + ".weight"), &bo);
+}
+
+// fc2(act(fc1(x))).
+inline Mat encoder_mlp(const Mat& x, const Weights& w, const std::string& fc1,
+                       const std::string& fc2, const std::string& act) {
+  const Vec b1 = w.vector(fc1 + ".bias"), b2 = w.vector(fc2 + ".bias");
+  return linear(activation(act, linear(x, w.matrix(fc1 + ".weight"), &b1)), w.matrix(fc2 + ".weight"), &b2);
+}
+
+inline Mat norm(const Mat& x, const Weights& w, const std::string& name, LD eps) {
+  return layer_norm(x, w.vector(name + ".weight"), w.vector(name + ".bias"), eps);
+}
+
+// x * lambda, per column (Dinov2LayerScale).
+inline Mat scale_columns(Mat x, const Vec& lambda) {
+  for (int t = 0; t < x.rows; ++t)
+    for (int c = 0; c < x.cols; ++c) x(t, c) *= lambda[std::size_t(c)];
+  return x;
+}
+
+// The settings every image encoder's config has (the family's defaults for
+// layer_norm_eps and hidden_act).
+struct EncoderSettings {
+  int heads, layers, image_size, channels;
+  LD eps;
+  std::string act;
+};
+inline EncoderSettings encoder_settings(const nlohmann::json& c, double eps, const char* act) {
+  return {config_required<int>(c, "num_attention_heads"), config_required<int>(c, "num_hidden_layers"),
+          config_required<int>(c, "image_size"), config_value<int>(c, "num_channels", 3),
+          config_value<double>(c, "layer_norm_eps", eps), config_value<std::string>(c, "hidden_act", act)};
+}
+
+// The patch conv `conv` (with `bias`, when given) of `image`.
+inline Mat encoder_patches(const Weights& w, const EncoderSettings& s, const Vec& image,
+                           const std::string& conv, const Vec* bias) {
+  return patch_conv(image, s.channels, s.image_size, s.image_size, w.at(conv), bias);
+}
+
+}  // namespace detail
+
+// modeling_clip.py: CLIPVisionModelWithProjection / CLIPModel.get_image_features
+// (image embeddings) or CLIPVisionModel (pooler_output, without
+// visual_projection). CLIPVisionEmbeddings: conv without bias, class_embedding
+// first, position_embedding; pre_layrnorm; CLIPEncoderLayer (layer_norm1,
+// CLIPAttention: q scaled by head_dim^-0.5, layer_norm2, CLIPMLP); post_layernorm
+// of the class token.
+inline Mat reference_outputs_clip_vision(const nlohmann::json& config, const HfTensors& tensors,
+                                         const Vec& image) {
+  using namespace detail;
+  const Weights w(tensors);
+  const bool whole = config_value<std::string>(config, "model_type", "") == "clip";
+  const nlohmann::json& c = whole ? config.at("vision_config") : config;
+  const EncoderSettings s = encoder_settings(c, 1e-5, "quick_gelu");
+  const LD eps = s.eps;
+  const std::string p = w.prefix_of("embeddings.patch_embedding.weight", {"vision_model.", ""});
+  const Mat patches = encoder_patches(w, s, image, p + "embeddings.patch_embedding.weight", nullptr);
+  Mat h = with_tokens({w.vector(p + "embeddings.class_embedding")}, patches,
+                      w.at(p + "embeddings.position_embedding.weight"));
+  h = norm(h, w, p + "pre_layrnorm", eps);
+  for (int i = 0; i < s.layers; ++i) {
+    const std::string l = p + "encoder.layers." + std::to_string(i) + ".";
+    const std::string a = l + "self_attn.";
+    h = add(h, encoder_attention(norm(h, w, l + "layer_norm1", eps), w, s.heads, a + "q_proj",
+                                 a + "k_proj", a + "v_proj", a + "out_proj"));
+    h = add(h, encoder_mlp(norm(h, w, l + "layer_norm2", eps), w, l + "mlp.fc1", l + "mlp.fc2", s.act));
+  }
+  const Mat pooled = norm(row(h, 0), w, p + "post_layernorm", eps);
+  if (!w.has("visual_projection.weight")) return pooled;
+  return linear(pooled, w.matrix("visual_projection.weight"), nullptr);
+}
+
+// modeling_dinov2.py: Dinov2ForImageClassification (logits) or Dinov2Model
+// (pooler_output). Dinov2Embeddings: cls_token first, the position embeddings
+// as they are at the config's size; Dinov2Layer: h + lambda1 * attn(norm1 h),
+// then + lambda2 * mlp(norm2 h); layernorm on every token; the classifier
+// reads cat(seq[0], mean(seq[1:])).
+inline Mat reference_outputs_dinov2(const nlohmann::json& c, const HfTensors& tensors,
+                                    const Vec& image) {
+  using namespace detail;
+  const Weights w(tensors);
+  const EncoderSettings s = encoder_settings(c, 1e-6, "gelu");
+  const LD eps = s.eps;
+  if (config_value<bool>(c, "use_swiglu_ffn", false)) refuse("use_swiglu_ffn");
+  const std::string p = w.prefix_of("embeddings.patch_embeddings.projection.weight", {"dinov2.", ""});
+  const std::string e = p + "embeddings.";
+  const Vec patch_bias = w.vector(e + "patch_embeddings.projection.bias");
+  const Mat patches = encoder_patches(w, s, image, e + "patch_embeddings.projection.weight", &patch_bias);
+  Mat h = with_tokens({flat(w.at(e + "cls_token"))}, patches, w.at(e + "position_embeddings"));
+  for (int i = 0; i < s.layers; ++i) {
+    const std::string l = p + "encoder.layer." + std::to_string(i) + ".";
+    const std::string a = l + "attention.";
+    h = add(h, scale_columns(encoder_attention(norm(h, w, l + "norm1", eps), w, s.heads,
+                                               a + "attention.query", a + "attention.key",
+                                               a + "attention.value", a + "output.dense"),
+                             w.vector(l + "layer_scale1.lambda1")));
+    h = add(h, scale_columns(encoder_mlp(norm(h, w, l + "norm2", eps), w, l + "mlp.fc1", l + "mlp.fc2", s.act),
+                             w.vector(l + "layer_scale2.lambda1")));
+  }
+  const Mat seq = norm(h, w, p + "layernorm", eps);
+  if (!w.has("classifier.weight")) return row(seq, 0);
+  Mat pooled(1, 2 * seq.cols);
+  for (int k = 0; k < seq.cols; ++k) {
+    LD mean = 0;
+    for (int t = 1; t < seq.rows; ++t) mean += seq(t, k);
+    pooled(0, k) = seq(0, k);
+    pooled(0, seq.cols + k) = mean / LD(seq.rows - 1);
+  }
+  const Vec bias = w.vector("classifier.bias");
+  return linear(pooled, w.matrix("classifier.weight"), &bias);
+}
+
+// modeling_deit.py: DeiTForImageClassificationWithTeacher ((cls_classifier(seq[0])
+// + distillation_classifier(seq[1])) / 2) or DeiTForImageClassification
+// (classifier(seq[0])). DeiTEmbeddings: cat(cls, distillation, patches) +
+// position_embeddings; DeiTLayer as ViT's (layernorm_before, attention,
+// layernorm_after, intermediate, output); layernorm.
+inline Mat reference_outputs_deit(const nlohmann::json& c, const HfTensors& tensors,
+                                  const Vec& image) {
+  using namespace detail;
+  const Weights w(tensors);
+  const EncoderSettings s = encoder_settings(c, 1e-12, "gelu");
+  const LD eps = s.eps;
+  const std::string p = w.prefix_of("embeddings.patch_embeddings.projection.weight", {"deit.", ""});
+  const std::string e = p + "embeddings.";
+  const Vec patch_bias = w.vector(e + "patch_embeddings.projection.bias");
+  const Mat patches = encoder_patches(w, s, image, e + "patch_embeddings.projection.weight", &patch_bias);
+  Mat h = with_tokens({flat(w.at(e + "cls_token")), flat(w.at(e + "distillation_token"))}, patches,
+                      w.at(e + "position_embeddings"));
+  for (int i = 0; i < s.layers; ++i) {
+    const std::string l = p + "encoder.layer." + std::to_string(i) + ".";
+    const std::string a = l + "attention.";
+    h = add(h, encoder_attention(norm(h, w, l + "layernorm_before", eps), w, s.heads,
+                                 a + "attention.query", a + "attention.key", a + "attention.value",
+                                 a + "output.dense"));
+    h = add(h, encoder_mlp(norm(h, w, l + "layernorm_after", eps), w, l + "intermediate.dense",
+                           l + "output.dense", s.act));
+  }
+  const Mat seq = norm(h, w, p + "layernorm", eps);
+  const auto classify = [&](const std::string& name, int t) {
+    const Vec bias = w.vector(name + ".bias");
+    return linear(row(seq, t), w.matrix(name + ".weight"), &bias);
+  };
+  if (!w.has("cls_classifier.weight")) return classify("classifier", 0);
+  Mat out = add(classify("cls_classifier", 0), classify("distillation_classifier", 1));
+  for (LD& x : out.v) x /= 2;
+  return out;
+}
+
+// Dispatches on the fixture's model_type.
+inline Mat reference_outputs(const Fixture& f, const Vec& image) {
+  const std::string type = f.model_type();
+  if (type == "clip_vision_model" || type == "clip")
+    return reference_outputs_clip_vision(f.config, f.tensors, image);
+  if (type == "dinov2") return reference_outputs_dinov2(f.config, f.tensors, image);
+  if (type == "deit") return reference_outputs_deit(f.config, f.tensors, image);
+  detail::refuse("model_type '" + type + "' is not an image encoder");
 }
 
 // Dispatches on config["model_type"].

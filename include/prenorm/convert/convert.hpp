@@ -289,19 +289,31 @@ Vit<To, S> convert(const Vit<From, S>& src, const ConvertOptions& options = {}) 
   src.validate(op);
   Vit<To, S> dst(src.config);
 
-  {
+  const auto token = [&](const Vector<S>& in, Vector<S>& out, const char* name) {
+    Matrix row = to_double(in).transpose();  // a 1-row table
+    convert_table<From, To>(row, Role::ClsToken, name, options, op);
+    assign(out, Vec(row.transpose()));
+  };
+  if (src.config.stem_norm) {
+    // The embeddings feed the stem's LayerNorm, d wide in every architecture:
+    // they and its affine carry over; the runtime centers (and compresses) the
+    // stream the stem starts (DESIGN.md: x0 = C(LN(e) gamma + beta)).
+    dst.patch.weight = src.patch.weight;
+    dst.patch.bias = src.patch.bias;
+    dst.cls_token = src.cls_token;
+    dst.distillation_token = src.distillation_token;
+    dst.position_embedding = src.position_embedding;
+    dst.stem_gamma = src.stem_gamma;
+    dst.stem_beta = src.stem_beta;
+  } else {
     Matrix w = to_double(src.patch.weight);
     Vec b = to_double(src.patch.bias);
     convert_writer<From, To>(w, b, Role::PatchLinear, "patch", options, op);
     assign(dst.patch.weight, w);
     assign(dst.patch.bias, b);
-  }
-  {
-    Matrix cls = to_double(src.cls_token).transpose();  // a 1-row table
-    convert_table<From, To>(cls, Role::ClsToken, "cls_token", options, op);
-    assign(dst.cls_token, Vec(cls.transpose()));
-  }
-  {
+    token(src.cls_token, dst.cls_token, "cls_token");
+    if (src.config.distillation_token)
+      token(src.distillation_token, dst.distillation_token, "distillation_token");
     Matrix pos = to_double(src.position_embedding);
     convert_table<From, To>(pos, Role::PositionEmbedding, "position_embedding", options, op);
     assign(dst.position_embedding, pos);
@@ -310,13 +322,24 @@ Vit<To, S> convert(const Vit<From, S>& src, const ConvertOptions& options = {}) 
     convert_block<From, To>(src.blocks[i], dst.blocks[i], "blocks[" + std::to_string(i) + "]",
                             options, op);
   {
-    Matrix w = to_double(src.head.weight);
-    Vec b = to_double(src.head.bias);
+    // The head reads pooled_parts normalized main-branch vectors side by side
+    // (a patch mean is one too: the fold is linear): each part of its columns
+    // is a reader of the final norm; the folded betas add up in the one bias.
+    const Index from_main = src.main(), to_main = dst.main();
+    const Matrix w = to_double(src.head.weight);
+    Matrix out(w.rows(), src.config.pooled_parts() * to_main);
+    Vec bias = Vec::Zero(w.rows());
     Vec gamma, beta;
     if constexpr (From == Arch::PreLN) gamma = to_double(src.final_gamma), beta = to_double(src.final_beta);
-    convert_reader<From, To>(w, b, Role::Head, gamma, beta);
-    assign(dst.head.weight, w);
-    assign(dst.head.bias, b);
+    for (Index k = 0; k < src.config.pooled_parts(); ++k) {
+      Matrix part = w.middleCols(k * from_main, from_main);
+      Vec part_bias = k == 0 && src.head.has_bias() ? to_double(src.head.bias) : Vec::Zero(w.rows());
+      convert_reader<From, To>(part, part_bias, Role::Head, gamma, beta);
+      out.middleCols(k * to_main, to_main) = part;
+      bias += part_bias;
+    }
+    assign(dst.head.weight, out);
+    assign(dst.head.bias, bias);
   }
   dst.validate(op);
   return dst;

@@ -121,6 +121,9 @@ void check_converted(const char* op, const Vit<Arch::PreLN, S>& theta, const Vit
       a.mlp_width != b.mlp_width || a.head_size() != b.head_size() ||
       a.topology != b.topology)
     prenorm::detail::fail(op, "phi does not have the configuration of theta");
+  if (!a.plain() || !b.plain())
+    prenorm::detail::fail(op, "theta or phi has a stem norm, a distillation token or a pooled "
+                          "head: the adjoint reads the plain ViT only");
   if (!theta.patch.has_bias() || !phi.patch.has_bias() || !theta.head.has_bias() ||
       !phi.head.has_bias())
     prenorm::detail::fail(op, "the patch and head linears must have biases");

@@ -69,8 +69,9 @@ ZeroMeanReport zero_mean_report(const Gpt<A, S>& model) {
   return report;
 }
 
-// Writers of a ViT: the patch linear, the cls token, the position table, and
-// every attention and MLP output.
+// Writers of a ViT: the patch linear, the cls (and distillation) token, the
+// position table, and every attention and MLP output. With a stem norm the
+// embeddings feed it instead (its output is centered at run time): the blocks' only.
 template <Arch A, class S>
 ZeroMeanReport zero_mean_report(const Vit<A, S>& model) {
   static_assert(A == Arch::PreRMSNorm || A == Arch::PreCRMSNorm,
@@ -78,9 +79,14 @@ ZeroMeanReport zero_mean_report(const Vit<A, S>& model) {
                 "zero-mean main branch");
   using namespace conversion::detail;
   ZeroMeanReport report;
-  measure_writer<A>(report, "patch", to_double(model.patch.weight), to_double(model.patch.bias));
-  measure_table<A>(report, "cls_token", conversion::Matrix(to_double(model.cls_token).transpose()));
-  measure_table<A>(report, "position_embedding", to_double(model.position_embedding));
+  if (!model.config.stem_norm) {
+    measure_writer<A>(report, "patch", to_double(model.patch.weight), to_double(model.patch.bias));
+    measure_table<A>(report, "cls_token", conversion::Matrix(to_double(model.cls_token).transpose()));
+    if (model.config.distillation_token)
+      measure_table<A>(report, "distillation_token",
+                       conversion::Matrix(to_double(model.distillation_token).transpose()));
+    measure_table<A>(report, "position_embedding", to_double(model.position_embedding));
+  }
   measure_blocks(report, model.blocks);
   return report;
 }

@@ -7,9 +7,10 @@
 //                         else the model_type (or, without one, an entry of
 //                         the architectures) of the config.json (`config`, or
 //                         beside the file, when there is one) when it names a
-//                         decoder family read by data + loader code:
+//                         family read by data + loader code: the decoders
 //                         gpt_neox, opt, phi, gptj, gpt_bigcode, gpt_neo,
-//                         bloom (hf_<family>.hpp) -> Layout::Hf<Family>;
+//                         bloom, the encoders clip_vision_model and clip,
+//                         dinov2, deit (hf_<family>.hpp) -> Layout::Hf<Family>;
 //                         else wte.weight or transformer.wte.weight -> Layout::HfGpt2;
 //                         else the ViT patch projection (with or without "vit.")
 //                         -> Layout::HfVit; else FormatError.
@@ -35,6 +36,9 @@
 #include "../models/vit.hpp"
 #include "error.hpp"
 #include "hf_bloom.hpp"
+#include "hf_clip_vision.hpp"
+#include "hf_deit.hpp"
+#include "hf_dinov2.hpp"
 #include "hf_gpt2.hpp"
 #include "hf_gpt_bigcode.hpp"
 #include "hf_gpt_neo.hpp"
@@ -61,6 +65,10 @@ enum class Layout {
   HfGptBigcode,
   HfGptNeo,
   HfBloom,
+  // Encoder families, told the same way.
+  HfClipVision,
+  HfDinov2,
+  HfDeit,
 };
 
 constexpr std::string_view layout_name(Layout layout) {
@@ -75,17 +83,20 @@ constexpr std::string_view layout_name(Layout layout) {
     case Layout::HfGptBigcode: return "hf_gpt_bigcode";
     case Layout::HfGptNeo: return "hf_gpt_neo";
     case Layout::HfBloom: return "hf_bloom";
+    case Layout::HfClipVision: return "hf_clip_vision";
+    case Layout::HfDinov2: return "hf_dinov2";
+    case Layout::HfDeit: return "hf_deit";
   }
   return "unknown";
 }
 
-// The decoder family that a config.json names by its model_type or, when it
-// has none, by an entry of its architectures; nullopt for any other (GPT-2 and
-// ViT are told by their tensor names).
-inline std::optional<Layout> hf_decoder_layout(const nlohmann::json& json) {
+// The family that a config.json names by its model_type or, when it has
+// none, by an entry of its architectures; nullopt for any other (GPT-2 and ViT
+// are told by their tensor names).
+inline std::optional<Layout> hf_family_layout(const nlohmann::json& json) {
   struct Family {
     const char* model_type;
-    const char* architectures[2];
+    const char* architectures[3];
     Layout layout;
   };
   static constexpr Family kFamilies[] = {
@@ -96,6 +107,12 @@ inline std::optional<Layout> hf_decoder_layout(const nlohmann::json& json) {
       {"gpt_bigcode", {"GPTBigCodeForCausalLM", "GPTBigCodeModel"}, Layout::HfGptBigcode},
       {"gpt_neo", {"GPTNeoForCausalLM", "GPTNeoModel"}, Layout::HfGptNeo},
       {"bloom", {"BloomForCausalLM", "BloomModel"}, Layout::HfBloom},
+      {"clip_vision_model", {"CLIPVisionModelWithProjection", "CLIPVisionModel"}, Layout::HfClipVision},
+      {"clip", {"CLIPModel"}, Layout::HfClipVision},
+      {"dinov2", {"Dinov2ForImageClassification", "Dinov2Model"}, Layout::HfDinov2},
+      {"deit",
+       {"DeiTForImageClassificationWithTeacher", "DeiTForImageClassification", "DeiTModel"},
+       Layout::HfDeit},
   };
   if (!json.is_object()) return std::nullopt;
   const nlohmann::json* type = detail::find_key(json, "model_type");
@@ -106,7 +123,7 @@ inline std::optional<Layout> hf_decoder_layout(const nlohmann::json& json) {
     } else if (architectures && architectures->is_array()) {
       for (const nlohmann::json& name : *architectures)
         for (const char* known : family.architectures)
-          if (name.is_string() && name.get<std::string>() == known) return family.layout;
+          if (known && name.is_string() && name.get<std::string>() == known) return family.layout;
     }
   }
   return std::nullopt;
@@ -126,7 +143,7 @@ inline Layout detect_layout(const SafetensorsFile& file,
   }
   std::error_code error;
   if (std::filesystem::is_regular_file(path, error))
-    if (const std::optional<Layout> family = hf_decoder_layout(read_json_file(path))) return *family;
+    if (const std::optional<Layout> family = hf_family_layout(read_json_file(path))) return *family;
   if (file.contains("wte.weight") || file.contains("transformer.wte.weight"))
     return Layout::HfGpt2;
   if (file.contains("vit.embeddings.patch_embeddings.projection.weight") ||
@@ -135,8 +152,8 @@ inline Layout detect_layout(const SafetensorsFile& file,
   detail::fail_with<FormatError>(
       "detect_layout", file.path().string(),
       ": not a model file prenorm knows: no prenorm metadata (format \"prenorm\"), no config.json "
-      "naming a decoder family prenorm reads (model_type gpt_neox, opt, phi, gptj, gpt_bigcode, "
-      "gpt_neo, bloom), no GPT-2 'wte.weight' / 'transformer.wte.weight', no ViT "
+      "naming a family prenorm reads (model_type gpt_neox, opt, phi, gptj, gpt_bigcode, "
+      "gpt_neo, bloom, clip_vision_model, clip, dinov2, deit), no GPT-2 'wte.weight' / 'transformer.wte.weight', no ViT "
       "'vit.embeddings.patch_embeddings.projection.weight'");
 }
 
@@ -235,6 +252,19 @@ LoadedModel<S> load_any_model(const SafetensorsFile& file,
     case Layout::HfGptj:
       return detail::load_hf_decoder<S>(
           file, config, layout, [](auto&&... a) { return load_hf_gptj<S>(a...); }, hf_gptj_dtype);
+    case Layout::HfClipVision:
+    case Layout::HfDinov2:
+    case Layout::HfDeit: {
+      const std::filesystem::path path = hf_config_path("load_model", file.path(), config,
+                                                        layout_name(layout), "--config");
+      const nlohmann::json json = read_json_file(path);
+      AnyModel<S> model = layout == Layout::HfClipVision ? load_hf_clip_vision<S>(file, json, path.string())
+                          : layout == Layout::HfDinov2   ? load_hf_dinov2<S>(file, json, path.string())
+                                                         : load_hf_deit<S>(file, json, path.string());
+      LoadedModel<S> loaded = make(std::move(model), detail::common_dtype(file, file.names()));
+      loaded.config_path = path;
+      return loaded;
+    }
     case Layout::HfGptBigcode:
     case Layout::HfGptNeo:
     case Layout::HfBloom: {

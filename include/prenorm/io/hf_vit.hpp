@@ -53,28 +53,12 @@ namespace prenorm::io {
 
 // --- config.json -----------------------------------------------------------------
 
-inline VitConfig vit_config_from_json(const nlohmann::json& json, const std::string& source) {
-  constexpr const char* op = "hf_vit";
-  using namespace detail;
-  if (!json.is_object())
-    fail_with<FormatError>(op, source, ": expected a JSON object, found ", json.type_name());
-  if (const nlohmann::json* type = find_key(json, "model_type"))
-    if (!type->is_string() || type->get<std::string>() != "vit")
-      fail_with<FormatError>(op, source, ": 'model_type' is ", type->dump(), ", expected \"vit\"");
-  VitConfig config;
-  config.width = json_integer(op, json, source, "hidden_size", 2);
-  config.layers = json_integer(op, json, source, "num_hidden_layers", 0);
-  config.heads = json_integer(op, json, source, "num_attention_heads", 1);
-  config.mlp_width = json_integer(op, json, source, "intermediate_size", 1);
-  config.image_size = json_integer(op, json, source, "image_size", 1);
-  config.patch_size = json_integer(op, json, source, "patch_size", 1);
-  config.channels = json_integer(op, json, source, "num_channels", 1, 3);
-  config.epsilon = json_positive(op, json, source, "layer_norm_eps", 1e-12);
-  config.activation = json_hf_activation(op, json, source, "hidden_act", "gelu");
-  json_require_bool(op, json, source, "qkv_bias", true,
-                    "prenorm's ViT reads query, key and value biases");
+namespace detail {
 
-  // Classes: num_labels, else the size of id2label; both must agree.
+// The class count of an image classifier's config.json: num_labels, else the
+// size of id2label (both must agree); nullopt when it has neither.
+inline std::optional<Index> hf_class_count(const char* op, const nlohmann::json& json,
+                                           const std::string& source) {
   std::optional<Index> from_map;
   if (const nlohmann::json* labels = find_key(json, "id2label"); labels && !labels->is_null()) {
     if (!labels->is_object())
@@ -84,22 +68,62 @@ inline VitConfig vit_config_from_json(const nlohmann::json& json, const std::str
   }
   const nlohmann::json* num_labels = find_key(json, "num_labels");
   if (num_labels && !num_labels->is_null()) {
-    config.classes = json_integer(op, json, source, "num_labels", 1);
-    if (from_map && *from_map != config.classes)
-      fail_with<FormatError>(op, source, ": 'num_labels' is ", config.classes,
-                             " but 'id2label' has ", *from_map, " entries");
-  } else if (from_map) {
-    config.classes = *from_map;
-  } else {
-    fail_with<FormatError>(op, source,
-                           ": missing 'num_labels' and 'id2label' (the number of classes)");
+    const Index classes = json_integer(op, json, source, "num_labels", 1);
+    if (from_map && *from_map != classes)
+      fail_with<FormatError>(op, source, ": 'num_labels' is ", classes, " but 'id2label' has ",
+                             *from_map, " entries");
+    return classes;
   }
-  if (config.classes < 1)
+  if (from_map && *from_map < 1)
     fail_with<FormatError>(op, source, ": 'id2label' is empty, expected at least one class");
+  return from_map;
+}
+
+// The keys every ViT-like encoder config has (ViT, DeiT, DINOv2, CLIP's vision
+// config): hidden_size, num_hidden_layers, num_attention_heads, image_size,
+// patch_size (required), num_channels (default 3), layer_norm_eps, hidden_act
+// (the family's defaults). Not the MLP width nor the classes.
+inline VitConfig vit_like_config(const char* op, const nlohmann::json& json,
+                                 const std::string& source, double epsilon, const char* activation) {
+  VitConfig config;
+  config.width = json_integer(op, json, source, "hidden_size", 2);
+  config.layers = json_integer(op, json, source, "num_hidden_layers", 0);
+  config.heads = json_integer(op, json, source, "num_attention_heads", 1);
+  config.image_size = json_integer(op, json, source, "image_size", 1);
+  config.patch_size = json_integer(op, json, source, "patch_size", 1);
+  config.channels = json_integer(op, json, source, "num_channels", 1, 3);
+  config.epsilon = json_positive(op, json, source, "layer_norm_eps", epsilon);
+  config.activation = json_hf_activation(op, json, source, "hidden_act", activation);
   if (config.width % config.heads != 0)
     fail_with<FormatError>(op, source, ": 'hidden_size' ", config.width,
                            " is not divisible by 'num_attention_heads' ", config.heads);
-  validate_config(op, config, source);
+  return config;
+}
+
+// The config of a ViT image classifier (`model_type` "vit", or DeiT's "deit"):
+// vit_like_config's keys, intermediate_size, qkv_bias (true only) and the
+// classes. Not validated yet (the caller may add options).
+inline VitConfig vit_classifier_config(const char* op, const nlohmann::json& json,
+                                       const std::string& source, const char* model_type) {
+  json_require_model_type(op, json, source, model_type);
+  VitConfig config = vit_like_config(op, json, source, 1e-12, "gelu");
+  config.mlp_width = json_integer(op, json, source, "intermediate_size", 1);
+  json_require_bool(op, json, source, "qkv_bias", true,
+                    "prenorm reads query, key and value biases");
+  const std::optional<Index> classes = hf_class_count(op, json, source);
+  if (!classes)
+    fail_with<FormatError>(op, source,
+                           ": missing 'num_labels' and 'id2label' (the number of classes)");
+  config.classes = *classes;
+  return config;
+}
+
+}  // namespace detail
+
+inline VitConfig vit_config_from_json(const nlohmann::json& json, const std::string& source) {
+  constexpr const char* op = "hf_vit";
+  const VitConfig config = detail::vit_classifier_config(op, json, source, "vit");
+  detail::validate_config(op, config, source);
   return config;
 }
 
@@ -113,6 +137,9 @@ inline nlohmann::json vit_config_to_json(const VitConfig& config) {
                           " do not make the width ", config.width,
                           ": ViT has head_dim = hidden_size / num_attention_heads");
   detail::require_sequential_hf(op, config, "ViT");
+  if (!config.plain())
+    prenorm::detail::fail(op, "the model has a stem norm, a distillation token or a pooled head, "
+                          "which Hugging Face ViT has not");
   nlohmann::ordered_json json;
   json["model_type"] = "vit";
   json["architectures"] = {"ViTForImageClassification"};
@@ -152,26 +179,59 @@ inline std::string vit_prefix(const SafetensorsFile& file) {
   return bare ? "" : "vit.";
 }
 
-inline std::vector<ExpectedTensor> vit_expected(const VitConfig& c, const std::string& p) {
-  const std::int64_t d = c.width, a = c.attention_width(), I = c.mlp_width, K = c.classes;
-  std::vector<ExpectedTensor> e;
-  const std::string emb = p + "embeddings.";
+// The self-attention of a ViT-style layer `l` (ViT, DeiT, DINOv2):
+// l + "attention.attention.{query,key,value}", l + "attention.output.dense".
+inline void vit_attention_expected(std::vector<ExpectedTensor>& e, const VitConfig& c,
+                                   const std::string& l) {
+  const std::int64_t d = c.width, a = c.attention_width();
+  for (const char* which : {"query", "key", "value"}) {
+    e.push_back({l + "attention.attention." + which + ".weight", {a, d}, "(hidden_size, hidden_size)"});
+    e.push_back({l + "attention.attention." + which + ".bias", {a}, "(hidden_size)"});
+  }
+  e.push_back({l + "attention.output.dense.weight", {d, a}, "(hidden_size, hidden_size)"});
+  e.push_back({l + "attention.output.dense.bias", {d}, "(hidden_size)"});
+}
+
+template <class S>
+void read_vit_attention(const SafetensorsFile& file, const std::string& l,
+                        PreNormBlock<Arch::PreLN, S>& b) {
+  const Index a = b.attn.qkv.weight.rows() / 3;
+  Index row = 0;
+  for (const char* which : {"query", "key", "value"}) {
+    const std::string name = l + "attention.attention." + which;
+    b.attn.qkv.weight.middleRows(row, a) = file.matrix<S>(name + ".weight");
+    b.attn.qkv.bias.segment(row, a) = file.vector<S>(name + ".bias");
+    row += a;
+  }
+  b.attn.out.weight = file.matrix<S>(l + "attention.output.dense.weight");
+  b.attn.out.bias = file.vector<S>(l + "attention.output.dense.bias");
+}
+
+// The embeddings of ViT and DeiT (`emb` = prefix + "embeddings."): the
+// distillation token and the mask token (DeiT) when asked for.
+inline void vit_embeddings_expected(std::vector<ExpectedTensor>& e, const VitConfig& c,
+                                    const std::string& emb) {
+  const std::int64_t d = c.width;
   e.push_back({emb + "cls_token", {1, 1, d}, "(1, 1, hidden_size)"});
+  if (c.distillation_token)
+    e.push_back({emb + "distillation_token", {1, 1, d}, "(1, 1, hidden_size)"});
   e.push_back({emb + "position_embeddings", {1, c.tokens(), d},
-               "(1, 1 + (image_size/patch_size)^2, hidden_size)"});
+               c.distillation_token ? "(1, 2 + (image_size/patch_size)^2, hidden_size)"
+                                    : "(1, 1 + (image_size/patch_size)^2, hidden_size)"});
   e.push_back({emb + "patch_embeddings.projection.weight", {d, c.channels, c.patch_size, c.patch_size},
                "(hidden_size, num_channels, patch_size, patch_size)"});
   e.push_back({emb + "patch_embeddings.projection.bias", {d}, "(hidden_size)"});
+}
+
+// The ViT encoder layers `p` + "encoder.layer.{i}." (ViT, DeiT).
+inline void vit_layers_expected(std::vector<ExpectedTensor>& e, const VitConfig& c,
+                                const std::string& p) {
+  const std::int64_t d = c.width, I = c.mlp_width;
   for (Index i = 0; i < c.layers; ++i) {
     const std::string l = p + "encoder.layer." + std::to_string(i) + ".";
     e.push_back({l + "layernorm_before.weight", {d}, "(hidden_size)"});
     e.push_back({l + "layernorm_before.bias", {d}, "(hidden_size)"});
-    for (const char* which : {"query", "key", "value"}) {
-      e.push_back({l + "attention.attention." + which + ".weight", {a, d}, "(hidden_size, hidden_size)"});
-      e.push_back({l + "attention.attention." + which + ".bias", {a}, "(hidden_size)"});
-    }
-    e.push_back({l + "attention.output.dense.weight", {d, a}, "(hidden_size, hidden_size)"});
-    e.push_back({l + "attention.output.dense.bias", {d}, "(hidden_size)"});
+    vit_attention_expected(e, c, l);
     e.push_back({l + "layernorm_after.weight", {d}, "(hidden_size)"});
     e.push_back({l + "layernorm_after.bias", {d}, "(hidden_size)"});
     e.push_back({l + "intermediate.dense.weight", {I, d}, "(intermediate_size, hidden_size)"});
@@ -181,6 +241,51 @@ inline std::vector<ExpectedTensor> vit_expected(const VitConfig& c, const std::s
   }
   e.push_back({p + "layernorm.weight", {d}, "(hidden_size)"});
   e.push_back({p + "layernorm.bias", {d}, "(hidden_size)"});
+}
+
+// What vit_embeddings_expected lists, into `model`.
+template <class S>
+void read_vit_embeddings(const SafetensorsFile& file, const std::string& emb,
+                         Vit<Arch::PreLN, S>& model) {
+  const VitConfig& config = model.config;
+  model.cls_token = read_as_vector<S>(file, emb + "cls_token");
+  if (config.distillation_token)
+    model.distillation_token = read_as_vector<S>(file, emb + "distillation_token");
+  model.position_embedding =
+      read_as_matrix<S>(file, emb + "position_embeddings", config.tokens(), config.width);
+  model.patch.weight = read_as_matrix<S>(file, emb + "patch_embeddings.projection.weight",
+                                         config.width, config.patch_features());
+  model.patch.bias = file.vector<S>(emb + "patch_embeddings.projection.bias");
+}
+
+// What vit_embeddings_expected and vit_layers_expected list, into `model`
+// (all but the head).
+template <class S>
+void read_vit_body(const SafetensorsFile& file, const std::string& p, Vit<Arch::PreLN, S>& model) {
+  const VitConfig& config = model.config;
+  read_vit_embeddings(file, p + "embeddings.", model);
+  for (Index i = 0; i < config.layers; ++i) {
+    const std::string l = p + "encoder.layer." + std::to_string(i) + ".";
+    auto& b = model.blocks[std::size_t(i)];
+    b.norm1_gamma = file.vector<S>(l + "layernorm_before.weight");
+    b.norm1_beta = file.vector<S>(l + "layernorm_before.bias");
+    read_vit_attention(file, l, b);
+    b.norm2_gamma = file.vector<S>(l + "layernorm_after.weight");
+    b.norm2_beta = file.vector<S>(l + "layernorm_after.bias");
+    b.mlp.fc.weight = file.matrix<S>(l + "intermediate.dense.weight");
+    b.mlp.fc.bias = file.vector<S>(l + "intermediate.dense.bias");
+    b.mlp.proj.weight = file.matrix<S>(l + "output.dense.weight");
+    b.mlp.proj.bias = file.vector<S>(l + "output.dense.bias");
+  }
+  model.final_gamma = file.vector<S>(p + "layernorm.weight");
+  model.final_beta = file.vector<S>(p + "layernorm.bias");
+}
+
+inline std::vector<ExpectedTensor> vit_expected(const VitConfig& c, const std::string& p) {
+  const std::int64_t d = c.width, K = c.classes;
+  std::vector<ExpectedTensor> e;
+  vit_embeddings_expected(e, c, p + "embeddings.");
+  vit_layers_expected(e, c, p);
   e.push_back({"classifier.weight", {K, d}, "(num_labels, hidden_size)"});
   e.push_back({"classifier.bias", {K}, "(num_labels)"});
   return e;
@@ -201,43 +306,16 @@ Vit<Arch::PreLN, S> load_hf_vit(const SafetensorsFile& file, const VitConfig& co
   constexpr const char* op = "hf_vit";
   const std::string path = file.path().string();
   detail::validate_config(op, config, path);
+  if (!config.plain())
+    detail::fail_with<FormatError>(op, path, ": the config has a stem norm, a distillation token "
+                                   "or a pooled head, which Hugging Face ViT has not");
   const std::string p = detail::vit_prefix(file);
   detail::check_tensors(op, file, detail::vit_expected(config, p), {},
                         "config: num_hidden_layers " + std::to_string(config.layers) +
                             ", hidden_size " + std::to_string(config.width) + ", tensor prefix '" +
                             p + "'");
-  const Index d = config.width, a = config.attention_width();
   Vit<Arch::PreLN, S> model(config);
-  const std::string emb = p + "embeddings.";
-  model.cls_token = detail::read_as_vector<S>(file, emb + "cls_token");
-  model.position_embedding =
-      detail::read_as_matrix<S>(file, emb + "position_embeddings", config.tokens(), d);
-  model.patch.weight = detail::read_as_matrix<S>(file, emb + "patch_embeddings.projection.weight",
-                                                 d, config.patch_features());
-  model.patch.bias = file.vector<S>(emb + "patch_embeddings.projection.bias");
-  for (Index i = 0; i < config.layers; ++i) {
-    const std::string l = p + "encoder.layer." + std::to_string(i) + ".";
-    auto& b = model.blocks[std::size_t(i)];
-    b.norm1_gamma = file.vector<S>(l + "layernorm_before.weight");
-    b.norm1_beta = file.vector<S>(l + "layernorm_before.bias");
-    Index row = 0;
-    for (const char* which : {"query", "key", "value"}) {
-      const std::string name = l + "attention.attention." + which;
-      b.attn.qkv.weight.middleRows(row, a) = file.matrix<S>(name + ".weight");
-      b.attn.qkv.bias.segment(row, a) = file.vector<S>(name + ".bias");
-      row += a;
-    }
-    b.attn.out.weight = file.matrix<S>(l + "attention.output.dense.weight");
-    b.attn.out.bias = file.vector<S>(l + "attention.output.dense.bias");
-    b.norm2_gamma = file.vector<S>(l + "layernorm_after.weight");
-    b.norm2_beta = file.vector<S>(l + "layernorm_after.bias");
-    b.mlp.fc.weight = file.matrix<S>(l + "intermediate.dense.weight");
-    b.mlp.fc.bias = file.vector<S>(l + "intermediate.dense.bias");
-    b.mlp.proj.weight = file.matrix<S>(l + "output.dense.weight");
-    b.mlp.proj.bias = file.vector<S>(l + "output.dense.bias");
-  }
-  model.final_gamma = file.vector<S>(p + "layernorm.weight");
-  model.final_beta = file.vector<S>(p + "layernorm.bias");
+  detail::read_vit_body(file, p, model);
   model.head.weight = file.matrix<S>("classifier.weight");
   model.head.bias = file.vector<S>("classifier.bias");
   model.validate(op);

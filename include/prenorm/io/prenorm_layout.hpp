@@ -24,7 +24,10 @@
 //     rotary_pairing "rotate_half" | "interleaved", rotary_base; alibi "true";
 //     score_scale; window, window_period; and the position options likewise:
 //     learned_positions "false"; position_offset;
-//   ViT: classes, image_size, patch_size, channels.
+//   ViT: classes, image_size, patch_size, channels, and the encoder-family
+//     options only where set (a plain ViT's file has none of them):
+//     stem_norm "true"; distillation_token "true";
+//     pooling "cls_distillation" | "cls_patch_mean".
 // Reading is strict: a missing key, a key that is not in this list (or is for
 // the other kind), or a value that does not parse throws FormatError naming
 // the key and the file; so do missing, unknown or misshapen tensors.
@@ -183,6 +186,15 @@ class MetadataReader {
     if (!activation_from_name(value, activation))
       bad(key, value, "'gelu_tanh', 'gelu_erf', 'relu' or 'quick_gelu'");
     return activation;
+  }
+
+  // An optional key: Cls when absent.
+  VitPooling pooling(const char* key) {
+    if (!has(key)) return VitPooling::Cls;
+    const std::string& value = text(key);
+    for (VitPooling p : {VitPooling::Cls, VitPooling::ClsDistillation, VitPooling::ClsPatchMean})
+      if (value == vit_pooling_name(p)) return p;
+    bad(key, value, "'cls', 'cls_distillation' or 'cls_patch_mean'");
   }
 
   // An optional key: Sequential when absent.
@@ -379,6 +391,9 @@ inline PrenormMetadata read_prenorm_metadata(const SafetensorsFile& file) {
     c.image_size = m.integer("image_size", 1);
     c.patch_size = m.integer("patch_size", 1);
     c.channels = m.integer("channels", 1);
+    if (m.has("stem_norm")) c.stem_norm = m.boolean("stem_norm");
+    if (m.has("distillation_token")) c.distillation_token = m.boolean("distillation_token");
+    c.pooling = m.pooling("pooling");
     detail::validate_config(op, c, m.file());
   }
   m.check_all_used(model_kind_name(result.kind));
@@ -475,6 +490,10 @@ template <Arch A, class S>
   writer.set_metadata("image_size", std::to_string(c.image_size));
   writer.set_metadata("patch_size", std::to_string(c.patch_size));
   writer.set_metadata("channels", std::to_string(c.channels));
+  if (c.stem_norm) writer.set_metadata("stem_norm", "true");
+  if (c.distillation_token) writer.set_metadata("distillation_token", "true");
+  if (c.pooling != VitPooling::Cls)
+    writer.set_metadata("pooling", std::string(vit_pooling_name(c.pooling)));
   detail::add_tensors(writer, model, dtype);
   return writer;
 }

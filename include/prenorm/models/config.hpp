@@ -3,6 +3,7 @@
 // GPT-3 Small..XL), plus GPT-2 small.
 
 #include <string>
+#include <string_view>
 
 #include "../core/error.hpp"
 #include "../core/types.hpp"
@@ -79,8 +80,26 @@ struct GptConfig {
   }
 };
 
+// What the head of a ViT reads, from the final norm's output NormF(h) (each part main wide).
+enum class VitPooling {
+  Cls,              // NormF(h_cls) (ViT, CLIP vision)
+  ClsDistillation,  // [NormF(h_cls), NormF(h_dist)] (DeiT: its two heads, averaged, are one)
+  ClsPatchMean,     // [NormF(h_cls), mean over the patches of NormF(h_patch)] (DINOv2)
+};
+
+constexpr std::string_view vit_pooling_name(VitPooling pooling) {
+  switch (pooling) {
+    case VitPooling::Cls: return "cls";
+    case VitPooling::ClsDistillation: return "cls_distillation";
+    case VitPooling::ClsPatchMean: return "cls_patch_mean";
+  }
+  return "unknown";
+}
+
 // A ViT encoder: square images cut into p x p patches, a cls token, learned
-// positions, bidirectional attention, a classifier on the cls token.
+// positions, bidirectional attention, a classifier on the cls token. The
+// encoder families are options of it: a norm on the embeddings (CLIP), a
+// distillation token (DeiT), a pooled head input (DeiT, DINOv2).
 struct VitConfig {
   Index image_size = 0;  // height = width of the input images
   Index patch_size = 0;
@@ -94,12 +113,21 @@ struct VitConfig {
   Activation activation = Activation::GeluErf;
   BlockTopology topology = BlockTopology::Sequential;  // of every block
   Index head_dim = 0;      // 0: width / heads
+  // CLIP's pre_layrnorm: a LayerNorm (with affine, epsilon) on the embeddings
+  // e = patch + cls + positions, which then stay d wide in every architecture;
+  // the stem's output starts the residual stream (centered and compressed
+  // there in Pre-RMSNorm and Pre-CRMSNorm, DESIGN.md: x0 = C(LN(e) gamma + beta)).
+  bool stem_norm = false;
+  bool distillation_token = false;  // DeiT: a second learned token after the cls token
+  VitPooling pooling = VitPooling::Cls;
 
   constexpr Index head_size() const { return head_dim != 0 ? head_dim : (heads ? width / heads : 0); }
   constexpr Index attention_width() const { return heads * head_size(); }
   constexpr Index grid() const { return patch_size ? image_size / patch_size : 0; }  // patches per side
   constexpr Index patches() const { return grid() * grid(); }
-  constexpr Index tokens() const { return 1 + patches(); }  // cls + patches
+  constexpr Index prefix_tokens() const { return distillation_token ? 2 : 1; }  // cls (+ distillation)
+  constexpr Index tokens() const { return prefix_tokens() + patches(); }
+  constexpr Index pooled_parts() const { return pooling == VitPooling::Cls ? 1 : 2; }  // head input / main
   constexpr Index patch_features() const { return channels * patch_size * patch_size; }  // C*p*p
 
   void validate(const char* op = "VitConfig") const {
@@ -122,7 +150,13 @@ struct VitConfig {
       detail::fail(op, "activation is ", int(activation), ", not an Activation");
     if (!is_valid_topology(topology))
       detail::fail(op, "topology is ", int(topology), ", not a BlockTopology");
+    if (vit_pooling_name(pooling) == "unknown")
+      detail::fail(op, "pooling is ", int(pooling), ", not a VitPooling");
+    if (pooling == VitPooling::ClsDistillation && !distillation_token)
+      detail::fail(op, "pooling is cls_distillation without a distillation token");
   }
+  // The fields a plain ViT (the paper's, Hugging Face "vit") has.
+  bool plain() const { return !stem_norm && !distillation_token && pooling == VitPooling::Cls; }
 };
 
 namespace presets {

@@ -1,7 +1,11 @@
 #pragma once
 // ViT: an encoder-only Pre-Norm transformer over image patches.
-//   h = [cls_token; patch(patches)] + position_embedding;  blocks (bidirectional);
-//   logits = head(NormF(h_cls))
+//   e = [cls_token; (distillation_token;) patch(patches)] + position_embedding
+//   h = e, or with config.stem_norm h = Stem(e) = LN(e) stem_gamma + stem_beta
+//       (centered, and compressed for Pre-CRMSNorm: the stream must be zero-mean);
+//   blocks (bidirectional);  logits = head(pool(NormF(h)))
+// pool (config.pooling): the cls row; the cls and distillation rows side by
+// side; the cls row beside the mean of the patch rows.
 // A patch is flattened in the order (channel, ky, kx), i.e. a PyTorch/HF conv
 // weight (main, C, p, p) reshaped to (main, C*p*p); patches are numbered row by
 // row over the grid (py * grid + px), as HF's flatten(2).
@@ -47,25 +51,34 @@ class Vit {
   using Block = PreNormBlock<A, S>;
   static constexpr Arch arch = A;
   // Called with -1 after the embeddings and with i after block i, on the main
-  // branch h [batch*(1+patches) x main] (residual adds complete).
+  // branch h [batch*tokens x main] (residual adds complete).
   using BlockHook = std::function<void(Index, const RowMatrix<S>&)>;
 
   VitConfig config;
-  Linear<S> patch;                  // (main, C*p*p), bias (main)
-  Vector<S> cls_token;              // (main)
-  RowMatrix<S> position_embedding;  // (1 + patches, main); row 0 is the cls token's
+  // e: the embeddings, embed = main, or d with a stem norm (which they feed).
+  Linear<S> patch;                  // (embed, C*p*p), bias (embed)
+  Vector<S> cls_token;              // (embed)
+  Vector<S> distillation_token;     // (embed) with config.distillation_token, else empty
+  RowMatrix<S> position_embedding;  // (tokens, embed); row 0 is the cls token's
+  Vector<S> stem_gamma;             // (d) with config.stem_norm, else empty (every architecture)
+  Vector<S> stem_beta;              // (d) with config.stem_norm
   std::vector<Block> blocks;        // [layers]
   Vector<S> final_gamma;            // (d), PreLN only (empty otherwise)
   Vector<S> final_beta;             // (d), PreLN only
-  Linear<S> head;                   // (classes, main), bias (classes)
+  Linear<S> head;                   // (classes, pooled_parts * main), bias (classes)
 
   // Zero weights of the right shapes; gammas 1.
   explicit Vit(const VitConfig& config_) : config(config_) {
     config.validate("Vit");
-    const Index d = config.width, m = main();
-    patch = Linear<S>(config.patch_features(), m);
-    cls_token.setZero(m);
-    position_embedding.setZero(config.tokens(), m);
+    const Index d = config.width, e = embed_width();
+    patch = Linear<S>(config.patch_features(), e);
+    cls_token.setZero(e);
+    if (config.distillation_token) distillation_token.setZero(e);
+    position_embedding.setZero(config.tokens(), e);
+    if (config.stem_norm) {
+      stem_gamma.setOnes(d);
+      stem_beta.setZero(d);
+    }
     blocks.reserve(config.layers);
     for (Index i = 0; i < config.layers; ++i) {
       blocks.emplace_back(d, config.heads, config.head_size(), config.mlp_width, /*causal=*/false,
@@ -76,11 +89,13 @@ class Vit {
       final_gamma.setOnes(d);
       final_beta.setZero(d);
     }
-    head = Linear<S>(m, config.classes);
+    head = Linear<S>(config.pooled_parts() * main(), config.classes);
   }
 
   Index width() const { return config.width; }                 // d
   Index main() const { return ArchTraits<A>::main_width(config.width); }  // d, or d-1 for PreCRMSNorm
+  // Width of the embeddings: the main branch's, or d when a stem norm reads them.
+  Index embed_width() const { return config.stem_norm ? config.width : main(); }
 
   // Random weights, deterministic in seed: weights and embeddings N(0, stddev),
   // residual output projections N(0, stddev / sqrt(2 layers)), biases 0,
@@ -95,7 +110,10 @@ class Vit {
     fill(patch.weight, stddev, 0);
     fill(patch.bias, affine, 0);
     fill(cls_token, stddev, 0);
+    fill(distillation_token, stddev, 0);
     fill(position_embedding, stddev, 0);
+    fill(stem_gamma, affine, 1);
+    fill(stem_beta, affine, 0);
     for (Block& b : blocks) detail::init_block_random(b, rng, stddev, proj_std, affine);
     fill(final_gamma, affine, 1);
     fill(final_beta, affine, 0);
@@ -118,12 +136,15 @@ class Vit {
   // the config and architecture.
   void validate(const char* op = "Vit::validate") const {
     config.validate(op);
-    const Index d = config.width, m = main();
-    patch.validate(op, "patch", config.patch_features(), m);
-    check_vector(op, "cls_token", cls_token, m);
-    if (position_embedding.rows() != config.tokens() || position_embedding.cols() != m)
+    const Index d = config.width, m = main(), e = embed_width();
+    patch.validate(op, "patch", config.patch_features(), e);
+    check_vector(op, "cls_token", cls_token, e);
+    check_vector(op, "distillation_token", distillation_token, config.distillation_token ? e : 0);
+    if (position_embedding.rows() != config.tokens() || position_embedding.cols() != e)
       detail::fail(op, "position_embedding is (", position_embedding.rows(), " x ",
-                   position_embedding.cols(), "), expected (", config.tokens(), " x ", m, ")");
+                   position_embedding.cols(), "), expected (", config.tokens(), " x ", e, ")");
+    check_vector(op, "stem_gamma", stem_gamma, config.stem_norm ? d : 0);
+    check_vector(op, "stem_beta", stem_beta, config.stem_norm ? d : 0);
     if (Index(blocks.size()) != config.layers)
       detail::fail(op, "blocks has ", blocks.size(), " blocks, expected ", config.layers, " (layers)");
     for (std::size_t i = 0; i < blocks.size(); ++i) {
@@ -138,7 +159,7 @@ class Vit {
     }
     check_vector(op, "final_gamma", final_gamma, ArchTraits<A>::affine ? d : 0);
     check_vector(op, "final_beta", final_beta, ArchTraits<A>::affine ? d : 0);
-    head.validate(op, "head", m, config.classes);
+    head.validate(op, "head", config.pooled_parts() * m, config.classes);
   }
 
   // Logits [batch x classes] of images [batch x C x H x W]. A convenience
@@ -211,6 +232,11 @@ class Vit {
     f(std::string("final_beta"), self.final_beta);
     f(std::string("head.weight"), self.head.weight);
     f(std::string("head.bias"), self.head.bias);
+    // The encoder options' tensors last, so that a plain ViT (where they are
+    // empty) visits, and saves, its tensors in the order it always had.
+    f(std::string("distillation_token"), self.distillation_token);
+    f(std::string("stem_gamma"), self.stem_gamma);
+    f(std::string("stem_beta"), self.stem_beta);
   }
 };
 

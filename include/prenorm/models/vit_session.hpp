@@ -29,7 +29,7 @@ class VitSession {
     return forward_images("VitSession::forward", images, nullptr);
   }
   // The same, calling hook(-1, h) after the embeddings and hook(i, h) after
-  // block i with the main branch h [batch*(1+patches) x main].
+  // block i with the main branch h [batch*tokens x main].
   const RowMatrix<S>& forward(const ImageBatch<S>& images, const BlockHook& hook) {
     return forward_images("VitSession::forward", images, &hook);
   }
@@ -42,21 +42,24 @@ class VitSession {
     return forward_patches_impl("VitSession::forward_patches", patches, &hook);
   }
 
-  // The main branch h [batch*(1+patches) x main] after the last forward. Without
-  // a hook, the last MLP's residual add reaches the cls rows only.
+  // The main branch h [batch*tokens x main] after the last forward. Without a
+  // hook and with the cls pooling, the last MLP's residual add reaches the cls rows only.
   const RowMatrix<S>& main_branch() const { return h_; }
-  // The normalized cls rows NormF(h_cls) [batch x main] the head read (h_cls without norms).
-  const RowMatrix<S>& hidden() const { return x_cls_; }
+  // What the head read, pool(NormF(h)) [batch x pooled_parts*main] (h without norms):
+  // the normalized cls rows, with the distillation rows or the patch means beside them.
+  const RowMatrix<S>& hidden() const { return pooled_; }
 
  private:
   friend Model;  // Vit::forward runs a session of its own, with its own operation name
 
   const Model* model_;
   BlockWorkspace<S> workspace_;
-  RowMatrix<S> patches_;  // [batch*(1+patches) x C*p*p]; the cls rows are zero
-  RowMatrix<S> h_, x_;    // [batch*(1+patches) x main]
-  RowMatrix<S> branch_;   // [batch*(1+patches) x branch_width()]: a branch output in its first main columns
-  RowMatrix<S> x_cls_;    // [batch x main]
+  RowMatrix<S> patches_;  // [batch*tokens x C*p*p]; the prefix (cls, distillation) rows are zero
+  RowMatrix<S> embed_;    // [batch*tokens x d]: the embeddings a stem norm reads
+  RowMatrix<S> stem_;     // [batch*tokens x d]: the stem norm's output, before centering
+  RowMatrix<S> h_, x_;    // [batch*tokens x main]
+  RowMatrix<S> branch_;   // [batch*tokens x branch_width()]: a branch output in its first main columns
+  RowMatrix<S> pooled_;   // [batch x pooled_parts*main]: the head's input
   RowMatrix<S> logits_;   // [batch x classes]
 
   const RowMatrix<S>& forward_images(const char* op, const ImageBatch<S>& images,
@@ -64,10 +67,10 @@ class VitSession {
     const Model& v = *model_;
     v.check_images(op, images);
     v.validate(op);
-    const Index B = images.batch, T = v.config.tokens();
+    const Index B = images.batch, T = v.config.tokens(), K = v.config.prefix_tokens();
     patches_.resize(B * T, v.config.patch_features());
-    for (Index b = 0; b < B; ++b) patches_.row(b * T).setZero();
-    v.extract_patches(images, patches_.data(), 1);
+    for (Index b = 0; b < B; ++b) patches_.middleRows(b * T, K).setZero();
+    v.extract_patches(images, patches_.data(), K);
     run(B, hook);
     return logits_;
   }
@@ -80,43 +83,64 @@ class VitSession {
       detail::fail(op, "patches is ", patches.rows(), " x ", patches.cols(), ", expected (batch*",
                    P, ") x ", F, " (batch*patches x C*p*p)");
     v.validate(op);
-    const Index B = patches.rows() / P, T = v.config.tokens();
+    const Index B = patches.rows() / P, T = v.config.tokens(), K = v.config.prefix_tokens();
     patches_.resize(B * T, F);
     for (Index b = 0; b < B; ++b) {
-      patches_.row(b * T).setZero();
-      patches_.middleRows(b * T + 1, P) = patches.middleRows(b * P, P);
+      patches_.middleRows(b * T, K).setZero();
+      patches_.middleRows(b * T + K, P) = patches.middleRows(b * P, P);
     }
     run(B, hook);
     return logits_;
   }
 
-  // Strided view of the cls rows (row b*(1+patches)) of a [batch*(1+patches) x main] buffer.
+  // Strided view of the cls rows (row b*tokens) of a [batch*tokens x main] buffer.
   Eigen::Map<RowMatrix<S>, 0, Eigen::OuterStride<>> cls_rows(RowMatrix<S>& m) const {
     const Index T = model_->config.tokens();
     return {m.data(), m.rows() / T, m.cols(), Eigen::OuterStride<>(T * m.cols())};
   }
 
-  // From patches_ (cls rows zero) to logits_.
+  // From patches_ (prefix rows zero) to logits_.
   void run(Index B, const BlockHook* hook) {
     const Model& v = *model_;
-    const Index T = v.config.tokens(), N = B * T, m = v.main();
+    const VitConfig& c = v.config;
+    const Index T = c.tokens(), N = B * T, m = v.main(), e = v.embed_width();
     h_.resize(N, m);
     x_.resize(N, m);
     // Wider than main where that lets the writers' products run padded.
     branch_.resize(N, v.blocks.empty() ? m : v.blocks[0].branch_width());
-    x_cls_.resize(B, m);
-    logits_.resize(B, v.config.classes);
+    pooled_.resize(B, c.pooled_parts() * m);
+    logits_.resize(B, c.classes);
     if (N == 0) return;
+    const S eps = S(c.epsilon);
 
-    // h = patch linear of every row (one GEMM; the zero cls rows cost 1/T),
-    // then the cls token and the positions. The product goes through branch_,
-    // which is wide enough for it to run padded where that pays (Pre-CRMSNorm).
-    v.patch.forward_padded(patches_, branch_);
-    detail::for_each_row(N, m, [&](Index r) {
+    // e = patch linear of every row (one GEMM; the zero prefix rows cost
+    // little), then the cls (and distillation) token and the positions. Without
+    // a stem norm e is h, and the product goes through branch_, which is wide
+    // enough for it to run padded where that pays (Pre-CRMSNorm).
+    RowMatrix<S>& product = c.stem_norm ? embed_ : branch_;
+    RowMatrix<S>& embeddings = c.stem_norm ? embed_ : h_;
+    if (c.stem_norm) embed_.resize(N, e);
+    v.patch.forward_padded(patches_, product);
+    detail::for_each_row(N, e, [&](Index r) {
       const Index t = r % T;
-      if (t == 0) h_.row(r) = v.cls_token.transpose() + v.position_embedding.row(0);
-      else h_.row(r) = branch_.row(r).head(m) + v.position_embedding.row(t);
+      if (t == 0) embeddings.row(r) = v.cls_token.transpose() + v.position_embedding.row(0);
+      else if (t == 1 && c.distillation_token)
+        embeddings.row(r) = v.distillation_token.transpose() + v.position_embedding.row(1);
+      else embeddings.row(r) = product.row(r).head(e) + v.position_embedding.row(t);
     });
+    if (c.stem_norm) {
+      // h = LN(e) gamma + beta starts the stream; a norm without centering
+      // needs it zero-mean (and compressed to its first main coordinates).
+      if constexpr (A == Arch::PreLN) {
+        layer_norm_forward(embed_, v.stem_gamma, v.stem_beta, h_, eps);
+      } else {
+        stem_.resize(N, e);
+        layer_norm_forward(embed_, v.stem_gamma, v.stem_beta, stem_, eps);
+        detail::for_each_row(N, e, [&](Index r) {
+          h_.row(r) = stem_.row(r).head(m).array() - stem_.row(r).mean();
+        });
+      }
+    }
     if (hook) (*hook)(-1, h_);
 
     const Index L = Index(v.blocks.size());
@@ -131,16 +155,30 @@ class VitSession {
         v.blocks[i + 1].add_norm1(h_, branch_.leftCols(m), x_);
       }
     }
-    // The head reads the cls rows only: the last add and the final norm touch only them.
-    const auto h_cls = cls_rows(h_);
-    const S eps = S(v.config.epsilon);
-    if (L > 0 && !hook)
-      ArchTraits<A>::add_forward(h_cls, cls_rows(branch_).leftCols(m), v.final_gamma, v.final_beta,
-                                 x_cls_, eps);
-    else
-      ArchTraits<A>::forward(h_cls, v.final_gamma, v.final_beta, x_cls_, eps);
-    if constexpr (!ArchTraits<A>::has_norm) x_cls_ = h_cls;  // no norm: the head reads h
-    v.head.forward_padded(x_cls_, logits_);
+    if (c.pooling == VitPooling::Cls) {
+      // The head reads the cls rows only: the last add and the final norm touch only them.
+      const auto h_cls = cls_rows(h_);
+      if (L > 0 && !hook)
+        ArchTraits<A>::add_forward(h_cls, cls_rows(branch_).leftCols(m), v.final_gamma,
+                                   v.final_beta, pooled_, eps);
+      else
+        ArchTraits<A>::forward(h_cls, v.final_gamma, v.final_beta, pooled_, eps);
+      if constexpr (!ArchTraits<A>::has_norm) pooled_ = h_cls;  // no norm: the head reads h
+    } else {
+      // The head reads more rows than the cls one: every row is finished and normalized.
+      if (L > 0 && !hook) h_ += branch_.leftCols(m);
+      ArchTraits<A>::forward(h_, v.final_gamma, v.final_beta, x_, eps);
+      if constexpr (!ArchTraits<A>::has_norm) x_ = h_;
+      const Index K = c.prefix_tokens(), P = c.patches();
+      for (Index b = 0; b < B; ++b) {
+        pooled_.row(b).head(m) = x_.row(b * T);
+        if (c.pooling == VitPooling::ClsDistillation)
+          pooled_.row(b).tail(m) = x_.row(b * T + 1);
+        else  // ClsPatchMean
+          pooled_.row(b).tail(m) = x_.middleRows(b * T + K, P).colwise().mean();
+      }
+    }
+    v.head.forward_padded(pooled_, logits_);
   }
 };
 

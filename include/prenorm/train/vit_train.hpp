@@ -169,6 +169,11 @@ class VitTrainEngine {
 
   void forward(const char* op, const Model& model, const Batch& batch) {
     model.validate(op);
+    if (!model.config.plain())
+      detail::fail(op, "the model has a stem norm, a distillation token or a pooled head (",
+                   vit_pooling_name(model.config.pooling),
+                   "): training reads the plain ViT only (stem_norm false, no distillation "
+                   "token, cls pooling)");
     const Index B = batch.images.batch;
     if (Index(batch.labels.size()) != B)
       detail::fail(op, "labels has ", batch.labels.size(), " entries, expected ", B, " (one per image)");
