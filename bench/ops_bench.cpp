@@ -41,7 +41,6 @@
 #include <benchmark/benchmark.h>
 
 #include <prenorm/layers/linear.hpp>
-#include <prenorm/layers/mlp.hpp>
 #include <prenorm/ops.hpp>
 
 #include <cstdint>
@@ -537,54 +536,6 @@ void ProductShapes(benchmark::internal::Benchmark* b) {
   }
 }
 
-// An MLP with packed weights (oneDNN), fused = 1: Mlp::forward, whose first
-// product applies the bias and the activation in its epilogue; fused = 0:
-// the same products with the bias and activation in a pass of their own over
-// the hidden rows (what Mlp::forward did before the epilogue). Arguments:
-// rows, width, inner, activation (an Activation). Without oneDNN both run the
-// unfused path.
-void BM_mlp_forward_packed(benchmark::State& state) {
-  const Index rows = state.range(0), width = state.range(1), inner = state.range(2);
-  const auto activation = prenorm::Activation(state.range(3));
-  const bool fused = state.range(4) != 0;
-  prenorm::Mlp<float> mlp(width, inner, activation);
-  mlp.fc.weight = activations<float>(inner, width, 2) * 0.05f;
-  mlp.fc.bias = activations<float>(1, inner, 3).row(0).transpose();
-  mlp.proj.weight = activations<float>(width, inner, 4) * 0.05f;
-  mlp.proj.bias = activations<float>(1, width, 5).row(0).transpose();
-  mlp.fc.pack();
-  mlp.proj.pack();
-  const RowMatrix<float> x = activations<float>(rows, width, 1);
-  RowMatrix<float> y(rows, width), hidden(rows, inner);
-  for (auto _ : state) {
-    if (fused) {
-      mlp.forward(x, y, hidden);
-    } else {
-      mlp.fc.product_padded(x, hidden);
-      prenorm::detail::for_each_row(rows, inner, [&](Index r) {
-        prenorm::detail::ArrayMap<float> row(hidden.row(r).data(), inner);
-        row += mlp.fc.bias.array();
-        prenorm::detail::activation_inplace(activation, row);
-      });
-      mlp.proj.forward_padded(hidden, y);
-    }
-    benchmark::DoNotOptimize(y.data());
-    benchmark::ClobberMemory();
-  }
-  state.counters["FLOP/s"] = benchmark::Counter(4.0 * double(rows) * double(width) * double(inner),
-                                                benchmark::Counter::kIsIterationInvariantRate);
-}
-
-void MlpShapes(benchmark::internal::Benchmark* b) {
-  b->ArgNames({"rows", "width", "inner", "act", "fused"});
-  const int64_t tanh = int64_t(prenorm::Activation::GeluTanh), erf = int64_t(prenorm::Activation::GeluErf);
-  for (const int64_t fused : {0, 1}) {
-    b->Args({128, 768, 3072, tanh, fused});   // GPT-2 small, T = 128
-    b->Args({197, 384, 1536, erf, fused});    // ViT-S/16, batch 1
-    b->Args({3152, 192, 768, erf, fused});    // ViT-Ti/16, batch 16
-  }
-}
-
 // ---------------------------------------------------------------------------
 // Registration (the sizes of each group: see the top of the file).
 // ---------------------------------------------------------------------------
@@ -610,7 +561,6 @@ BENCHMARK_TEMPLATE(BM_linear_forward_padded, float)
     ->Apply(WriterShapes)
     ->Apply(ReaderShapes)
     ->Apply(DecodeReaderShapes);
-BENCHMARK(BM_mlp_forward_packed)->Apply(MlpShapes)->UseRealTime();
 
 BENCHMARK_TEMPLATE(BM_layer_norm_forward, double)->Apply(SmallSizes);
 BENCHMARK_TEMPLATE(BM_rms_norm_forward, double)->Apply(SmallSizes);

@@ -17,7 +17,6 @@
 
 #include <cmath>
 #include <random>
-#include <string>
 #include <vector>
 
 namespace {
@@ -99,95 +98,6 @@ TEST(PackedLinear, MatchesReference) {
             ASSERT_NEAR(z(r, o), e, 2e-5 * (1.0 + std::abs(e)));
           }
       }
-}
-
-// The activations in double, from their definitions (ops/activation.hpp).
-double reference_activation(prenorm::Activation activation, double x) {
-  using prenorm::Activation;
-  const double pi = 3.14159265358979323846;
-  switch (activation) {
-    case Activation::GeluTanh:
-      return 0.5 * x * (1 + std::tanh(std::sqrt(2 / pi) * (x + 0.044715 * x * x * x)));
-    case Activation::GeluTanhBloom:
-      return 0.5 * x * (1 + std::tanh(0.79788456 * x * (1 + 0.044715 * x * x)));
-    case Activation::GeluErf: return 0.5 * x * (1 + std::erf(x / std::sqrt(2.0)));
-    case Activation::Relu: return x > 0 ? x : 0;
-    case Activation::QuickGelu: return x / (1 + std::exp(-1.702 * x));
-  }
-  return std::nan("");
-}
-
-// The activation fused into the packed product's epilogue (an MLP's first
-// layer): against the double reference act(x W^T + b), and an Mlp packed
-// against the same Mlp unpacked (its bias + activation pass).
-TEST(PackedLinear, FusedActivationMatchesReference) {
-  if (!kOneDnn) GTEST_SKIP() << "built without oneDNN";
-  using prenorm::Activation;
-  std::mt19937_64 rng(11);
-  for (Activation activation : {Activation::GeluTanh, Activation::GeluErf, Activation::Relu,
-                                Activation::QuickGelu, Activation::GeluTanhBloom})
-    for (bool bias : {true, false})
-      for (Index rows : {3, 4, 33}) {
-        const Index in = 48, out = 71;
-        Linear<float> lin(in, out, bias);
-        fill(lin.weight, rng);
-        fill(lin.bias, rng);
-        lin.weight *= 0.3f;  // pre-activations of a few units: every part of the curves
-        RowMatrix<float> x(rows, in);
-        fill(x, rng);
-        RowMatrix<float> y = RowMatrix<float>::Constant(rows, out, 9.0f);
-        EXPECT_FALSE(lin.forward_activated_packed(x, y, activation)) << "not packed yet";
-        EXPECT_EQ(y(0, 0), 9.0f) << "a refused call computes nothing";
-        lin.pack();
-        const bool ran = lin.forward_activated_packed(x, y, activation);
-        ASSERT_EQ(ran, rows >= 4) << "fused from 4 rows, like the plain packed product";
-        if (!ran) continue;
-        const std::vector<double> pre = reference_linear(x, lin);
-        double worst = 0;
-        for (Index r = 0; r < rows; ++r)
-          for (Index o = 0; o < out; ++o) {
-            const double e = reference_activation(activation, pre[r * out + o]);
-            worst = std::max(worst, std::abs(double(y(r, o)) - e) / (1.0 + std::abs(e)));
-          }
-        // The product's float rounding (depth 48) plus oneDNN's approximations of
-        // tanh, erf and exp (a few ulp).
-        EXPECT_LT(worst, 2e-5) << prenorm::activation_name(activation) << " rows " << rows
-                               << " bias " << bias;
-      }
-  // y of the wrong shape is an error naming the operation.
-  Linear<float> lin(8, 6);
-  lin.pack();
-  RowMatrix<float> x = RowMatrix<float>::Ones(5, 8), y(5, 7);
-  try {
-    lin.forward_activated_packed(x, y, Activation::Relu);
-    ADD_FAILURE() << "no error";
-  } catch (const prenorm::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("Linear::forward_activated_packed"), std::string::npos)
-        << e.what();
-  }
-}
-
-TEST(PackedMlp, FusedEqualsUnfused) {
-  if (!kOneDnn) GTEST_SKIP() << "built without oneDNN";
-  using prenorm::Activation;
-  std::mt19937_64 rng(12);
-  for (Activation activation : {Activation::GeluTanh, Activation::GeluErf, Activation::QuickGelu}) {
-    prenorm::Mlp<float> mlp(32, 96, activation);
-    fill(mlp.fc.weight, rng);
-    fill(mlp.fc.bias, rng);
-    fill(mlp.proj.weight, rng);
-    fill(mlp.proj.bias, rng);
-    mlp.fc.weight *= 0.2f;
-    RowMatrix<float> x(20, 32), plain(20, 32), fused(20, 32);
-    fill(x, rng);
-    mlp.forward(x, plain);
-    mlp.fc.pack();
-    mlp.proj.pack();
-    mlp.forward(x, fused);
-    const double scale = plain.cwiseAbs().maxCoeff();
-    EXPECT_LT((fused - plain).cwiseAbs().maxCoeff(), 2e-5 * scale)
-        << prenorm::activation_name(activation);
-  }
 }
 
 TEST(PackedLinear, CopiesAreUnpackedAndMovesKeepThePacking) {

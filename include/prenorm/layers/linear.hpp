@@ -7,8 +7,7 @@
 //
 // With oneDNN (PRENORM_WITH_ONEDNN), pack() lays a float layer's weights out
 // once in oneDNN's blocked format (detail/packed_weight.hpp); the products
-// of 4 rows or more then read that copy, with the bias (and, for an MLP's
-// first layer, its activation: forward_activated_packed) fused. The plain weight
+// of 4 rows or more then read that copy, with the bias fused. The plain weight
 // stays the parameter: training, conversion and io read it, decoding (fewer
 // rows) multiplies by it. A packed layer must not have its weight changed in
 // place: unpack() first (models/packing.hpp does both for a whole model).
@@ -23,7 +22,6 @@
 #include "../core/error.hpp"
 #include "../core/parallel.hpp"
 #include "../core/types.hpp"
-#include "../ops/activation.hpp"
 #include "detail/masked_tail_gemv.hpp"
 #include "detail/packed_weight.hpp"
 #include "detail/padded_product.hpp"
@@ -105,20 +103,6 @@ class Linear {
   // its own (Mlp adds fc's bias with the activation).
   void product_padded(const ConstRowsRef<S>& x, RowsRef<S> y) const {
     padded_product("Linear::product_padded", x, y, /*with_bias=*/false);
-  }
-
-  // y [tokens x out] = activation(x W^T + b) in one product with the
-  // activation in its epilogue, and true, when the packed copy runs it (a
-  // packed float layer, enough rows, dense x and y); otherwise false, having
-  // computed nothing (the caller takes its unfused path).
-  bool forward_activated_packed(const ConstRowsRef<S>& x, RowsRef<S> y, Activation activation) const {
-    constexpr const char* op = "Linear::forward_activated_packed";
-    if (!packed_.packed()) return false;
-    if (y.cols() != out_features() || y.rows() != x.rows())
-      detail::fail(op, "y is ", y.rows(), " x ", y.cols(), ", expected ", x.rows(), " x ",
-                   out_features(), " (the rows of x x the output features)");
-    check_forward(op, x.rows(), x.cols(), y.rows(), out_features());
-    return packed_.multiply(op, x, y, weight, bias, has_bias(), activation);
   }
 
   // y [tokens x out] += bias (no-op without a bias).

@@ -44,11 +44,6 @@ class Mlp {
       detail::fail("Mlp::forward", "fc.bias has ", fc.bias.size(), " elements, expected ", inner());
     if (x.rows() == 0) return;
     hidden.resize(x.rows(), inner());
-    // Packed (oneDNN): bias and activation in the product's epilogue.
-    if (fc.forward_activated_packed(x, hidden, activation)) {
-      proj.forward_padded(hidden, y);
-      return;
-    }
     fc.product_padded(x, hidden);
     // Bias and activation in one pass over the hidden row, while it is in L1.
     const Index n = inner();

@@ -21,27 +21,20 @@
 //     faster (92 vs 131 us for GPT-2's 768 -> 3072), so Linear keeps that.
 // A primitive per M is built on first use and kept (a few microseconds to
 // build, more than a decode step's product can spare).
-//
-// An MLP's first product can also apply its activation in the product's
-// epilogue (oneDNN's eltwise post-op), while each output tile is still in
-// registers: y = act(x W^T + b). That saves the separate pass over the
-// [M x inner] hidden activations (bench/README.md, "Fused epilogues").
 
 #include <memory>
-#include <optional>
 #include <type_traits>
 
 #include "../../core/error.hpp"
 #include "../../core/types.hpp"
-#include "../../ops/activation.hpp"
 
 #ifdef PRENORM_WITH_ONEDNN
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include <algorithm>
-#include <compare>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string_view>
 #endif
 
@@ -87,13 +80,10 @@ class PackedWeight {
   // nothing, when oneDNN has no fast kernel for it: its brgemm matmul (2.6)
   // wants x and y dense (ldx = in, ldy = out) and would otherwise pick its
   // reference kernel, 1000x slower. Thread-safe.
-  // With an activation, y = act(x W^T (+ b)) in the same product.
-  bool multiply(const float* x, Index ldx, Index rows, float* y, Index ldy, bool with_bias,
-                std::optional<Activation> activation = {}) const {
+  bool multiply(const float* x, Index ldx, Index rows, float* y, Index ldy, bool with_bias) const {
     using dnnl::memory;
     with_bias = with_bias && has_bias();
-    const dnnl::matmul* product =
-        primitive(Key{rows, ldx, ldy, with_bias, activation ? int(*activation) : -1});
+    const dnnl::matmul* product = primitive(rows, ldx, ldy, with_bias);
     if (!product) return false;
     const memory::desc x_md({rows, in_}, memory::data_type::f32, {ldx, 1});
     const memory::desc y_md({rows, out_}, memory::data_type::f32, {ldy, 1});
@@ -112,56 +102,32 @@ class PackedWeight {
   struct Key {
     Index rows, ldx, ldy;
     bool bias;
-    int activation;  // an Activation, or -1: none
-    auto operator<=>(const Key&) const = default;
-  };
-
-  // The eltwise post-op that computes `activation` on the product's output.
-  // BLOOM's tanh constant differs from sqrt(2/pi) by 1e-10 relative, far
-  // below float's rounding, so it shares GELU-tanh's; quick GELU is oneDNN's
-  // swish x sigmoid(alpha x) with alpha 1.702.
-  static dnnl::primitive_attr epilogue(int activation) {
-    dnnl::primitive_attr attr;
-    if (activation < 0) return attr;
-    using dnnl::algorithm;
-    algorithm kind = algorithm::eltwise_gelu_tanh;
-    float alpha = 0.0f;
-    switch (Activation(activation)) {
-      case Activation::GeluTanh:
-      case Activation::GeluTanhBloom: kind = algorithm::eltwise_gelu_tanh; break;
-      case Activation::GeluErf: kind = algorithm::eltwise_gelu_erf; break;
-      case Activation::Relu: kind = algorithm::eltwise_relu; break;
-      case Activation::QuickGelu:
-        kind = algorithm::eltwise_swish;
-        alpha = 1.702f;
-        break;
+    bool operator<(const Key& o) const {
+      if (rows != o.rows) return rows < o.rows;
+      if (ldx != o.ldx) return ldx < o.ldx;
+      if (ldy != o.ldy) return ldy < o.ldy;
+      return bias < o.bias;
     }
-    dnnl::post_ops ops;
-    ops.append_eltwise(1.0f, kind, alpha, 0.0f);  // oneDNN 2.x: (scale, kind, alpha, beta)
-    attr.set_post_ops(ops);
-    return attr;
-  }
+  };
 
   // The matmul x [rows x in] (stride ldx) . weights -> y [rows x out] (stride ldy).
   dnnl::matmul::primitive_desc primitive_desc(Index rows, Index ldx, Index ldy,
-                                              const dnnl::memory::desc& weights, bool bias = false,
-                                              int activation = -1) const {
+                                              const dnnl::memory::desc& weights, bool bias = false) const {
     using dnnl::memory;
     const memory::desc x_md({rows, in_}, memory::data_type::f32, {ldx, 1});
     const memory::desc y_md({rows, out_}, memory::data_type::f32, {ldy, 1});
-    const dnnl::primitive_attr attr = epilogue(activation);
-    if (bias) return {dnnl::matmul::desc(x_md, weights, bias_md_, y_md), attr, engine_};
-    return {dnnl::matmul::desc(x_md, weights, y_md), attr, engine_};  // oneDNN 2.x API
+    if (bias) return {dnnl::matmul::desc(x_md, weights, bias_md_, y_md), engine_};
+    return {dnnl::matmul::desc(x_md, weights, y_md), engine_};  // oneDNN 2.x API
   }
 
   // The primitive for these rows and strides, built on first use; null when
   // oneDNN would run it with a reference (non-JIT) kernel.
-  const dnnl::matmul* primitive(const Key& key) const {
+  const dnnl::matmul* primitive(Index rows, Index ldx, Index ldy, bool bias) const {
     const std::lock_guard<std::mutex> lock(mutex_);
+    const Key key{rows, ldx, ldy, bias};
     auto it = primitives_.find(key);
     if (it == primitives_.end()) {
-      const dnnl::matmul::primitive_desc pd =
-          primitive_desc(key.rows, key.ldx, key.ldy, packed_md_, key.bias, key.activation);
+      const dnnl::matmul::primitive_desc pd = primitive_desc(rows, ldx, ldy, packed_md_, bias);
       const bool reference = std::string_view(pd.impl_info_str()).starts_with("ref");
       it = primitives_.emplace(key, reference ? std::nullopt : std::optional(dnnl::matmul(pd))).first;
     }
@@ -223,10 +189,8 @@ class PackedSlot {
   // copy, when there is one, x has enough rows for it to pay and oneDNN has a
   // fast kernel for the strides; returns whether it ran. w, bias: the current parameters, whose shapes must still
   // be the packed ones (op names the caller in the error otherwise).
-  // With an activation, y = act(x W^T (+ b)) in the same product.
   bool multiply(const char* op, const ConstRowsRef<S>& x, RowsRef<S>& y, const RowMatrix<S>& w,
-                const Vector<S>& bias, bool with_bias,
-                std::optional<Activation> activation = {}) const {
+                const Vector<S>& bias, bool with_bias) const {
 #ifdef PRENORM_WITH_ONEDNN
     if constexpr (std::is_same_v<S, float>) {
       if (!packed_ || x.rows() < PackedWeight::kMinRows) return false;
@@ -238,10 +202,10 @@ class PackedSlot {
              ") but the weight is (", w.rows(), " x ", w.cols(), has_bias ? ", with bias" : ", no bias",
              "): pack again after changing the layer");
       return packed_->multiply(x.data(), x.outerStride(), x.rows(), y.data(), y.outerStride(),
-                               with_bias, activation);
+                               with_bias);
     }
 #endif
-    (void)op, (void)x, (void)y, (void)w, (void)bias, (void)with_bias, (void)activation;
+    (void)op, (void)x, (void)y, (void)w, (void)bias, (void)with_bias;
     return false;
   }
 
