@@ -33,6 +33,7 @@
 #include "support/convert_test_util.hpp"
 #include "support/hf_fixtures.hpp"
 #include "support/hf_reference.hpp"
+#include "support/hf_test_util.hpp"
 #include "support/temp_dir.hpp"
 
 namespace {
@@ -46,30 +47,8 @@ using prenorm::Index;
 using prenorm::RowMatrix;
 using prenorm::TokenBatch;
 using io::Dtype;
-
-template <class S>
-constexpr double tol() {
-  return std::is_same_v<S, float> ? 1e-5 : 1e-12;
-}
-
-// max |a - b| / max |b|
-template <class A>
-double relative_error(const A& actual, const hf::Mat& reference) {
-  if (int(actual.rows()) != reference.rows || int(actual.cols()) != reference.cols) return INFINITY;
-  long double worst = 0, scale = 0;
-  for (int r = 0; r < reference.rows; ++r)
-    for (int c = 0; c < reference.cols; ++c) {
-      worst = std::max(worst, std::abs((long double)actual(r, c) - reference(r, c)));
-      scale = std::max(scale, std::abs(reference(r, c)));
-    }
-  return double(worst / scale);
-}
-template <class A, class B>
-double relative_error(const A& a, const B& b) {
-  const RowMatrix<double> x = a.template cast<double>(), y = b.template cast<double>();
-  if (x.rows() != y.rows() || x.cols() != y.cols()) return INFINITY;
-  return (x - y).cwiseAbs().maxCoeff() / y.cwiseAbs().maxCoeff();
-}
+using prenorm_test::hf::max_relative_error;
+using prenorm_test::hf::tolerance;
 
 // One family variant: how to write its fixture and how to load it.
 struct Case {
@@ -154,9 +133,9 @@ class HfDecoder : public ::testing::TestWithParam<Param> {
 TEST_P(HfDecoder, LogitsEqualTheReference) {
   const hf::Mat reference = hf::reference_logits(fixture_, tokens_);
   const auto model = GetParam().c.load_double(fixture_.model_path());
-  EXPECT_LE(relative_error(model.forward(batch()), reference), tol<double>()) << what();
+  EXPECT_LE(max_relative_error(model.forward(batch()), reference), tolerance<double>()) << what();
   const auto single = GetParam().c.load_float(fixture_.model_path());
-  EXPECT_LE(relative_error(single.forward(batch()), reference), tol<float>()) << what();
+  EXPECT_LE(max_relative_error(single.forward(batch()), reference), tolerance<float>()) << what();
 }
 
 TEST_P(HfDecoder, LoadAnyModelDetectsTheFamily) {
@@ -179,10 +158,10 @@ TEST_P(HfDecoder, DecodingWithTheCacheEqualsTheForward) {
   prenorm::GptSession<Arch::PreLN, double> session(model);
   const Index prompt = 5;
   const RowMatrix<double> first = session.prefill(TokenBatch{std::span(tokens_).first(prompt), 1, prompt});
-  EXPECT_LE(relative_error(first, RowMatrix<double>(full.topRows(prompt))), tol<double>()) << what();
+  EXPECT_LE(max_relative_error(first, RowMatrix<double>(full.topRows(prompt))), tolerance<double>()) << what();
   for (Index t = prompt; t < Index(tokens_.size()); ++t) {
     const RowMatrix<double> step = session.step(std::span(tokens_).subspan(std::size_t(t), 1));
-    EXPECT_LE(relative_error(step, RowMatrix<double>(full.row(t))), tol<double>()) << what() << " step " << t;
+    EXPECT_LE(max_relative_error(step, RowMatrix<double>(full.row(t))), tolerance<double>()) << what() << " step " << t;
   }
 }
 
@@ -194,13 +173,13 @@ void expect_conversions_equivalent(const Gpt<Arch::PreLN, S>& model, const Token
     const prenorm::ConvertOptions options{.tied = policy};
     const std::string how = what + (policy == prenorm::TiedPolicy::Untie ? " untie" : " keep tied");
     const auto rms = prenorm::convert<Arch::PreRMSNorm>(model, options);
-    EXPECT_LE(relative_error(rms.forward(tokens), expected), tol<S>()) << how << " pre-rmsnorm";
+    EXPECT_LE(max_relative_error(rms.forward(tokens), expected), tolerance<S>()) << how << " pre-rmsnorm";
     const auto crms = prenorm::convert<Arch::PreCRMSNorm>(model, options);
-    EXPECT_LE(relative_error(crms.forward(tokens), expected), tol<S>()) << how << " pre-crmsnorm";
+    EXPECT_LE(max_relative_error(crms.forward(tokens), expected), tolerance<S>()) << how << " pre-crmsnorm";
     const auto back = prenorm::convert<Arch::PreLN>(crms, options);
-    EXPECT_LE(relative_error(back.forward(tokens), expected), tol<S>()) << how << " back to pre-ln";
+    EXPECT_LE(max_relative_error(back.forward(tokens), expected), tolerance<S>()) << how << " back to pre-ln";
     const auto via_rms = prenorm::convert<Arch::PreCRMSNorm>(rms, options);
-    EXPECT_LE(relative_error(via_rms.forward(tokens), expected), tol<S>()) << how << " rms -> crms";
+    EXPECT_LE(max_relative_error(via_rms.forward(tokens), expected), tolerance<S>()) << how << " rms -> crms";
   }
 }
 
@@ -269,7 +248,7 @@ TEST(HfGptBigcode, UntiedHeadAndUnscaledScoresAndBareNames) {
   const auto model = io::load_hf_gpt_bigcode<double>(g.model_path());
   EXPECT_FALSE(model.config.tied);
   EXPECT_EQ(model.config.score_scale, 1.0);
-  EXPECT_LE(relative_error(model.forward(TokenBatch{tokens, 1, Index(tokens.size())}), reference), 1e-12);
+  EXPECT_LE(max_relative_error(model.forward(TokenBatch{tokens, 1, Index(tokens.size())}), reference), 1e-12);
 }
 
 }  // namespace
@@ -317,7 +296,7 @@ TEST(HfGptNeo, IgnoresTheMaskBuffersOfOlderCheckpoints) {
   });
   const std::vector<int> tokens = hf::random_tokens(f, 20, 3);
   const auto model = io::load_hf_gpt_neo<double>(g.model_path());
-  EXPECT_LE(relative_error(model.forward(TokenBatch{tokens, 1, Index(tokens.size())}),
+  EXPECT_LE(max_relative_error(model.forward(TokenBatch{tokens, 1, Index(tokens.size())}),
                            hf::reference_logits(f, tokens)), 1e-12);
 }
 
@@ -361,7 +340,7 @@ TEST(HfBloom, UntiedHeadAndTheEmbeddingNormBecomeTables) {
   EXPECT_EQ(model.config.context, 40);
   EXPECT_EQ(model.config.activation, prenorm::Activation::GeluTanhBloom);
   EXPECT_FALSE(model.config.learned_positions);
-  EXPECT_LE(relative_error(model.forward(TokenBatch{tokens, 1, Index(tokens.size())}),
+  EXPECT_LE(max_relative_error(model.forward(TokenBatch{tokens, 1, Index(tokens.size())}),
                            hf::reference_logits(g, tokens)), 1e-12);
   // The tied file: prenorm's head holds the raw E (its token table, LN_emb(E), is checked by the logits).
   const auto tied = io::load_hf_bloom<double>(f.model_path());

@@ -20,6 +20,7 @@
 
 #include "support/hf_fixtures.hpp"
 #include "support/hf_reference.hpp"
+#include "support/hf_test_util.hpp"
 #include "support/temp_dir.hpp"
 
 #include <algorithm>
@@ -42,43 +43,13 @@ using prenorm::Index;
 using prenorm::RowMatrix;
 using prenorm::Vit;
 using io::Dtype;
+using prenorm_test::hf::error_of;
+using prenorm_test::hf::expect_error;
+using prenorm_test::hf::max_relative_error;
+using prenorm_test::hf::tolerance;
 
 // Tiny models: OpenMP fork-joins cost more than the work.
 [[maybe_unused]] const bool kSingleThreaded = (prenorm::set_num_threads(1), true);
-
-template <class S>
-constexpr double tolerance() {
-  return std::is_same_v<S, float> ? 1e-5 : 1e-12;
-}
-
-// max |actual - reference| / max |reference|
-template <class M>
-double max_relative_error(const M& actual, const hf::Mat& reference) {
-  if (int(actual.rows()) != reference.rows || int(actual.cols()) != reference.cols) return INFINITY;
-  long double diff = 0, scale = 0;
-  for (int r = 0; r < reference.rows; ++r)
-    for (int c = 0; c < reference.cols; ++c) {
-      diff = std::max(diff, std::abs((long double)actual(r, c) - reference(r, c)));
-      scale = std::max(scale, std::abs(reference(r, c)));
-    }
-  return double(diff / scale);
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& error) {
-    return error.what();
-  }
-  return "";
-}
-
-void expect_error(const std::function<void()>& f, std::initializer_list<std::string> parts) {
-  const std::string message = error_of(f);
-  EXPECT_FALSE(message.empty()) << "no exception";
-  for (const std::string& part : parts)
-    EXPECT_NE(message.find(part), std::string::npos) << "'" << part << "' not in: " << message;
-}
 
 constexpr int kImages = 2;
 const hf::ImageSizes kSizes = {};  // every fixture's image geometry: 3 x 8 x 8
