@@ -53,6 +53,7 @@ namespace {
 
 namespace fs = std::filesystem;
 namespace io = prenorm::io;
+using prenorm::TransformerConfig;
 using prenorm::Arch;
 using prenorm::Gpt;
 using prenorm::GptConfig;
@@ -223,7 +224,7 @@ class Fixture {
     }
     return generated;
   }
-  const GptConfig& gpt_config() const { return gpt_.config; }
+  const TransformerConfig& gpt_config() const { return gpt_.config; }
 
  private:
   TempDir dir_;
