@@ -17,6 +17,11 @@
 //  - verification: prenorm-convert prints the logits error of what it wrote
 //    and fails over --verify-tolerance; prenorm-verify passes a conversion
 //    and fails a tampered file;
+//  - the Hugging Face decoder and encoder families' fixture folders
+//    (tests/support/hf_fixtures.hpp) give the long double references of
+//    hf_reference.hpp through prenorm-infer, before and after prenorm-convert;
+//    the encoders' outputs are named as Hugging Face names them (logits,
+//    image embeddings, pooled output);
 //  - bad input: exit code 1 and a message naming the file and the tensor;
 //    usage errors: exit code 2 and the usage; in every failure no output
 //    file and no temporary file is left, and the input is unchanged (bytes
@@ -964,6 +969,10 @@ TEST(ToolsHfEncoders, InferAndConvertAFixtureFolder) {
       expect_infers(back, std::string(arch) + "-back");
     }
   }
+  // prenorm-verify compares a folder with its conversion (the F16 CLIP checkpoint's tower).
+  const Outcome v = run_tool(kVerify, {dir / "clip", dir / "clip-pre-crmsnorm.safetensors"});
+  EXPECT_EQ(v.code, 0) << describe(v);
+  EXPECT_NE(v.out.find("(one 3x8x8 image)"), std::string::npos) << describe(v);
   // The converted files record what the head gives (logits: nothing); a value
   // the reader does not know is refused, naming the key.
   const fs::path converted = dir / "clip_vision-pre-crmsnorm.safetensors";
