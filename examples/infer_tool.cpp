@@ -203,15 +203,18 @@ std::string describe(const Model& model, const std::string& output) {
   const auto& c = model.config;
   text << prenorm::arch_name(Model::arch) << ", " << c.layers << " layers, width " << c.width
        << ", " << c.heads << " heads";
-  if constexpr (requires { c.vocab; }) text << ", vocab " << c.vocab << ", context " << c.context;
-  else if (output == "logits") text << ", " << c.classes << " classes";
-  else text << ", " << prenorm_tools::output_label(output) << " of " << c.classes << " values";
-  if constexpr (!requires { c.vocab; })
+  if constexpr (requires { c.vocab; }) {
+    text << ", vocab " << c.vocab << ", context " << c.context;
+  } else {
+    if (output == "logits") text << ", " << c.classes << " classes";
+    else text << ", " << prenorm_tools::output_label(output) << " of " << c.classes << " values";
+    // The only image shape the model reads (no resizing, no position interpolation).
     text << ", " << c.channels << "x" << c.image_size << "x" << c.image_size << " images";
+  }
   return text.str();
 }
 
-// "6 values: 0.12, -0.5, ..., 1.3": the first `k` entries of a row (an embedding).
+// "16 values: 0.12, -0.5, ...": the size of a row (an embedding) and its first `k` entries.
 template <class Row>
 std::string leading_values(const Row& row, Index k) {
   std::ostringstream text;
