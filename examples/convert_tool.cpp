@@ -6,7 +6,7 @@
 //                   [--max-shard-size SIZE] [--verify-tolerance X] INPUT OUTPUT
 //
 // INPUT is in any of the layouts of io::load_any_model (Hugging Face GPT-2,
-// ViT and the decoder families of README's table, prenorm's own; the Hugging
+// ViT and the decoder and encoder families of README's tables, prenorm's own; the Hugging
 // Face ones read CONFIG.json, by default the config.json beside INPUT): a
 // .safetensors file, a sharded checkpoint's model.safetensors.index.json, or a
 // directory holding either. The model is loaded in double, converted in
@@ -16,6 +16,8 @@
 // the input's dtype otherwise; "same" is always the input's. A model
 // already in the target architecture is re-saved unchanged (only the layout
 // and the dtype change; --tied applies only when the architecture changes).
+// A ViT whose output is not logits (CLIP's image embeddings, a pooled output:
+// model_output.hpp) keeps that name in the metadata key "output", for prenorm-infer.
 //
 // OUTPUT is a .safetensors file, a sharded checkpoint's index
 // (*.safetensors.index.json, then always sharded) or a folder (created if
@@ -45,6 +47,7 @@
 #include <prenorm/models.hpp>
 
 #include "model_check.hpp"
+#include "model_output.hpp"
 
 #include <cctype>
 #include <cstdint>
@@ -72,8 +75,8 @@ constexpr const char* kUsage =
     "                       [--config CONFIG.json] [--dtype {auto|same|F32|F16|BF16|F64}]\n"
     "                       [--max-shard-size SIZE] [--verify-tolerance X] INPUT OUTPUT\n"
     "\n"
-    "Reads a Hugging Face GPT-2, ViT, GPT-BigCode, GPT-Neo or BLOOM checkpoint (with its\n"
-    "config.json: --config, or\n"
+    "Reads a Hugging Face checkpoint (GPT-2, GPT-NeoX, OPT, Phi, GPT-J, GPT-BigCode,\n"
+    "GPT-Neo, BLOOM; ViT, CLIP vision, DINOv2, DeiT; with its config.json: --config, or\n"
     "config.json beside INPUT) or a prenorm checkpoint, converts it exactly (in double)\n"
     "to the target architecture and writes it in prenorm's layout. INPUT is a .safetensors\n"
     "file, a sharded checkpoint's model.safetensors.index.json, or a folder holding either.\n"
@@ -351,6 +354,9 @@ int run(const Options& o) {
         }
       },
       loaded.model);
+  // What the head gives (CLIP's image embeddings, a pooled output), for prenorm-infer.
+  if (const std::string output = prenorm_tools::model_output(file, loaded.layout); output != "logits")
+    writer.set_metadata("output", output);
 
   std::cerr << "prenorm-convert: writing " << o.output.string() << " (" << io::dtype_name(dtype)
             << ", " << writer.size() << " tensors)\n";

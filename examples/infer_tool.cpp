@@ -1,6 +1,6 @@
 // prenorm-infer: runs a GPT or ViT checkpoint in any of the layouts of
-// io::load_any_model (Hugging Face GPT-2, ViT and the decoder families of
-// README's table, prenorm's own) of any architecture. MODEL may be a
+// io::load_any_model (Hugging Face GPT-2, ViT and the decoder and encoder
+// families of README's tables, prenorm's own) of any architecture. MODEL may be a
 // .safetensors file, a sharded checkpoint's model.safetensors.index.json, or a
 // directory holding either (and config.json).
 //
@@ -9,19 +9,26 @@
 //                 [--logits-out LOGITS.npy] [--generate N] [--threads N] [--double]
 //
 // --tokens       comma-separated token ids of one sequence (GPT)
-// --image        a float32 (or float64) .npy of shape [C,H,W] or [B,C,H,W] (ViT)
-// --logits-out   writes the logits as float32 .npy (C order): [tokens x vocab]
-//                for --tokens, [batch x classes] for --image (atomically)
+// --image        a float32 (or float64) .npy of shape [C,H,W] or [B,C,H,W] (ViT;
+//                C, H and W those of the model's config)
+// --logits-out   writes the outputs as float32 .npy (C order): the logits
+//                [tokens x vocab] for --tokens; for --image [batch x outputs],
+//                the logits, or what the Hugging Face class returns instead
+//                (CLIP's image embeddings, a pooled output: model_output.hpp)
+//                (atomically)
 // --generate N   decodes N tokens greedily after the prompt, with the KV cache,
 //                and prints their ids (GPT)
 // --threads N    threads (default: OpenMP's); results do not depend on it
 // --double       computes in double instead of float
 //
 // Prints a short summary: the model, then the top-5 of the last position or
-// of each image. Exit codes: 0 success, 2 usage error, 1 bad input.
+// of each image (for embeddings, their leading values). Exit codes: 0
+// success, 2 usage error, 1 bad input.
 
 #include <prenorm/io.hpp>
 #include <prenorm/models.hpp>
+
+#include "model_output.hpp"
 
 #include <algorithm>
 #include <cstdint>
@@ -52,12 +59,13 @@ constexpr const char* kUsage =
     "                     [--logits-out LOGITS.npy] [--generate N] [--threads N] [--double]\n"
     "\n"
     "Runs a GPT (--tokens) or ViT (--image, float .npy [C,H,W] or [B,C,H,W]) checkpoint in\n"
-    "a Hugging Face layout (GPT-2, ViT, and the decoders GPT-BigCode, GPT-Neo, BLOOM;\n"
-    "config.json: --config, or beside MODEL) or in\n"
-    "prenorm's layout, and prints the top-5 of the last position or of each image. MODEL is\n"
+    "a Hugging Face layout (GPT-2, GPT-NeoX, OPT, Phi, GPT-J, GPT-BigCode, GPT-Neo, BLOOM;\n"
+    "ViT, CLIP vision, DINOv2, DeiT; config.json: --config, or beside MODEL) or in\n"
+    "prenorm's layout, and prints the top-5 of the last position or of each image (for\n"
+    "CLIP's image embeddings or a pooled output, their leading values). MODEL is\n"
     "a .safetensors file, a sharded checkpoint's model.safetensors.index.json, or a folder\n"
     "holding either.\n"
-    "  --logits-out  float32 .npy of the logits: [tokens x vocab] or [batch x classes]\n"
+    "  --logits-out  float32 .npy of the outputs: [tokens x vocab] or [batch x outputs]\n"
     "  --generate N  greedy decoding of N more tokens with the KV cache (GPT)\n"
     "  --threads N   number of threads\n"
     "  --double      compute in double (default: float)\n"
@@ -188,14 +196,31 @@ int argmax(const Row& row) {
   return int(best);
 }
 
+// `output`: what the model gives (model_output.hpp), e.g. "image_embeds".
 template <class Model>
-std::string describe(const Model& model) {
+std::string describe(const Model& model, const std::string& output) {
   std::ostringstream text;
   const auto& c = model.config;
   text << prenorm::arch_name(Model::arch) << ", " << c.layers << " layers, width " << c.width
        << ", " << c.heads << " heads";
-  if (c.stem == prenorm::Stem::Tokens) text << ", vocab " << c.vocab << ", context " << c.context;
-  else text << ", " << c.classes << " classes, " << c.image_size << "px images";
+  if (c.stem == prenorm::Stem::Tokens) {
+    text << ", vocab " << c.vocab << ", context " << c.context;
+  } else {
+    if (output == "logits") text << ", " << c.classes << " classes";
+    else text << ", " << prenorm_tools::output_label(output) << " of " << c.classes << " values";
+    // The only image shape the model reads (no resizing, no position interpolation).
+    text << ", " << c.channels << "x" << c.image_size << "x" << c.image_size << " images";
+  }
+  return text.str();
+}
+
+// "16 values: 0.12, -0.5, ...": the size of a row (an embedding) and its first `k` entries.
+template <class Row>
+std::string leading_values(const Row& row, Index k) {
+  std::ostringstream text;
+  text << std::setprecision(6) << row.size() << " values: ";
+  for (Index i = 0; i < std::min<Index>(k, row.size()); ++i) text << (i ? ", " : "") << double(row(i));
+  if (row.size() > k) text << ", ...";
   return text.str();
 }
 
@@ -231,7 +256,8 @@ void run_tokens(const prenorm::Transformer<A, S>& model, const Options& o,
 }
 
 template <class S, Arch A>
-void run_image(const prenorm::Transformer<A, S>& model, const Options& o, const std::vector<fs::path>& inputs) {
+void run_image(const prenorm::Transformer<A, S>& model, const Options& o,
+               const std::vector<fs::path>& inputs, const std::string& output) {
   const io::NpyArray<S> image = io::read_npy<S>(*o.image);
   std::vector<std::int64_t> shape = image.shape;
   if (shape.size() == 3) shape.insert(shape.begin(), 1);
@@ -255,8 +281,13 @@ void run_image(const prenorm::Transformer<A, S>& model, const Options& o, const 
     const RowMatrix<float> out = logits->template cast<float>();
     io::write_npy_matrix(*o.logits_out, out, inputs);
   }
+  // Logits by their top classes; embeddings (no classes) by their leading values.
   for (Index b = 0; b < logits->rows(); ++b)
-    std::cout << "image " << b << ": top-5 " << top_k(logits->row(b), 5) << "\n";
+    if (output == "logits")
+      std::cout << "image " << b << ": top-5 " << top_k(logits->row(b), 5) << "\n";
+    else
+      std::cout << "image " << b << ": " << prenorm_tools::output_label(output) << ", "
+                << leading_values(logits->row(b), 8) << "\n";
 }
 
 template <class S>
@@ -266,10 +297,11 @@ int run(const Options& o) {
   std::vector<fs::path> inputs = file.files();  // the file, or the index and its shards
   if (loaded.config_path) inputs.push_back(*loaded.config_path);
   if (o.image) inputs.push_back(*o.image);
+  const std::string output = prenorm_tools::model_output(file, loaded.layout);
   std::visit(
       [&](auto& model) {
         std::cout << o.model.string() << ": " << io::layout_name(loaded.layout) << " "
-                  << io::model_kind_name(io::kind_of(loaded.model)) << ", " << describe(model)
+                  << io::model_kind_name(io::kind_of(loaded.model)) << ", " << describe(model, output)
                   << " (" << io::dtype_name(loaded.dtype) << ")\n";
         using Model = std::decay_t<decltype(model)>;
         prenorm::pack_weights(model);  // for the GEMM backend, once (a no-op without oneDNN)
@@ -282,7 +314,7 @@ int run(const Options& o) {
           if (!o.image)
             prenorm::detail::fail("prenorm-infer", o.model.string(),
                                   ": holds a ViT model, which reads --image, not --tokens");
-          run_image<S, Model::arch>(model, o, inputs);
+          run_image<S, Model::arch>(model, o, inputs, output);
         }
       },
       loaded.model);

@@ -56,15 +56,7 @@ const hf::ImageSizes kSizes = {};  // every fixture's image geometry: 3 x 8 x 8
 
 // The reference outputs of the images, a row each.
 hf::Mat reference(const hf::Fixture& f, const std::vector<double>& pixels) {
-  const std::size_t per_image = pixels.size() / kImages;
-  hf::Mat out;
-  for (int b = 0; b < kImages; ++b) {
-    const hf::Vec image(pixels.begin() + b * per_image, pixels.begin() + (b + 1) * per_image);
-    const hf::Mat row = hf::reference_outputs(f, image);
-    if (b == 0) out = hf::Mat(kImages, row.cols);
-    for (int c = 0; c < row.cols; ++c) out(b, c) = row(0, c);
-  }
-  return out;
+  return hf::reference_outputs(f, pixels, kImages);
 }
 
 template <Arch A, class S>

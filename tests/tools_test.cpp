@@ -17,6 +17,11 @@
 //  - verification: prenorm-convert prints the logits error of what it wrote
 //    and fails over --verify-tolerance; prenorm-verify passes a conversion
 //    and fails a tampered file;
+//  - the Hugging Face decoder and encoder families' fixture folders
+//    (tests/support/hf_fixtures.hpp) give the long double references of
+//    hf_reference.hpp through prenorm-infer, before and after prenorm-convert;
+//    the encoders' outputs are named as Hugging Face names them (logits,
+//    image embeddings, pooled output);
 //  - bad input: exit code 1 and a message naming the file and the tensor;
 //    usage errors: exit code 2 and the usage; in every failure no output
 //    file and no temporary file is left, and the input is unchanged (bytes
@@ -879,6 +884,122 @@ TEST(Tools, DecoderFamiliesGptBigcodeGptNeoBloom) {
       EXPECT_NE(i.out.find(generated), std::string::npos) << describe(i) << "expected " << generated;
     }
   }
+}
+
+// ===========================================================================
+// Hugging Face encoder families (issue 19): CLIP vision, DINOv2, DeiT
+// ===========================================================================
+
+// Each family's fixture folder (tests/support/hf_fixtures.hpp): prenorm-infer
+// --image gives the outputs of the library's own load + forward (bit for bit)
+// and of the long double reference (float, 1e-5), named as the Hugging Face
+// class names them; prenorm-convert to Pre-RMSNorm and Pre-CRMSNorm and back
+// to Pre-LN verifies within 1e-5 and the converted files give the same
+// outputs. CLIP's whole checkpoint is in F16 (its converted files in F32).
+TEST(ToolsHfEncoders, InferAndConvertAFixtureFolder) {
+  PRENORM_SKIP_WITHOUT_TOOLS();
+  namespace hf = prenorm_test::hf;
+  TempDir dir;
+  struct Family {
+    std::string name, layout, output;  // output: how prenorm-infer prints it (logits: top-5)
+    hf::Fixture f;
+  };
+  const std::vector<Family> families = {
+      {"clip_vision", "hf_clip_vision", "image embeddings",
+       hf::write_clip_vision_fixture(dir / "clip_vision", {}, Dtype::F32, 71)},
+      {"clip_vision_pooled", "hf_clip_vision", "pooled output",
+       hf::write_clip_vision_fixture(dir / "clip_pooled", {.projection = false}, Dtype::F32, 72)},
+      {"clip", "hf_clip_vision", "image embeddings",
+       hf::write_clip_vision_fixture(dir / "clip", {.whole = true}, Dtype::F16, 73)},
+      {"dinov2", "hf_dinov2", "top-5", hf::write_dinov2_fixture(dir / "dinov2", {}, Dtype::F32, 74)},
+      {"dinov2_model", "hf_dinov2", "pooled output",
+       hf::write_dinov2_fixture(dir / "dinov2_model", {.prefix = false, .classifier = false}, Dtype::F32, 75)},
+      {"deit", "hf_deit", "top-5", hf::write_deit_fixture(dir / "deit", {}, Dtype::F32, 76)},
+  };
+  // Two images, rounded to float as the .npy holds them.
+  constexpr int kImages = 2;
+  const hf::ImageSizes sizes = {};
+  std::vector<double> pixels = hf::random_images(sizes, kImages, 9);
+  const std::vector<float> pixels_f(pixels.begin(), pixels.end());
+  pixels.assign(pixels_f.begin(), pixels_f.end());
+  const fs::path images = dir / "images.npy";
+  io::write_npy<float>(images, pixels_f, {kImages, sizes.channels, sizes.image, sizes.image});
+
+  for (const Family& family : families) {
+    SCOPED_TRACE(family.name);
+    const hf::Fixture& f = family.f;
+    const RowMatrix<double> expected = reference_matrix(hf::reference_outputs(f, pixels, kImages));
+    const Index K = expected.cols();
+    // The library's own load + forward, with the tools' packed weights.
+    RowMatrix<float> library;
+    io::LoadedModel<float> loaded = io::load_any_model<float>(f.model_path());
+    std::visit([&](auto& model) {
+      if constexpr (requires { model.config.image_size; }) {
+        prenorm::pack_weights(model);
+        library = model.forward(prenorm::ImageBatch<float>{pixels_f, kImages, sizes.channels,
+                                                           sizes.image, sizes.image});
+      }
+    }, loaded.model);
+    EXPECT_LE(relative_error(library, expected), 1e-5);
+
+    // prenorm-infer on `model` gives the reference's outputs, named.
+    const auto expect_infers = [&](const fs::path& model, const std::string& what) {
+      SCOPED_TRACE(what);
+      const fs::path outputs = dir / (family.name + "-" + what + ".npy");
+      const Outcome r = run_tool(kInfer, {model, "--image", images, "--logits-out", outputs,
+                                          "--threads", "1"});
+      EXPECT_EQ(r.code, 0) << describe(r);
+      const RowMatrix<float> got = read_logits(outputs, kImages, K);
+      EXPECT_LE(relative_error(got, expected), 1e-5);
+      EXPECT_NE(r.out.find("image 1: " + family.output), std::string::npos) << describe(r);
+      return got;
+    };
+    const Outcome r = run_tool(kInfer, {f.model_path(), "--image", images});
+    EXPECT_NE(r.out.find(": " + family.layout + " vit"), std::string::npos) << describe(r);
+    EXPECT_TRUE(expect_infers(f.dir, "folder") == library) << "same weights, same code";
+    for (const char* arch : {"pre-rmsnorm", "pre-crmsnorm"}) {
+      const fs::path out = dir / (family.name + "-" + arch + ".safetensors");
+      const Outcome c = run_tool(kConvert, {"--to", arch, "--verify-tolerance", "1e-5", f.dir, out});
+      ASSERT_EQ(c.code, 0) << describe(c);
+      EXPECT_EQ(io::prenorm_dtype(io::SafetensorsFile(out)), Dtype::F32);
+      EXPECT_NE(c.out.find(" (" + family.layout + ", vit) pre_ln -> "), std::string::npos) << describe(c);
+      expect_infers(out, arch);
+      const fs::path back = dir / (family.name + "-" + arch + "-back.safetensors");
+      const Outcome b = run_tool(kConvert, {"--to", "pre-ln", "--verify-tolerance", "1e-5", out, back});
+      ASSERT_EQ(b.code, 0) << describe(b);
+      expect_infers(back, std::string(arch) + "-back");
+    }
+  }
+  // prenorm-verify compares a folder with its conversion (the F16 CLIP checkpoint's tower).
+  const Outcome v = run_tool(kVerify, {dir / "clip", dir / "clip-pre-crmsnorm.safetensors"});
+  EXPECT_EQ(v.code, 0) << describe(v);
+  EXPECT_NE(v.out.find("(one 3x8x8 image)"), std::string::npos) << describe(v);
+  // The converted files record what the head gives (logits: nothing); a value
+  // the reader does not know is refused, naming the key.
+  const fs::path converted = dir / "clip_vision-pre-crmsnorm.safetensors";
+  EXPECT_EQ(io::read_prenorm_metadata(io::SafetensorsFile(converted)).vit_output, "image_embeds");
+  EXPECT_EQ(io::read_prenorm_metadata(io::SafetensorsFile(dir / "dinov2_model-pre-rmsnorm.safetensors"))
+                .vit_output, "pooler_output");
+  EXPECT_EQ(io::SafetensorsFile(dir / "deit-pre-rmsnorm.safetensors").metadata().count("output"), 0u);
+  {
+    const io::SafetensorsFile file(converted);
+    io::SafetensorsWriter writer;
+    for (const auto& [key, value] : file.metadata())
+      writer.set_metadata(key, key == "output" ? "embeddings" : value);
+    for (const std::string& name : file.names())
+      writer.add(name, *file.info(name).dtype, file.info(name).shape, file.values<double>(name));
+    writer.write(dir / "bad-output.safetensors");
+  }
+  expect_failure(kInfer, {dir / "bad-output.safetensors", "--image", images}, 1, dir, {},
+                 {"'output' is 'embeddings', expected 'logits', 'image_embeds' or 'pooler_output'"});
+  // Images the model cannot read: the message names the file, what was found and expected.
+  io::write_npy<float>(dir / "gray.npy", std::vector<float>(8 * 8), {1, 8, 8});
+  io::write_npy<float>(dir / "large.npy", std::vector<float>(3 * 16 * 16), {3, 16, 16});
+  const fs::path clip = families.front().f.dir;
+  expect_failure(kInfer, {clip, "--image", dir / "gray.npy"}, 1, dir, {},
+                 {(dir / "gray.npy").string(), "1 channels, expected 3"});
+  expect_failure(kInfer, {clip, "--image", dir / "large.npy"}, 1, dir, {},
+                 {(dir / "large.npy").string(), "image size 16 x 16, expected 8 x 8"});
 }
 
 }  // namespace

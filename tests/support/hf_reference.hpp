@@ -21,7 +21,8 @@
 //   clip_vision_model, clip  reference_outputs_clip_vision  image embeds / pooler_output
 //   dinov2                   reference_outputs_dinov2       logits / pooler_output
 //   deit                     reference_outputs_deit         logits (with or without teacher)
-//   any of them              reference_outputs(Fixture, image)
+//   any of them              reference_outputs(Fixture, image), and
+//                            reference_outputs(Fixture, pixels, images) for a batch
 // Settings these families have that the reference does not implement (rope
 // scaling, Phi's qk_layernorm, cross attention, ...) throw
 // std::invalid_argument naming the key.
@@ -1013,6 +1014,21 @@ inline Mat reference_outputs(const Fixture& f, const Vec& image) {
   if (type == "dinov2") return reference_outputs_dinov2(f.config, f.tensors, image);
   if (type == "deit") return reference_outputs_deit(f.config, f.tensors, image);
   detail::refuse("model_type '" + type + "' is not an image encoder");
+}
+
+// The same for `images` images [images x C x H x W] (NCHW, as random_images
+// gives them): a row of outputs each.
+inline Mat reference_outputs(const Fixture& f, const std::vector<double>& pixels, int images) {
+  const std::size_t per_image = pixels.size() / std::size_t(images);
+  Mat out;
+  for (int b = 0; b < images; ++b) {
+    const Vec image(pixels.begin() + std::ptrdiff_t(b * per_image),
+                    pixels.begin() + std::ptrdiff_t((b + 1) * per_image));
+    const Mat row = reference_outputs(f, image);
+    if (b == 0) out = Mat(images, row.cols);
+    for (int c = 0; c < row.cols; ++c) out(b, c) = row(0, c);
+  }
+  return out;
 }
 
 // Dispatches on config["model_type"].

@@ -27,7 +27,10 @@
 //   ViT: classes, image_size, patch_size, channels, and the encoder-family
 //     options only where set (a plain ViT's file has none of them):
 //     stem_norm "true"; distillation_token "true";
-//     pooling "cls_distillation" | "cls_patch_mean".
+//     pooling "cls_distillation" | "cls_patch_mean";
+//     output "logits" | "image_embeds" | "pooler_output" (optional: what the
+//     head gives, as Hugging Face names it; written by prenorm-convert for
+//     CLIP vision and DINOv2 files, read by prenorm-infer; logits when absent).
 // Reading is strict: a missing key, a key that is not in this list (or is for
 // the other kind), or a value that does not parse throws FormatError naming
 // the key and the file; so do missing, unknown or misshapen tensors.
@@ -74,6 +77,7 @@ struct PrenormMetadata {
   TransformerConfig gpt = GptConfig{};  // when kind == Gpt
   TransformerConfig vit = VitConfig{};  // when kind == Vit
   std::optional<Arch> converted_from;
+  std::string vit_output = "logits";  // ViT: the metadata's output (see above)
 };
 
 // Whether the file says it is in prenorm's layout (metadata format = "prenorm").
@@ -394,6 +398,12 @@ inline PrenormMetadata read_prenorm_metadata(const SafetensorsFile& file) {
     if (m.has("stem_norm")) c.stem_norm = m.boolean("stem_norm");
     if (m.has("distillation_token")) c.distillation_token = m.boolean("distillation_token");
     c.pooling = m.pooling("pooling");
+    if (m.has("output")) {
+      result.vit_output = m.text("output");
+      if (result.vit_output != "logits" && result.vit_output != "image_embeds" &&
+          result.vit_output != "pooler_output")
+        m.bad("output", result.vit_output, "'logits', 'image_embeds' or 'pooler_output'");
+    }
     detail::validate_config(op, c, m.file());
   }
   m.check_all_used(model_kind_name(result.kind));
