@@ -846,16 +846,16 @@ TYPED_TEST(ModelsTest, GptBadInputThrows) {
   Gpt<A, S> g(small_gpt(true, false));
   g.init_random(24);
   expect_error([&] { g.forward({{1, 2, 3}, {4, 5, 37}}); },
-               "prenorm::Gpt::forward: token id 37 at sequence 1, position 2 is out of range [0, 37)");
+               "prenorm::Transformer::forward: token id 37 at sequence 1, position 2 is out of range [0, 37)");
   expect_error([&] { g.forward({{-1}}); },
-               "prenorm::Gpt::forward: token id -1 at sequence 0, position 0 is out of range [0, 37)");
+               "prenorm::Transformer::forward: token id -1 at sequence 0, position 0 is out of range [0, 37)");
   expect_error([&] { g.forward({std::vector<int>(17, 1)}); },
-               "prenorm::Gpt::forward: sequence length 17 exceeds the context 16");
+               "prenorm::Transformer::forward: sequence length 17 exceeds the context 16");
   expect_error([&] { g.forward({{1, 2, 3, 4}, {1, 2, 3}}); },
-               "prenorm::Gpt::forward: ragged batch: sequence 1 has 3 tokens, expected 4 (the length of sequence 0)");
+               "prenorm::Transformer::forward: ragged batch: sequence 1 has 3 tokens, expected 4 (the length of sequence 0)");
   const std::vector<int> five{1, 2, 3, 4, 5};
   expect_error([&] { g.forward(TokenBatch{five, 2, 3}); },
-               "prenorm::Gpt::forward: the token batch has 5 ids, expected batch 2 x seq 3");
+               "prenorm::Transformer::forward: the token batch has 5 ids, expected batch 2 x seq 3");
 
   // A weight of the wrong shape, named with expected and actual shapes.
   const Index m = g.main();
@@ -863,29 +863,29 @@ TYPED_TEST(ModelsTest, GptBadInputThrows) {
   g.blocks[1].attn.qkv.weight.resize(36, m + 1);
   const std::string shape = "blocks[1].attn.qkv.weight is (36 x " + std::to_string(m + 1) +
                             "), expected (36 x " + std::to_string(m) + ")";
-  expect_error([&] { g.validate(); }, "prenorm::Gpt::validate: " + shape);
-  expect_error([&] { g.forward({{1, 2}}); }, "prenorm::Gpt::forward: " + shape);
+  expect_error([&] { g.validate(); }, "prenorm::Transformer::validate: " + shape);
+  expect_error([&] { g.forward({{1, 2}}); }, "prenorm::Transformer::forward: " + shape);
   g.blocks[1].attn.qkv.weight = saved;
   g.blocks[0].mlp.proj.bias.resize(3);
   expect_error([&] { g.validate(); },
-               "prenorm::Gpt::validate: blocks[0].mlp.proj.bias has 3 elements, expected " + std::to_string(m));
+               "prenorm::Transformer::validate: blocks[0].mlp.proj.bias has 3 elements, expected " + std::to_string(m));
   g.blocks[0].mlp.proj.bias.setZero(m);
   if constexpr (A == Arch::PreLN) {
     g.final_beta.resize(5);
-    expect_error([&] { g.validate(); }, "prenorm::Gpt::validate: final_beta has 5 elements, expected 12");
+    expect_error([&] { g.validate(); }, "prenorm::Transformer::validate: final_beta has 5 elements, expected 12");
     g.final_beta.setZero(12);
   } else {
     g.blocks[0].norm1_gamma.setOnes(12);
     expect_error([&] { g.validate(); },
-                 "prenorm::Gpt::validate: blocks[0].norm1_gamma has 12 elements, expected 0 (no norm affine in this architecture)");
+                 "prenorm::Transformer::validate: blocks[0].norm1_gamma has 12 elements, expected 0 (no norm affine in this architecture)");
     g.blocks[0].norm1_gamma.resize(0);
   }
   g.token_embedding.table.resize(37, 3);
-  expect_error([&] { g.validate(); }, "prenorm::Gpt::validate: token_embedding.table is (37 x 3), expected (37 x " +
+  expect_error([&] { g.validate(); }, "prenorm::Transformer::validate: token_embedding.table is (37 x 3), expected (37 x " +
                                           std::to_string(g.tied_affine() ? 12 : m) + ")");
   g.token_embedding.table.setZero(37, g.tied_affine() ? 12 : m);
   g.blocks.pop_back();
-  expect_error([&] { g.validate(); }, "prenorm::Gpt::validate: blocks has 1 blocks, expected 2 (layers)");
+  expect_error([&] { g.validate(); }, "prenorm::Transformer::validate: blocks has 1 blocks, expected 2 (layers)");
 }
 
 TYPED_TEST(ModelsTest, KvCacheBadInputThrows) {
@@ -926,18 +926,18 @@ TYPED_TEST(ModelsTest, VitBadInputThrows) {
   v.init_random(26);
   std::vector<S> pixels(3 * 12 * 12);
   expect_error([&] { v.forward(ImageBatch<S>{std::span<const S>(pixels).first(64), 1, 1, 8, 8}); },
-               "prenorm::Vit::forward: images have 1 channels, expected 3");
+               "prenorm::Transformer::forward: images have 1 channels, expected 3");
   expect_error([&] { v.forward(ImageBatch<S>{std::span<const S>(pixels).first(240), 1, 3, 10, 8}); },
-               "prenorm::Vit::forward: image size 10 x 8 is not divisible by the patch size 4");
+               "prenorm::Transformer::forward: image size 10 x 8 is not divisible by the patch size 4");
   expect_error([&] { v.forward(ImageBatch<S>{pixels, 1, 3, 12, 12}); },
-               "prenorm::Vit::forward: image size 12 x 12, expected 8 x 8");
+               "prenorm::Transformer::forward: image size 12 x 12, expected 8 x 8");
   expect_error([&] { v.forward(ImageBatch<S>{std::span<const S>(pixels).first(10), 1, 3, 8, 8}); },
-               "prenorm::Vit::forward: the image buffer has 10 values, expected batch 1 x channels 3 x height 8 x width 8");
+               "prenorm::Transformer::forward: the image buffer has 10 values, expected batch 1 x channels 3 x height 8 x width 8");
   RowMatrix<S> patches(5, 48);
   expect_error([&] { v.forward_patches(patches); },
-               "prenorm::Vit::forward_patches: patches is 5 x 48, expected (batch*4) x 48");
+               "prenorm::Transformer::forward_patches: patches is 5 x 48, expected (batch*4) x 48");
   v.position_embedding.table.resize(4, v.main());
-  expect_error([&] { v.validate(); }, "prenorm::Vit::validate: position_embedding is (4 x " +
+  expect_error([&] { v.validate(); }, "prenorm::Transformer::validate: position_embedding is (4 x " +
                                           std::to_string(v.main()) + "), expected (5 x " +
                                           std::to_string(v.main()) + ")");
 }

@@ -20,6 +20,7 @@ class Gpt : public Transformer<A, S> {
 
  private:
   static const TransformerConfig& checked(const TransformerConfig& config) {
+    config.validate("Gpt");
     if (config.stem != Stem::Tokens || config.head != Head::TokenLogits)
       detail::fail("Gpt", "the config has a ", stem_name(config.stem), " stem and a ",
                    head_name(config.head), " head, expected tokens and token_logits");

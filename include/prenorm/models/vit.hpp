@@ -20,6 +20,7 @@ class Vit : public Transformer<A, S> {
 
  private:
   static const TransformerConfig& checked(const TransformerConfig& config) {
+    config.validate("Vit");
     if (config.stem != Stem::Patches || config.head != Head::Pooled)
       detail::fail("Vit", "the config has a ", stem_name(config.stem), " stem and a ",
                    head_name(config.head), " head, expected patches and pooled");
