@@ -57,14 +57,14 @@ void cheap_init(Model& model, std::uint64_t seed) {
 }
 
 // The presets by the names used in benchmark names; nullopt for another name.
-inline std::optional<prenorm::GptConfig> gpt_preset(std::string_view name) {
-  if (name == "gpt3_small") return prenorm::presets::gpt3_small;
+inline std::optional<prenorm::TransformerConfig> gpt_preset(std::string_view name) {
+  if (name == "gpt3_small") return prenorm::TransformerConfig(prenorm::presets::gpt3_small);
   return std::nullopt;
 }
-inline std::optional<prenorm::VitConfig> vit_preset(std::string_view name) {
-  if (name == "vit_ti16") return prenorm::presets::vit_ti16;
-  if (name == "vit_s16") return prenorm::presets::vit_s16;
-  if (name == "vit_b16") return prenorm::presets::vit_b16;
+inline std::optional<prenorm::TransformerConfig> vit_preset(std::string_view name) {
+  if (name == "vit_ti16") return prenorm::TransformerConfig(prenorm::presets::vit_ti16);
+  if (name == "vit_s16") return prenorm::TransformerConfig(prenorm::presets::vit_s16);
+  if (name == "vit_b16") return prenorm::TransformerConfig(prenorm::presets::vit_b16);
   return std::nullopt;
 }
 
@@ -77,7 +77,7 @@ inline double linear_flops_per_token(Index main, Index inner_attn, Index mlp, In
 // 2 * multiply-adds per image of `layers` blocks of a ViT whose main branch
 // is `main` wide: the linear layers of every token, and the attention's two
 // products (T x T scores, then their sum of values) at every layer.
-inline double vit_blocks_flops_per_image(const prenorm::VitConfig& c, Index main, Index layers) {
+inline double vit_blocks_flops_per_image(const prenorm::TransformerConfig& c, Index main, Index layers) {
   const double T = double(c.tokens());
   return T * linear_flops_per_token(main, c.attention_width(), c.mlp_width, layers) +
          2.0 * 2.0 * double(layers) * T * T * double(c.attention_width());
@@ -115,7 +115,7 @@ class GptForward {
 
  private:
   Model& model_;
-  prenorm::GptSession<A, Scalar> session_;
+  prenorm::Session<A, Scalar> session_;
   Index batch_, seq_;
   std::vector<int> ids_;
 };
@@ -146,7 +146,7 @@ class GptDecodeStep {
 
  private:
   Model& model_;
-  prenorm::GptSession<A, Scalar> session_;
+  prenorm::Session<A, Scalar> session_;
   Index batch_, context_;
   std::vector<int> next_;
 };
@@ -179,7 +179,7 @@ class VitForward {
 
  private:
   Model& model_;
-  prenorm::VitSession<A, Scalar> session_;
+  prenorm::Session<A, Scalar> session_;
   Index batch_;
   std::vector<Scalar> pixels_;
 };

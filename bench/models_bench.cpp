@@ -52,20 +52,20 @@ void time_work(benchmark::State& state, Work& work) {
 }
 
 template <Arch A>
-void bm_gpt_forward(benchmark::State& state, const prenorm::GptConfig& config, const std::string& key) {
+void bm_gpt_forward(benchmark::State& state, const prenorm::TransformerConfig& config, const std::string& key) {
   GptForward<A> work(cached_model<prenorm::Gpt<A, Scalar>>(key, config), state.range(0), state.range(1));
   time_work(state, work);
 }
 
 template <Arch A>
-void bm_gpt_decode_step(benchmark::State& state, const prenorm::GptConfig& config, const std::string& key) {
+void bm_gpt_decode_step(benchmark::State& state, const prenorm::TransformerConfig& config, const std::string& key) {
   GptDecodeStep<A> work(cached_model<prenorm::Gpt<A, Scalar>>(key, config), state.range(0), state.range(1));
   time_work(state, work);
 }
 
 // Work: VitForward or VitBlockForward.
 template <template <Arch> class Work, Arch A>
-void bm_vit(benchmark::State& state, const prenorm::VitConfig& config, const std::string& key) {
+void bm_vit(benchmark::State& state, const prenorm::TransformerConfig& config, const std::string& key) {
   if (state.range(1) != config.tokens()) {
     state.SkipWithError("seq must be the ViT's token count (1 + patches)");
     return;
@@ -101,7 +101,7 @@ void register_gpt_forward(Index batch, Index seq) {
 
 // bm: "BM_forward" (Work = VitForward) or "BM_block_forward" (VitBlockForward).
 template <template <Arch> class Work>
-void register_vit(const char* bm, const char* model, const prenorm::VitConfig& config, Index batch) {
+void register_vit(const char* bm, const char* model, const prenorm::TransformerConfig& config, Index batch) {
   const std::string name = model;
   register_row(bm, model, batch, config.tokens(), [name, config]<Arch A>(benchmark::State& s) {
     bm_vit<Work, A>(s, config, std::string(prenorm::ArchTraits<A>::name) + "/" + name);

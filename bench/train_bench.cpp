@@ -127,7 +127,7 @@ struct TokenData {
 
 // Arguments: batch, seq, and (reparameterized, tied) keep: 1 TiedPolicy::Keep, 0 Untie.
 template <Arch A>
-void BM_gpt(benchmark::State& state, const std::string& name, prenorm::GptConfig config,
+void BM_gpt(benchmark::State& state, const std::string& name, prenorm::TransformerConfig config,
             bool has_policy) {
   const Index B = state.range(0), T = state.range(1);
   const prenorm::TiedPolicy tied = has_policy && state.range(2) == 0 ? prenorm::TiedPolicy::Untie
@@ -155,7 +155,7 @@ struct ImageData {
 };
 
 template <Arch A>
-void BM_vit(benchmark::State& state, const std::string& name, prenorm::VitConfig config) {
+void BM_vit(benchmark::State& state, const std::string& name, prenorm::TransformerConfig config) {
   const Index B = state.range(0);
   const std::string key = std::string(prenorm::ArchTraits<A>::name) + "/" + name;
   if (fixture().key != key) {
@@ -177,7 +177,7 @@ void BM_vit(benchmark::State& state, const std::string& name, prenorm::VitConfig
 }
 
 template <Arch A>
-void register_gpt(const std::string& name, const prenorm::GptConfig& config, int64_t batch,
+void register_gpt(const std::string& name, const prenorm::TransformerConfig& config, int64_t batch,
                   int64_t seq) {
   const std::string full = std::string(prenorm::ArchTraits<A>::name) + "/" + name;
   const bool policy = (A == Arch::PreRMSNorm || A == Arch::PreCRMSNorm) && config.tied;
@@ -188,7 +188,7 @@ void register_gpt(const std::string& name, const prenorm::GptConfig& config, int
 }
 
 template <Arch A>
-void register_vit(const std::string& name, const prenorm::VitConfig& config, int64_t batch) {
+void register_vit(const std::string& name, const prenorm::TransformerConfig& config, int64_t batch) {
   const std::string full = std::string(prenorm::ArchTraits<A>::name) + "/" + name;
   benchmark::RegisterBenchmark(full.c_str(), BM_vit<A>, name, config)
       ->ArgNames({"batch"})

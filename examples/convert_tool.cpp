@@ -321,12 +321,7 @@ int run(const Options& o) {
   std::cerr << "\n";
 
   const io::Dtype dtype = output_dtype(o, loaded.dtype);
-  const bool tied_gpt = std::visit(
-      [](const auto& m) {
-        if constexpr (requires { m.config.tied; }) return m.config.tied;
-        else return false;
-      },
-      loaded.model);
+  const bool tied_gpt = std::visit([](const auto& m) { return m.config.tied; }, loaded.model);
   const bool same_arch = from == o.to;
   if (same_arch)
     std::cerr << "prenorm-convert: the model is already " << prenorm::arch_name(from)

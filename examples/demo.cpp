@@ -87,7 +87,7 @@ void progress(const std::string& line) { std::cerr << "[prenorm-demo] " << line 
 // nonzero beta and biases, and embeddings with a large shared mean and a few
 // outlier dimensions (as GPT-2's have), which is what makes the recentering
 // in the conversion matter.
-Gpt<Arch::PreLN, Scalar> make_pre_ln_model(const prenorm::GptConfig& config, std::uint64_t seed) {
+Gpt<Arch::PreLN, Scalar> make_pre_ln_model(const prenorm::TransformerConfig& config, std::uint64_t seed) {
   Gpt<Arch::PreLN, Scalar> model(config);
   model.init_random(seed, 0.02, /*random_affine=*/true);
   auto& table = model.token_embedding.table;
@@ -187,9 +187,9 @@ int main(int argc, char** argv) {
     prenorm::pack_weights(pre_ln);
     prenorm::pack_weights(pre_rms);
     prenorm::pack_weights(pre_crms);
-    prenorm::GptSession ln_session(pre_ln);
-    prenorm::GptSession rms_session(pre_rms);
-    prenorm::GptSession crms_session(pre_crms);
+    prenorm::Session ln_session(pre_ln);
+    prenorm::Session rms_session(pre_rms);
+    prenorm::Session crms_session(pre_crms);
     const auto time_ms = [&](auto& session) {
       const auto start = std::chrono::steady_clock::now();
       const auto& logits = session.forward(tokens);

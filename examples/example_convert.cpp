@@ -38,7 +38,7 @@ int main() {
   const prenorm::TokenBatch tokens(ids, /*batch=*/2, /*seq=*/16);
 
   // A model's own forward runs a session of its own and returns the logits
-  // [batch*seq x vocab] by value; GptSession keeps the buffers for repeated calls.
+  // [batch*seq x vocab] by value; Session keeps the buffers for repeated calls.
   const Logits ln_logits = ln.forward(tokens);
   const Logits rms_logits = rms.forward(tokens);
   const Logits crms_logits = crms.forward(tokens);

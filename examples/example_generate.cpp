@@ -26,7 +26,7 @@ int main() {
   // A session holds the state of inference (buffers, logits, KV cache); the
   // model holds only parameters. The cache holds, per layer, keys and values
   // [batch*capacity x heads*head_dim]; capacity is at most the context.
-  prenorm::GptSession session(model);
+  prenorm::Session session(model);
   std::vector<int> tokens = {5, 17, 42, 8};  // the prompt: one sequence (batch 1)
   // prefill: the logits of every prompt position [prompt length x vocab]; keep the last.
   Logits next_logits =

@@ -203,7 +203,7 @@ std::string describe(const Model& model, const std::string& output) {
   const auto& c = model.config;
   text << prenorm::arch_name(Model::arch) << ", " << c.layers << " layers, width " << c.width
        << ", " << c.heads << " heads";
-  if constexpr (requires { c.vocab; }) {
+  if (c.stem == prenorm::Stem::Tokens) {
     text << ", vocab " << c.vocab << ", context " << c.context;
   } else {
     if (output == "logits") text << ", " << c.classes << " classes";
@@ -225,14 +225,14 @@ std::string leading_values(const Row& row, Index k) {
 }
 
 template <class S, Arch A>
-void run_tokens(prenorm::Gpt<A, S>& model, const Options& o,
+void run_tokens(const prenorm::Transformer<A, S>& model, const Options& o,
                 const std::vector<fs::path>& inputs) {
   const std::vector<int>& ids = *o.tokens;
   const Index n = Index(ids.size());
   if (n + std::max<Index>(o.generate - 1, 0) > model.config.context)
     prenorm::detail::fail("prenorm-infer", o.model.string(), ": ", n, " tokens + ", o.generate,
                           " generated exceed the context of ", model.config.context, " positions");
-  prenorm::GptSession session(model);
+  prenorm::Session session(model);
   const RowMatrix<S> logits = session.forward(prenorm::TokenBatch{ids, 1, n});
   if (o.logits_out) {
     const RowMatrix<float> out = logits.template cast<float>();
@@ -256,8 +256,8 @@ void run_tokens(prenorm::Gpt<A, S>& model, const Options& o,
 }
 
 template <class S, Arch A>
-void run_image(prenorm::Vit<A, S>& model, const Options& o, const std::vector<fs::path>& inputs,
-               const std::string& output) {
+void run_image(const prenorm::Transformer<A, S>& model, const Options& o,
+               const std::vector<fs::path>& inputs, const std::string& output) {
   const io::NpyArray<S> image = io::read_npy<S>(*o.image);
   std::vector<std::int64_t> shape = image.shape;
   if (shape.size() == 3) shape.insert(shape.begin(), 1);
@@ -305,7 +305,7 @@ int run(const Options& o) {
                   << " (" << io::dtype_name(loaded.dtype) << ")\n";
         using Model = std::decay_t<decltype(model)>;
         prenorm::pack_weights(model);  // for the GEMM backend, once (a no-op without oneDNN)
-        if constexpr (requires { model.config.vocab; }) {
+        if (model.config.stem == prenorm::Stem::Tokens) {
           if (!o.tokens)
             prenorm::detail::fail("prenorm-infer", o.model.string(),
                                   ": holds a GPT model, which reads --tokens, not --image");

@@ -37,20 +37,17 @@ inline double relative_error(const prenorm::RowMatrix<double>& reference,
 }
 
 // Shapes that must agree for the models to be compared, as "name a vs b".
-template <class A, class B>
-std::string shape_mismatch(const A& a, const B& b) {
+inline std::string shape_mismatch(const prenorm::TransformerConfig& a,
+                                  const prenorm::TransformerConfig& b) {
   const auto differ = [](const char* name, prenorm::Index x, prenorm::Index y) {
     return x == y ? std::string()
                   : std::string(name) + " " + std::to_string(x) + " vs " + std::to_string(y);
   };
-  if constexpr (requires { a.config.vocab; }) {
-    return differ("vocab", a.config.vocab, b.config.vocab);
-  } else {
-    std::string text = differ("classes", a.config.classes, b.config.classes);
-    if (text.empty()) text = differ("image_size", a.config.image_size, b.config.image_size);
-    if (text.empty()) text = differ("channels", a.config.channels, b.config.channels);
-    return text;
-  }
+  if (a.stem == prenorm::Stem::Tokens) return differ("vocab", a.vocab, b.vocab);
+  std::string text = differ("classes", a.classes, b.classes);
+  if (text.empty()) text = differ("image_size", a.image_size, b.image_size);
+  if (text.empty()) text = differ("channels", a.channels, b.channels);
+  return text;
 }
 
 }  // namespace detail
@@ -77,29 +74,24 @@ inline Comparison compare_models(const prenorm::io::AnyModel<double>& reference,
                              std::string(prenorm::io::model_kind_name(prenorm::io::kind_of(other))));
   return std::visit(
       [](const auto& a, const auto& b) -> Comparison {
-        constexpr bool kGpt = requires { a.config.vocab; };
-        if constexpr (kGpt != requires { b.config.vocab; }) {
-          throw std::logic_error("compare_models: kinds checked above");
+        if (const std::string mismatch = detail::shape_mismatch(a.config, b.config); !mismatch.empty())
+          throw std::runtime_error("the models differ in shape: " + mismatch);
+        if (a.config.stem == prenorm::Stem::Tokens) {
+          const prenorm::Index T = std::min<prenorm::Index>({8, a.config.context, b.config.context});
+          std::vector<int> ids(static_cast<std::size_t>(T));
+          for (prenorm::Index t = 0; t < T; ++t)
+            ids[std::size_t(t)] = int((t * 7919 + 13) % a.config.vocab);
+          const prenorm::TokenBatch batch{ids, 1, T};
+          return {std::to_string(T) + " tokens",
+                  detail::relative_error(a.forward(batch), b.forward(batch))};
         } else {
-          if (const std::string mismatch = detail::shape_mismatch(a, b); !mismatch.empty())
-            throw std::runtime_error("the models differ in shape: " + mismatch);
-          if constexpr (kGpt) {
-            const prenorm::Index T = std::min<prenorm::Index>({8, a.config.context, b.config.context});
-            std::vector<int> ids(static_cast<std::size_t>(T));
-            for (prenorm::Index t = 0; t < T; ++t)
-              ids[std::size_t(t)] = int((t * 7919 + 13) % a.config.vocab);
-            const prenorm::TokenBatch batch{ids, 1, T};
-            return {std::to_string(T) + " tokens",
-                    detail::relative_error(a.forward(batch), b.forward(batch))};
-          } else {
-            const auto& c = a.config;
-            std::vector<double> pixels(std::size_t(c.channels * c.image_size * c.image_size));
-            for (std::size_t i = 0; i < pixels.size(); ++i) pixels[i] = std::sin(0.37 * double(i) + 0.5);
-            const prenorm::ImageBatch<double> image{pixels, 1, c.channels, c.image_size, c.image_size};
-            return {"one " + std::to_string(c.channels) + "x" + std::to_string(c.image_size) + "x" +
-                        std::to_string(c.image_size) + " image",
-                    detail::relative_error(a.forward(image), b.forward(image))};
-          }
+          const auto& c = a.config;
+          std::vector<double> pixels(std::size_t(c.channels * c.image_size * c.image_size));
+          for (std::size_t i = 0; i < pixels.size(); ++i) pixels[i] = std::sin(0.37 * double(i) + 0.5);
+          const prenorm::ImageBatch<double> image{pixels, 1, c.channels, c.image_size, c.image_size};
+          return {"one " + std::to_string(c.channels) + "x" + std::to_string(c.image_size) + "x" +
+                      std::to_string(c.image_size) + " image",
+                  detail::relative_error(a.forward(image), b.forward(image))};
         }
       },
       reference, other);

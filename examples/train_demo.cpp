@@ -267,7 +267,7 @@ std::string plot(const std::string& csv) {
 template <prenorm::Arch A>
 std::vector<int> sample(const prenorm::Gpt<A, Scalar>& model, const std::vector<int>& prompt,
                         Index count, double temperature, std::uint64_t seed) {
-  prenorm::GptSession session(model);
+  prenorm::Session session(model);
   const prenorm::KvCache<Scalar>& cache = session.cache();
   std::mt19937_64 rng(seed);
   std::vector<int> context = prompt, out;

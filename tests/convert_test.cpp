@@ -50,6 +50,7 @@
 namespace {
 
 using namespace prenorm_test;  // tests/support/convert_test_util.hpp (one thread, helpers)
+using prenorm::TransformerConfig;
 using prenorm::ConvertOptions;
 using prenorm::Gpt;
 using prenorm::GptConfig;
@@ -245,7 +246,7 @@ GptConfig gpt_config(const GptCase& c) {
   return config;
 }
 
-Gpt<Arch::PreLN, double> make_pre_ln_gpt(const GptConfig& config, std::uint64_t seed) {
+Gpt<Arch::PreLN, double> make_pre_ln_gpt(const TransformerConfig& config, std::uint64_t seed) {
   Gpt<Arch::PreLN, double> m(config);
   Rng rng(seed);
   fill_embedding(m.token_embedding.table, rng, 1.0, 5.0);
@@ -378,7 +379,7 @@ TEST_P(ConvertGpt, PreLnToRmsAndCrmsFloat) { check_pre_ln_conversions<float>(Get
 template <class Model>
 double cache_error(const Model& m, const Tokens& t, const MatD& expected) {
   const Index prompt = 3;
-  prenorm::GptSession session(m);
+  prenorm::Session session(m);
   std::vector<int> ids(t.batch * prompt);
   for (Index b = 0; b < t.batch; ++b)
     for (Index p = 0; p < prompt; ++p) ids[b * prompt + p] = t.ids[b * t.seq + p];
@@ -527,7 +528,7 @@ TEST(ConvertGptErrors, NonZeroMeanRmsSourceIsRefusedByNameAndRecentered) {
     const auto r = prenorm::zero_mean_report(m);
     EXPECT_EQ(r.tensor, "token_embedding.table");
     EXPECT_GT(r.relative, 0.5);
-    const std::vector<std::string> needles = {"prenorm::convert(Gpt)", "token_embedding.table",
+    const std::vector<std::string> needles = {"prenorm::convert", "token_embedding.table",
                                               "not zero-mean", "recenter"};
     expect_error([&] { (void)prenorm::convert<Arch::PreLN>(m); }, needles);
     expect_error([&] { (void)prenorm::convert<Arch::PreCRMSNorm>(m); }, needles);
@@ -600,7 +601,7 @@ TEST(ConvertGptErrors, WrongTensorShapesAreNamed) {
     auto m = good;
     m.blocks[1].attn.qkv.weight.resize(3 * 7, 6);
     expect_error([&] { (void)prenorm::convert<Arch::PreRMSNorm>(m); },
-                 {"prenorm::convert(Gpt)", "blocks[1].attn.qkv.weight", "(21 x 6)", "(21 x 7)"});
+                 {"prenorm::convert", "blocks[1].attn.qkv.weight", "(21 x 6)", "(21 x 7)"});
   }
   {
     auto m = good;
@@ -655,7 +656,7 @@ TEST(ConvertGptErrors, WidthBelowTwoIsRefused) {
   Gpt<Arch::PreLN, double> m(gpt_config({"", 2, 1, 0, 1, true, false, 1e-5}));
   m.config.width = 1;
   expect_error([&] { (void)prenorm::convert<Arch::PreCRMSNorm>(m); },
-               {"prenorm::convert(Gpt)", "width is 1", ">= 2"});
+               {"prenorm::convert", "width is 1", ">= 2"});
   expect_error([&] { (void)prenorm::convert<Arch::PreRMSNorm>(m); }, {"width is 1"});
   Gpt<Arch::PreCRMSNorm, double> c(gpt_config({"", 2, 1, 0, 1, false, false, 1e-5}));
   c.config.width = 1;
@@ -701,7 +702,7 @@ TEST_P(ConvertGptProperty, RandomConfigsAndChainsKeepLogits) {
   const double err_f = random_chain(src_f, tokens, policy, rng_f, path_f);
   char desc[200];
   std::snprintf(desc, sizeof desc, "seed %2d: d %3ld heads %ld hd %ld L %ld %s%s eps %g %s seq %ld",
-                seed, long(c.width), long(c.heads), long(config.head_size()), long(c.layers),
+                seed, long(c.width), long(c.heads), long(prenorm::TransformerConfig(config).head_size()), long(c.layers),
                 c.tied ? "tied" : "untied", c.head_bias ? "+bias" : "", c.epsilon,
                 policy_name(policy).c_str(), long(tokens.seq));
   report(std::string(desc) + " double", err_d);

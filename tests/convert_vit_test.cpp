@@ -38,6 +38,7 @@
 namespace {
 
 using namespace prenorm_test;  // tests/support/convert_test_util.hpp (one thread, helpers)
+using prenorm::TransformerConfig;
 using prenorm::ConvertOptions;
 using prenorm::ImageBatch;
 using prenorm::Vit;
@@ -73,7 +74,7 @@ VitConfig vit_config(const VitCase& c) {
   return config;
 }
 
-Vit<Arch::PreLN, double> make_pre_ln_vit(const VitConfig& config, std::uint64_t seed) {
+Vit<Arch::PreLN, double> make_pre_ln_vit(const TransformerConfig& config, std::uint64_t seed) {
   Vit<Arch::PreLN, double> m(config);
   Rng rng(seed);
   const Index d = config.width;
@@ -87,9 +88,9 @@ Vit<Arch::PreLN, double> make_pre_ln_vit(const VitConfig& config, std::uint64_t 
   }
   rng.fill(m.cls_token, 1.0, 5.0);
   m.cls_token(outlier(rng, d)) *= 20.0;
-  rng.fill(m.position_embedding, 0.5);
-  m.position_embedding.col(outlier(rng, d)) *= 20.0;
-  m.position_embedding.array() += 5.0;
+  rng.fill(m.position_embedding.table, 0.5);
+  m.position_embedding.table.col(outlier(rng, d)) *= 20.0;
+  m.position_embedding.table.array() += 5.0;
   for (auto& b : m.blocks) fill_pre_ln_block(b, rng);
   fill_gamma(m.final_gamma, rng);
   rng.fill(m.final_beta, 0.5);
@@ -153,7 +154,7 @@ void check_pre_ln_conversions(const VitCase& c) {
   auto crms = prenorm::convert<Arch::PreCRMSNorm>(src);
   EXPECT_EQ(crms.patch.weight.rows(), c.width - 1);
   EXPECT_EQ(crms.cls_token.size(), c.width - 1);
-  EXPECT_EQ(crms.position_embedding.cols(), c.width - 1);
+  EXPECT_EQ(crms.position_embedding.table.cols(), c.width - 1);
   EXPECT_EQ(crms.head.weight.cols(), c.width - 1);
   EXPECT_EQ(rms.final_gamma.size(), 0);
 
@@ -263,14 +264,14 @@ INSTANTIATE_TEST_SUITE_P(Cases, ConvertVit, ::testing::ValuesIn(kVitCases),
 struct FamilyCase {
   const char* name;
   bool stem_norm, distillation_token;
-  prenorm::VitPooling pooling;
+  prenorm::Pooling pooling;
 };
 
 const FamilyCase kFamilyCases[] = {
-    {"stem_norm", true, false, prenorm::VitPooling::Cls},
-    {"distillation", false, true, prenorm::VitPooling::ClsDistillation},
-    {"patch_mean", false, false, prenorm::VitPooling::ClsPatchMean},
-    {"all", true, true, prenorm::VitPooling::ClsPatchMean},
+    {"stem_norm", true, false, prenorm::Pooling::Cls},
+    {"distillation", false, true, prenorm::Pooling::ClsDistillation},
+    {"patch_mean", false, false, prenorm::Pooling::ClsPatchMean},
+    {"all", true, true, prenorm::Pooling::ClsPatchMean},
 };
 
 class ConvertVitFamily : public ::testing::TestWithParam<FamilyCase> {};
@@ -287,21 +288,21 @@ TEST_P(ConvertVitFamily, EveryDirectionKeepsLogitsDouble) {
   src.patch.bias.array() += 3.0;
   src.cls_token.array() += 3.0;
   src.distillation_token.array() += 3.0;
-  src.position_embedding.array() += 2.0;
+  src.position_embedding.table.array() += 2.0;
   src.stem_beta.array() += 2.0;
   const auto images = random_images<double>(3, 5);
   MatD ref;
   const auto h_src = branches(src, images, &ref);
   ASSERT_GT(max_relative_row_mean(h_src.front()), 0.1) << f.name << ": the stream starts uncentered";
-  EXPECT_EQ(src.head.weight.cols(), config.pooled_parts() * config.width);
+  EXPECT_EQ(src.head.weight.cols(), prenorm::TransformerConfig(config).pooled_parts() * config.width);
 
   double worst = 0;
   auto rms = convert_checked<Arch::PreRMSNorm>(src, images, ref, worst, f.name);
   auto crms = convert_checked<Arch::PreCRMSNorm>(src, images, ref, worst, f.name);
   // The Pre-RMSNorm stream is zero-mean from its start (the stem's centering, or the writers').
   for (const MatD& h : branches(rms, images)) EXPECT_LE(max_relative_row_mean(h), 1e-12) << f.name;
-  EXPECT_EQ(crms.head.weight.cols(), config.pooled_parts() * (config.width - 1));
-  EXPECT_EQ(crms.position_embedding.cols(), f.stem_norm ? config.width : config.width - 1);
+  EXPECT_EQ(crms.head.weight.cols(), prenorm::TransformerConfig(config).pooled_parts() * (config.width - 1));
+  EXPECT_EQ(crms.position_embedding.table.cols(), f.stem_norm ? config.width : config.width - 1);
   EXPECT_LE(prenorm::zero_mean_report(rms).relative, 1e-12);
   EXPECT_LE(prenorm::zero_mean_report(crms).relative, 1e-12);
   convert_checked<Arch::PreCRMSNorm>(rms, images, ref, worst, std::string(f.name) + " rms");
@@ -326,7 +327,7 @@ Vit<Arch::PreRMSNorm, double> zero_mean_rms_vit() {
   m.patch.weight.rowwise() -= m.patch.weight.colwise().mean();
   m.patch.bias.array() -= m.patch.bias.mean();
   m.cls_token.array() -= m.cls_token.mean();
-  m.position_embedding.colwise() -= m.position_embedding.rowwise().mean();
+  m.position_embedding.table.colwise() -= m.position_embedding.table.rowwise().mean();
   for (auto& b : m.blocks)
     for (auto* lin : {&b.attn.out, &b.mlp.proj}) {
       lin->weight.rowwise() -= lin->weight.colwise().mean();
@@ -344,7 +345,7 @@ TEST(ConvertVitErrors, NonZeroMeanRmsSourceIsRefusedByNameAndRecentered) {
     m.patch.bias.array() += 5.0;
     const auto r = prenorm::zero_mean_report(m);
     EXPECT_EQ(r.tensor, "patch");
-    const std::vector<std::string> needles = {"prenorm::convert(Vit)", "patch.bias",
+    const std::vector<std::string> needles = {"prenorm::convert", "patch.bias",
                                               "not zero-mean", "recenter"};
     expect_error([&] { (void)prenorm::convert<Arch::PreLN>(m); }, needles);
     expect_error([&] { (void)prenorm::convert<Arch::PreCRMSNorm>(m); }, needles);
@@ -360,7 +361,7 @@ TEST(ConvertVitErrors, NonZeroMeanRmsSourceIsRefusedByNameAndRecentered) {
   }
   {
     auto m = zero_mean_rms_vit();
-    m.position_embedding.row(3).array() += 1.0;
+    m.position_embedding.table.row(3).array() += 1.0;
     expect_error([&] { (void)prenorm::convert<Arch::PreCRMSNorm>(m); },
                  {"position_embedding", "not zero-mean"});
   }
@@ -384,7 +385,7 @@ TEST(ConvertVitErrors, WrongTensorShapesAreNamed) {
     auto m = good;
     m.blocks[0].attn.qkv.weight.resize(21, 8);
     expect_error([&] { (void)prenorm::convert<Arch::PreRMSNorm>(m); },
-                 {"prenorm::convert(Vit)", "blocks[0].attn.qkv.weight", "(21 x 8)", "(21 x 7)"});
+                 {"prenorm::convert", "blocks[0].attn.qkv.weight", "(21 x 8)", "(21 x 7)"});
   }
   {
     auto m = good;
@@ -398,7 +399,7 @@ TEST(ConvertVitErrors, WrongTensorShapesAreNamed) {
   }
   {
     auto m = good;
-    m.position_embedding.resize(4, 7);
+    m.position_embedding.table.resize(4, 7);
     expect_error([&] { (void)prenorm::convert<Arch::PreCRMSNorm>(m); },
                  {"position_embedding", "expected (5 x 7)"});
   }
@@ -423,7 +424,7 @@ TEST(ConvertVitErrors, WrongTensorShapesAreNamed) {
     auto m = good;
     m.config.width = 1;
     expect_error([&] { (void)prenorm::convert<Arch::PreCRMSNorm>(m); },
-                 {"prenorm::convert(Vit)", "width is 1"});
+                 {"prenorm::convert", "width is 1"});
   }
 }
 
@@ -463,7 +464,7 @@ TEST_P(ConvertVitProperty, RandomConfigsAndChainsKeepLogits) {
   const double err_f = random_chain(src_f, im_f, rng_f, path_f);
   char desc[200];
   std::snprintf(desc, sizeof desc, "vit seed %2d: d %3ld heads %ld hd %ld L %ld eps %g batch %ld",
-                seed, long(c.width), long(c.heads), long(config.head_size()), long(c.layers),
+                seed, long(c.width), long(c.heads), long(prenorm::TransformerConfig(config).head_size()), long(c.layers),
                 c.epsilon, long(batch));
   report(std::string(desc) + " double", err_d);
   report(std::string(desc) + " float", err_f);

@@ -155,7 +155,7 @@ TEST_P(HfDecoder, LoadAnyModelDetectsTheFamily) {
 TEST_P(HfDecoder, DecodingWithTheCacheEqualsTheForward) {
   const auto model = GetParam().c.load_double(fixture_.model_path());
   const RowMatrix<double> full = model.forward(batch());
-  prenorm::GptSession<Arch::PreLN, double> session(model);
+  prenorm::Session<Arch::PreLN, double> session(model);
   const Index prompt = 5;
   const RowMatrix<double> first = session.prefill(TokenBatch{std::span(tokens_).first(prompt), 1, prompt});
   EXPECT_LE(max_relative_error(first, RowMatrix<double>(full.topRows(prompt))), tolerance<double>()) << what();

@@ -6,7 +6,7 @@
 // each variant of its fixture (F32, F16 and BF16 files):
 //  - load_hf_<family><double> gives the reference logits within 1e-12 and
 //    <float> within 1e-5 (max |diff| / max |ref|);
-//  - KV-cache decoding (GptSession prefill, then step token by token) gives
+//  - KV-cache decoding (Session prefill, then step token by token) gives
 //    the rows of the full forward;
 //  - convert<PreRMSNorm>, convert<PreCRMSNorm>, and each back to PreLN, give
 //    the reference logits (1e-12 in double);
@@ -41,7 +41,7 @@ namespace io = prenorm::io;
 namespace hf = prenorm_test::hf;
 using prenorm::Arch;
 using prenorm::Gpt;
-using prenorm::GptSession;
+using prenorm::Session;
 using prenorm::Index;
 using prenorm::RowMatrix;
 using prenorm::TokenBatch;
@@ -70,7 +70,7 @@ template <Arch A, class S>
 void expect_decoding_matches_forward(const Gpt<A, S>& model, const std::vector<int>& tokens,
                                      Index prompt) {
   const RowMatrix<S> full = any_logits(model, tokens);
-  GptSession<A, S> session(model);
+  Session<A, S> session(model);
   const std::vector<int> head(tokens.begin(), tokens.begin() + prompt);
   const RowMatrix<S> first = session.prefill(TokenBatch{head, 1, prompt}, Index(tokens.size()));
   EXPECT_LE(max_relative_error(first, full.topRows(prompt)), tolerance<S>()) << "prefill";
@@ -218,7 +218,7 @@ TEST(HfGptNeox, LogitsDecodingAndConversionsMatchTheReference) {
 TEST(HfGptNeox, MapsTheConfig) {
   prenorm_test::TempDir dir("prenorm-hf-neox");
   const hf::Fixture f = hf::write_gpt_neox_fixture(dir.path(), {.parallel_residual = false}, Dtype::F32, 3);
-  const prenorm::GptConfig c = io::gpt_neox_config_from_json(f.config, "config.json");
+  const prenorm::TransformerConfig c = io::gpt_neox_config_from_json(f.config, "config.json");
   EXPECT_EQ(c.width, 32);
   EXPECT_EQ(c.heads, 4);
   EXPECT_EQ(c.layers, 3);
@@ -382,7 +382,7 @@ TEST(HfPhi, LogitsDecodingAndConversionsMatchTheReference) {
 TEST(HfPhi, MapsTheConfig) {
   prenorm_test::TempDir dir("prenorm-hf-phi");
   const hf::Fixture f = hf::write_phi_fixture(dir.path(), {.rope_theta = 30000.0, .kv_heads = 2}, Dtype::F32, 33);
-  const prenorm::GptConfig c = io::phi_config_from_json(f.config, "config.json");
+  const prenorm::TransformerConfig c = io::phi_config_from_json(f.config, "config.json");
   EXPECT_EQ(c.topology, prenorm::BlockTopology::ParallelSharedNorm);
   EXPECT_EQ(c.kv_head_count(), 2);
   EXPECT_EQ(c.rotary, (prenorm::Rotary{.dims = 4, .pairing = prenorm::RotaryPairing::RotateHalf, .base = 30000}));
@@ -441,7 +441,7 @@ TEST(HfGptj, MapsTheConfigAndZeroBiases) {
   prenorm_test::TempDir dir("prenorm-hf-gptj");
   const hf::Fixture f = hf::write_gptj_fixture(dir.path(), {}, Dtype::F32, 43);
   const auto model = LoadGptj{}.operator()<double>(f);
-  const prenorm::GptConfig& c = model.config;
+  const prenorm::TransformerConfig& c = model.config;
   EXPECT_EQ(c.topology, prenorm::BlockTopology::ParallelSharedNorm);
   EXPECT_EQ(c.rotary, (prenorm::Rotary{.dims = 4, .pairing = prenorm::RotaryPairing::Interleaved, .base = 10000}));
   EXPECT_EQ(c.mlp_width, 128);

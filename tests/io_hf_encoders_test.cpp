@@ -203,12 +203,12 @@ TEST(HfEncoders, FamiliesBecomeTheirVitOptions) {
   EXPECT_EQ(clip.patch.bias, prenorm::Vector<double>::Zero(16));
   const auto dino = load_pre_ln<double>(hf::write_dinov2_fixture(dir / "dino", {}, Dtype::F32, 2),
                                         io::Layout::HfDinov2);
-  EXPECT_EQ(dino.config.pooling, prenorm::VitPooling::ClsPatchMean);
+  EXPECT_EQ(dino.config.pooling, prenorm::Pooling::ClsPatchMean);
   EXPECT_EQ(dino.config.mlp_width, 64);  // hidden_size * mlp_ratio
   const auto deit = load_pre_ln<double>(hf::write_deit_fixture(dir / "deit", {}, Dtype::F32, 3),
                                         io::Layout::HfDeit);
   EXPECT_TRUE(deit.config.distillation_token);
-  EXPECT_EQ(deit.config.pooling, prenorm::VitPooling::ClsDistillation);
+  EXPECT_EQ(deit.config.pooling, prenorm::Pooling::ClsDistillation);
   EXPECT_EQ(deit.config.tokens(), 2 + 4);
   // Without model_type, the architectures tell the family.
   const hf::Fixture f = hf::write_deit_fixture(dir / "deit2", {}, Dtype::F32, 3);

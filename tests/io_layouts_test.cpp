@@ -46,6 +46,7 @@ namespace {
 
 namespace fs = std::filesystem;
 namespace io = prenorm::io;
+using prenorm::TransformerConfig;
 using prenorm::Arch;
 using prenorm::Gpt;
 using prenorm::GptConfig;
@@ -121,7 +122,7 @@ Vit<Arch::PreLN, S> random_vit(std::uint64_t seed) {
 const std::vector<int> kTokens = {3, 1, 4, 1, 5, 9, 2, 6, 5, 3};
 
 template <class S>
-std::vector<S> random_images(const VitConfig& c, Index batch, std::uint64_t seed) {
+std::vector<S> random_images(const TransformerConfig& c, Index batch, std::uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<double> normal;
   std::vector<S> pixels(std::size_t(batch * c.channels * c.image_size * c.image_size));
@@ -137,7 +138,7 @@ RowMatrix<typename Model::Scalar> gpt_logits(Model& model) {
 template <class Model>
 RowMatrix<typename Model::Scalar> vit_logits(Model& model, const std::vector<typename Model::Scalar>& images,
                                              Index batch) {
-  const VitConfig& c = model.config;
+  const TransformerConfig& c = model.config;
   return model.forward(prenorm::ImageBatch<typename Model::Scalar>{
       images, batch, c.channels, c.image_size, c.image_size});
 }
@@ -169,26 +170,13 @@ void expect_same_parameters(const M1& a, const M2& b) {
   }
 }
 
-void expect_same_config(const GptConfig& a, const GptConfig& b) {
+void expect_same_config(const TransformerConfig& a, const TransformerConfig& b) {
+  EXPECT_EQ(a.stem, b.stem);
   EXPECT_EQ(a.vocab, b.vocab);
   EXPECT_EQ(a.context, b.context);
-  EXPECT_EQ(a.width, b.width);
-  EXPECT_EQ(a.heads, b.heads);
-  EXPECT_EQ(a.layers, b.layers);
-  EXPECT_EQ(a.mlp_width, b.mlp_width);
-  EXPECT_EQ(a.epsilon, b.epsilon);
-  EXPECT_EQ(a.activation, b.activation);
-  EXPECT_EQ(a.topology, b.topology);
-  EXPECT_EQ(a.tied, b.tied);
-  EXPECT_EQ(a.head_bias, b.head_bias);
-  EXPECT_EQ(a.head_size(), b.head_size());
-}
-
-void expect_same_config(const VitConfig& a, const VitConfig& b) {
   EXPECT_EQ(a.image_size, b.image_size);
   EXPECT_EQ(a.patch_size, b.patch_size);
   EXPECT_EQ(a.channels, b.channels);
-  EXPECT_EQ(a.classes, b.classes);
   EXPECT_EQ(a.width, b.width);
   EXPECT_EQ(a.heads, b.heads);
   EXPECT_EQ(a.layers, b.layers);
@@ -197,6 +185,10 @@ void expect_same_config(const VitConfig& a, const VitConfig& b) {
   EXPECT_EQ(a.activation, b.activation);
   EXPECT_EQ(a.topology, b.topology);
   EXPECT_EQ(a.head_size(), b.head_size());
+  EXPECT_EQ(a.head, b.head);
+  EXPECT_EQ(a.tied, b.tied);
+  EXPECT_EQ(a.head_bias, b.head_bias);
+  EXPECT_EQ(a.classes, b.classes);
 }
 
 // Copies `file` into a new file at `path`, with `metadata` as its metadata,
@@ -296,7 +288,7 @@ MatD linear(const MatD& x, const SafetensorsFile& f, const std::string& name, In
 }
 
 // GPT2LMHeadModel's logits [tokens x vocab], from the file's tensors.
-MatD reference_gpt2_logits(const SafetensorsFile& f, const GptConfig& c, const std::string& p) {
+MatD reference_gpt2_logits(const SafetensorsFile& f, const TransformerConfig& c, const std::string& p) {
   const Index n = Index(kTokens.size()), d = c.width, I = c.mlp_width;
   const MatD wte = tensor(f, p + "wte.weight", c.vocab, d), wpe = tensor(f, p + "wpe.weight", c.context, d);
   MatD h(n, d);
@@ -322,7 +314,7 @@ MatD reference_gpt2_logits(const SafetensorsFile& f, const GptConfig& c, const s
 }
 
 // ViTForImageClassification's logits [batch x classes], from the file's tensors.
-MatD reference_vit_logits(const SafetensorsFile& f, const VitConfig& c, const std::string& p,
+MatD reference_vit_logits(const SafetensorsFile& f, const TransformerConfig& c, const std::string& p,
                           const std::vector<double>& images, Index batch) {
   const Index d = c.width, C = c.channels, ps = c.patch_size, G = c.grid(), N = c.image_size;
   const Index T = c.tokens(), I = c.mlp_width;
@@ -391,7 +383,7 @@ TEST_P(HfGpt2Layout, LoadsToTheSameLogits) {
   EXPECT_EQ(file.contains("transformer.wte.weight"), k.prefix);
   EXPECT_EQ(file.contains("lm_head.weight"), !k.tied || k.tied_head);
 
-  const GptConfig config = io::gpt2_config_from_json(io::gpt2_config_to_json(source.config), "json");
+  const TransformerConfig config = io::gpt2_config_from_json(io::gpt2_config_to_json(source.config), "json");
   auto loaded = io::load_hf_gpt2<float>(file, config);
   EXPECT_EQ(loaded.config.tied, k.tied) << "a copy of wte as lm_head.weight is a tied head";
   expect_same_config(loaded.config, source.config);
@@ -474,7 +466,7 @@ TEST(HfGpt2, ConfigJson) {
   nlohmann::json json = {{"model_type", "gpt2"}, {"n_embd", 12},      {"n_head", 3},
                          {"n_layer", 2},         {"vocab_size", 29},  {"n_positions", 12},
                          {"n_inner", nullptr}};
-  GptConfig c = io::gpt2_config_from_json(json, "config.json");
+  TransformerConfig c = io::gpt2_config_from_json(json, "config.json");
   EXPECT_EQ(c.mlp_width, 48) << "n_inner null: 4 n_embd";
   EXPECT_EQ(c.epsilon, 1e-5);
   EXPECT_EQ(c.activation, prenorm::Activation::GeluTanh) << "default gelu_new";
@@ -489,7 +481,7 @@ TEST(HfGpt2, ConfigJson) {
   EXPECT_EQ(io::gpt2_config_from_json(json, "x").activation, prenorm::Activation::GeluErf);
 
   // Round trip.
-  const GptConfig back = io::gpt2_config_from_json(io::gpt2_config_to_json(c), "x");
+  const TransformerConfig back = io::gpt2_config_from_json(io::gpt2_config_to_json(c), "x");
   expect_same_config(back, c);
 
   // Errors name the key and the file.
@@ -525,7 +517,7 @@ TEST(HfGpt2, BadTensorsAreNamed) {
   const fs::path good = dir / "good.safetensors";
   io::save_hf_gpt2(source, good, Dtype::F32);
   const SafetensorsFile file(good);
-  const GptConfig& c = source.config;
+  const TransformerConfig& c = source.config;
   const fs::path bad = dir / "bad.safetensors";
 
   rewrite(file, bad, {}, [](EditableTensor& t) { return t.name != "h.1.mlp.c_fc.bias"; });
@@ -546,11 +538,11 @@ TEST(HfGpt2, BadTensorsAreNamed) {
                {bad.string(), "'h.0.attn.c_attn.weight'", "shape [36, 12]", "expected [12, 36]"});
 
   // A config with more layers than the file: the missing tensors are named.
-  GptConfig more = c;
+  TransformerConfig more = c;
   more.layers = 3;
   expect_error([&] { io::load_hf_gpt2<float>(file, more); }, {"missing tensors 'h.2.ln_1.weight'"});
   // Fewer layers: the extra ones are unknown.
-  GptConfig fewer = c;
+  TransformerConfig fewer = c;
   fewer.layers = 1;
   expect_error([&] { io::load_hf_gpt2<float>(file, fewer); }, {"unknown tensors 'h.1."});
 
@@ -588,7 +580,7 @@ TEST_P(HfVitLayout, LoadsToTheSameLogits) {
   EXPECT_EQ(file.info((prefix ? "vit." : "") + std::string("embeddings.patch_embeddings.projection.weight")).shape,
             (std::vector<std::int64_t>{10, 2, 4, 4}));
 
-  const VitConfig config = io::vit_config_from_json(io::vit_config_to_json(source.config), "json");
+  const TransformerConfig config = io::vit_config_from_json(io::vit_config_to_json(source.config), "json");
   auto loaded = io::load_hf_vit<float>(file, config);
   expect_same_config(loaded.config, source.config);
   expect_same_parameters(loaded, source);
@@ -632,7 +624,7 @@ TEST(HfVit, ConfigJson) {
   nlohmann::json json = {{"model_type", "vit"},      {"hidden_size", 10},    {"num_hidden_layers", 2},
                          {"num_attention_heads", 2}, {"intermediate_size", 16}, {"image_size", 8},
                          {"patch_size", 4},          {"num_labels", 7}};
-  VitConfig c = io::vit_config_from_json(json, "config.json");
+  TransformerConfig c = io::vit_config_from_json(json, "config.json");
   EXPECT_EQ(c.channels, 3);
   EXPECT_EQ(c.epsilon, 1e-12);
   EXPECT_EQ(c.activation, prenorm::Activation::GeluErf);
@@ -732,7 +724,7 @@ TEST(PrenormLayout, RoundTripsEveryArchitectureExactlyDoubleF64) { round_trip_ev
 // when not sequential (a sequential file is as before), and read back.
 TEST(PrenormLayout, RoundTripsParallelTopologiesAndActivations) {
   TempDir dir;
-  GptConfig c = tiny_gpt(false);
+  TransformerConfig c = tiny_gpt(false);
   c.topology = prenorm::BlockTopology::ParallelTwoNorms;
   c.activation = prenorm::Activation::QuickGelu;
   Gpt<Arch::PreLN, double> ln(c);

@@ -35,6 +35,7 @@
 namespace {
 
 using namespace prenorm_test;
+using prenorm::TransformerConfig;
 using prenorm::GptConfig;
 using prenorm::MultiHeadAttention;
 using prenorm::Rotary;
@@ -391,7 +392,7 @@ GptConfig gpt_config(int which) {
   return c;
 }
 
-prenorm::Gpt<Arch::PreLN, double> random_gpt(const GptConfig& c, std::uint64_t seed) {
+prenorm::Gpt<Arch::PreLN, double> random_gpt(const TransformerConfig& c, std::uint64_t seed) {
   prenorm::Gpt<Arch::PreLN, double> m(c);
   Rng rng(seed);
   rng.fill(m.token_embedding.table, 1.0, 0.3);
@@ -426,7 +427,7 @@ Tokens random_tokens(Index batch, Index seq, Index vocab, std::uint64_t seed) {
 template <class Model>
 void expect_decoding_matches(const Model& m, const Tokens& tokens, double tolerance, double* worst) {
   const MatD full = logits(m, tokens);
-  prenorm::GptSession session(m);
+  prenorm::Session session(m);
   const Index B = tokens.batch, T = tokens.seq;
   std::vector<Index> ends = {5, 8};
   for (Index t = 9; t <= T; ++t) ends.push_back(t);
@@ -444,7 +445,7 @@ void expect_decoding_matches(const Model& m, const Tokens& tokens, double tolera
 }
 
 TEST(AttentionVariantsGpt, BlocksGetTheConfigsOptions) {
-  const GptConfig c = gpt_config(0);
+  const TransformerConfig c = gpt_config(0);
   const prenorm::Gpt<Arch::PreLN, double> m(c);
   for (Index i = 0; i < c.layers; ++i) {
     const auto& a = m.blocks[i].attn;
@@ -503,7 +504,7 @@ TYPED_TEST(AttentionVariants, RepeatedCallsDoNotAllocate) {
     SCOPED_TRACE("config " + std::to_string(which));
     const auto m = cast_model<S>(random_gpt(gpt_config(which), 70 + which));
     const Tokens tokens = random_tokens(2, 20, m.config.vocab, 8);
-    prenorm::GptSession session(m);
+    prenorm::Session session(m);
     session.forward(tokens.view());
     auto a = alloc_count::count_allocations([&] { session.forward(tokens.view()); });
     EXPECT_EQ(a.eigen + a.news, 0) << "allocations in a repeated forward";
@@ -526,8 +527,8 @@ TEST(AttentionVariantsGpt, PrenormLayoutRoundTrip) {
     const auto crms = prenorm::convert<Arch::PreCRMSNorm>(ln);
     const std::vector<std::byte> bytes = io::save_prenorm(crms, io::Dtype::F64).bytes();
     const auto file = io::SafetensorsFile::from_bytes(bytes, "variants.safetensors");
-    const GptConfig& c = crms.config;
-    const GptConfig back = io::read_prenorm_metadata(file).gpt;
+    const TransformerConfig& c = crms.config;
+    const TransformerConfig back = io::read_prenorm_metadata(file).gpt;
     EXPECT_EQ(back.kv_heads, c.kv_heads);
     EXPECT_EQ(back.rotary, c.rotary);
     EXPECT_EQ(back.alibi, c.alibi);

@@ -163,7 +163,7 @@ void expect_gpt_packed_equal(bool tied) {
   EXPECT_LT((packed - plain).cwiseAbs().maxCoeff(), 1e-5f * scale)
       << prenorm::arch_name(A) << (tied ? " tied" : " untied");
   // Decoding: prefill 5 tokens (10 rows, packed), then steps of 2 rows (plain).
-  prenorm::GptSession<A, float> session(model);
+  prenorm::Session<A, float> session(model);
   const std::vector<int> first(ids.begin(), ids.begin() + 5);
   session.prefill(prenorm::TokenBatch(first, 1, 5), 9);
   RowMatrix<float> last;

@@ -28,10 +28,11 @@
 
 namespace {
 
+using prenorm::TransformerConfig;
 using prenorm::Arch;
 using prenorm::Gpt;
 using prenorm::GptConfig;
-using prenorm::GptSession;
+using prenorm::Session;
 using prenorm::ImageBatch;
 using prenorm::Index;
 using prenorm::RowMatrix;
@@ -39,7 +40,7 @@ using prenorm::TokenBatch;
 using prenorm::Vector;
 using prenorm::Vit;
 using prenorm::VitConfig;
-using prenorm::VitSession;
+using prenorm::Session;
 using prenorm_bench::kNoNorm;
 using Mat = std::vector<std::vector<double>>;  // reference matrices, [rows][cols]
 using Vec = std::vector<double>;
@@ -269,17 +270,17 @@ Mat ref_gpt(const Gpt<A, S>& g, const std::vector<std::vector<int>>& batch) {
 // linear is evaluated as the convolution it stands for, from the pixels.
 template <Arch A, class S>
 Mat ref_vit(const Vit<A, S>& v, const std::vector<S>& pixels, Index B) {
-  const VitConfig& c = v.config;
+  const TransformerConfig& c = v.config;
   const Index p = c.patch_size, G = c.grid(), C = c.channels, n = c.image_size, m = v.main();
   Mat logits;
   for (Index b = 0; b < B; ++b) {
     Mat h(c.tokens(), Vec(m));
-    for (Index i = 0; i < m; ++i) h[0][i] = double(v.cls_token[i]) + double(v.position_embedding(0, i));
+    for (Index i = 0; i < m; ++i) h[0][i] = double(v.cls_token[i]) + double(v.position_embedding.table(0, i));
     for (Index py = 0; py < G; ++py)
       for (Index px = 0; px < G; ++px) {
         const Index t = 1 + py * G + px;
         for (Index o = 0; o < m; ++o) {
-          double acc = double(v.patch.bias[o]) + double(v.position_embedding(t, o));
+          double acc = double(v.patch.bias[o]) + double(v.position_embedding.table(t, o));
           for (Index ch = 0; ch < C; ++ch)
             for (Index ky = 0; ky < p; ++ky)
               for (Index kx = 0; kx < p; ++kx)
@@ -456,7 +457,7 @@ TYPED_TEST(ModelsTest, KvCacheMatchesFullForward) {
   const auto tokens = random_tokens(B, T, 37, rng);
   const RowMatrix<S> full = g.forward(tokens);
 
-  GptSession<A, S> session(g);
+  Session<A, S> session(g);
   const Index prompt = 4;
   std::vector<int> ids;
   for (const auto& seq : tokens) ids.insert(ids.end(), seq.begin(), seq.begin() + prompt);
@@ -699,7 +700,7 @@ TYPED_TEST(ModelsTest, RepeatedForwardDoesNotAllocate) {
   for (const auto& seq : tokens) flat.insert(flat.end(), seq.begin(), seq.end());
   const TokenBatch batch{flat, 2, 9};
 
-  GptSession<A, S> session(g);
+  Session<A, S> session(g);
   const RowMatrix<S> first = session.forward(tokens);
   Allocations a = count_allocations([&] { session.forward(tokens); });
   EXPECT_EQ(a.eigen, 0) << "Eigen allocations in a repeated GPT forward";
@@ -720,7 +721,7 @@ TYPED_TEST(ModelsTest, RepeatedForwardDoesNotAllocate) {
   v.init_random(23, 0.2, true);
   std::vector<S> pixels(2 * 3 * 8 * 8, S(0.25));
   const ImageBatch<S> images{pixels, 2, 3, 8, 8};
-  VitSession<A, S> vit_session(v);
+  Session<A, S> vit_session(v);
   vit_session.forward(images);
   a = count_allocations([&] { vit_session.forward(images); });
   EXPECT_EQ(a.eigen + a.news, 0) << "allocations in a repeated ViT forward";
@@ -752,8 +753,8 @@ TYPED_TEST(ModelsTest, SessionsOnTwoThreadsShareOneModel) {
     for (int i = 0; i < 2 * 3 * 8 * 8; ++i) w.pixels.push_back(S(normal(rng)));
   }
   const auto run = [&](Work& w) {
-    GptSession<A, S> session(g);
-    VitSession<A, S> vit_session(v);
+    Session<A, S> session(g);
+    Session<A, S> vit_session(v);
     std::vector<RowMatrix<S>> out;
     for (int repeat = 0; repeat < 3; ++repeat) {
       out.push_back(session.forward(w.tokens));
@@ -802,7 +803,7 @@ TYPED_TEST(ModelsTest, WritersPaddedToTheRegisterBlockMatchReference) {
   std::mt19937_64 rng(32);
   const Index B = 2, T = 10;
   const auto tokens = random_tokens(B, T, 37, rng);
-  GptSession<A, S> session(g);
+  Session<A, S> session(g);
   const RowMatrix<S> full = session.forward(tokens);
   EXPECT_CLOSE(full, ref_gpt(g, tokens), tol<S>());
   Allocations a = count_allocations([&] { session.forward(tokens); });
@@ -828,7 +829,7 @@ TYPED_TEST(ModelsTest, WritersPaddedToTheRegisterBlockMatchReference) {
   std::normal_distribution<double> normal(0.0, 1.0);
   for (S& p : pixels) p = S(normal(rng));
   const ImageBatch<S> images{pixels, B, 3, 8, 8};
-  VitSession<A, S> vit_session(v);
+  Session<A, S> vit_session(v);
   EXPECT_CLOSE(vit_session.forward(images), ref_vit(v, pixels, B), tol<S>());
   a = count_allocations([&] { vit_session.forward(images); });
   EXPECT_EQ(a.eigen + a.news, 0) << "allocations in a repeated ViT forward";
@@ -845,16 +846,16 @@ TYPED_TEST(ModelsTest, GptBadInputThrows) {
   Gpt<A, S> g(small_gpt(true, false));
   g.init_random(24);
   expect_error([&] { g.forward({{1, 2, 3}, {4, 5, 37}}); },
-               "prenorm::Gpt::forward: token id 37 at sequence 1, position 2 is out of range [0, 37)");
+               "prenorm::Transformer::forward: token id 37 at sequence 1, position 2 is out of range [0, 37)");
   expect_error([&] { g.forward({{-1}}); },
-               "prenorm::Gpt::forward: token id -1 at sequence 0, position 0 is out of range [0, 37)");
+               "prenorm::Transformer::forward: token id -1 at sequence 0, position 0 is out of range [0, 37)");
   expect_error([&] { g.forward({std::vector<int>(17, 1)}); },
-               "prenorm::Gpt::forward: sequence length 17 exceeds the context 16");
+               "prenorm::Transformer::forward: sequence length 17 exceeds the context 16");
   expect_error([&] { g.forward({{1, 2, 3, 4}, {1, 2, 3}}); },
-               "prenorm::Gpt::forward: ragged batch: sequence 1 has 3 tokens, expected 4 (the length of sequence 0)");
+               "prenorm::Transformer::forward: ragged batch: sequence 1 has 3 tokens, expected 4 (the length of sequence 0)");
   const std::vector<int> five{1, 2, 3, 4, 5};
   expect_error([&] { g.forward(TokenBatch{five, 2, 3}); },
-               "prenorm::Gpt::forward: the token batch has 5 ids, expected batch 2 x seq 3");
+               "prenorm::Transformer::forward: the token batch has 5 ids, expected batch 2 x seq 3");
 
   // A weight of the wrong shape, named with expected and actual shapes.
   const Index m = g.main();
@@ -862,29 +863,29 @@ TYPED_TEST(ModelsTest, GptBadInputThrows) {
   g.blocks[1].attn.qkv.weight.resize(36, m + 1);
   const std::string shape = "blocks[1].attn.qkv.weight is (36 x " + std::to_string(m + 1) +
                             "), expected (36 x " + std::to_string(m) + ")";
-  expect_error([&] { g.validate(); }, "prenorm::Gpt::validate: " + shape);
-  expect_error([&] { g.forward({{1, 2}}); }, "prenorm::Gpt::forward: " + shape);
+  expect_error([&] { g.validate(); }, "prenorm::Transformer::validate: " + shape);
+  expect_error([&] { g.forward({{1, 2}}); }, "prenorm::Transformer::forward: " + shape);
   g.blocks[1].attn.qkv.weight = saved;
   g.blocks[0].mlp.proj.bias.resize(3);
   expect_error([&] { g.validate(); },
-               "prenorm::Gpt::validate: blocks[0].mlp.proj.bias has 3 elements, expected " + std::to_string(m));
+               "prenorm::Transformer::validate: blocks[0].mlp.proj.bias has 3 elements, expected " + std::to_string(m));
   g.blocks[0].mlp.proj.bias.setZero(m);
   if constexpr (A == Arch::PreLN) {
     g.final_beta.resize(5);
-    expect_error([&] { g.validate(); }, "prenorm::Gpt::validate: final_beta has 5 elements, expected 12");
+    expect_error([&] { g.validate(); }, "prenorm::Transformer::validate: final_beta has 5 elements, expected 12");
     g.final_beta.setZero(12);
   } else {
     g.blocks[0].norm1_gamma.setOnes(12);
     expect_error([&] { g.validate(); },
-                 "prenorm::Gpt::validate: blocks[0].norm1_gamma has 12 elements, expected 0 (no norm affine in this architecture)");
+                 "prenorm::Transformer::validate: blocks[0].norm1_gamma has 12 elements, expected 0 (no norm affine in this architecture)");
     g.blocks[0].norm1_gamma.resize(0);
   }
   g.token_embedding.table.resize(37, 3);
-  expect_error([&] { g.validate(); }, "prenorm::Gpt::validate: token_embedding.table is (37 x 3), expected (37 x " +
+  expect_error([&] { g.validate(); }, "prenorm::Transformer::validate: token_embedding.table is (37 x 3), expected (37 x " +
                                           std::to_string(g.tied_affine() ? 12 : m) + ")");
   g.token_embedding.table.setZero(37, g.tied_affine() ? 12 : m);
   g.blocks.pop_back();
-  expect_error([&] { g.validate(); }, "prenorm::Gpt::validate: blocks has 1 blocks, expected 2 (layers)");
+  expect_error([&] { g.validate(); }, "prenorm::Transformer::validate: blocks has 1 blocks, expected 2 (layers)");
 }
 
 TYPED_TEST(ModelsTest, KvCacheBadInputThrows) {
@@ -892,30 +893,30 @@ TYPED_TEST(ModelsTest, KvCacheBadInputThrows) {
   using S = typename TypeParam::S;
   Gpt<A, S> g(small_gpt(true, false));
   g.init_random(25);
-  GptSession<A, S> session(g);
+  Session<A, S> session(g);
   const std::vector<int> two{1, 2}, three{1, 2, 3};
   expect_error([&] { session.step(two); },
-               "prenorm::GptSession::step: no decoding started: call prefill first");
+               "prenorm::Session::step: no decoding started: call prefill first");
   session.prefill(TokenBatch{two, 2, 1}, 3);
   session.step(two);
   session.step(two);
   expect_error([&] { session.step(two); },
-               "prenorm::GptSession::step: the cache is full: 3 + 1 positions exceed its capacity 3");
+               "prenorm::Session::step: the cache is full: 3 + 1 positions exceed its capacity 3");
   expect_error([&] { session.step(three); },
-               "prenorm::GptSession::step: the batch has 3 sequences, the cache holds 2");
+               "prenorm::Session::step: the batch has 3 sequences, the cache holds 2");
   expect_error([&] { session.extend(TokenBatch{three, 3, 1}); },
-               "prenorm::GptSession::extend: the batch has 3 sequences, the cache holds 2");
+               "prenorm::Session::extend: the batch has 3 sequences, the cache holds 2");
   expect_error([&] { session.prefill(TokenBatch{two, 1, 2}, 17); },
-               "prenorm::GptSession::prefill: batch 1 and capacity 17 must be >= 0, and the capacity at most the context 16");
+               "prenorm::Session::prefill: batch 1 and capacity 17 must be >= 0, and the capacity at most the context 16");
   const std::vector<int> bad{37};
   session.prefill(TokenBatch{two, 1, 2});
   EXPECT_EQ(session.cache().capacity, 16);
   expect_error([&] { session.step(bad); },
-               "prenorm::GptSession::step: token id 37 at sequence 0, position 2 is out of range [0, 37)");
+               "prenorm::Session::step: token id 37 at sequence 0, position 2 is out of range [0, 37)");
   expect_error([&] { session.rewind(3); },
-               "prenorm::GptSession::rewind: length 3 is outside [0, 2] (the positions in the cache)");
+               "prenorm::Session::rewind: length 3 is outside [0, 2] (the positions in the cache)");
   expect_error([&] { session.forward(TokenBatch{bad, 1, 1}); },
-               "prenorm::GptSession::forward: token id 37 at sequence 0, position 0 is out of range [0, 37)");
+               "prenorm::Session::forward: token id 37 at sequence 0, position 0 is out of range [0, 37)");
 }
 
 TYPED_TEST(ModelsTest, VitBadInputThrows) {
@@ -925,18 +926,18 @@ TYPED_TEST(ModelsTest, VitBadInputThrows) {
   v.init_random(26);
   std::vector<S> pixels(3 * 12 * 12);
   expect_error([&] { v.forward(ImageBatch<S>{std::span<const S>(pixels).first(64), 1, 1, 8, 8}); },
-               "prenorm::Vit::forward: images have 1 channels, expected 3");
+               "prenorm::Transformer::forward: images have 1 channels, expected 3");
   expect_error([&] { v.forward(ImageBatch<S>{std::span<const S>(pixels).first(240), 1, 3, 10, 8}); },
-               "prenorm::Vit::forward: image size 10 x 8 is not divisible by the patch size 4");
+               "prenorm::Transformer::forward: image size 10 x 8 is not divisible by the patch size 4");
   expect_error([&] { v.forward(ImageBatch<S>{pixels, 1, 3, 12, 12}); },
-               "prenorm::Vit::forward: image size 12 x 12, expected 8 x 8");
+               "prenorm::Transformer::forward: image size 12 x 12, expected 8 x 8");
   expect_error([&] { v.forward(ImageBatch<S>{std::span<const S>(pixels).first(10), 1, 3, 8, 8}); },
-               "prenorm::Vit::forward: the image buffer has 10 values, expected batch 1 x channels 3 x height 8 x width 8");
+               "prenorm::Transformer::forward: the image buffer has 10 values, expected batch 1 x channels 3 x height 8 x width 8");
   RowMatrix<S> patches(5, 48);
   expect_error([&] { v.forward_patches(patches); },
-               "prenorm::Vit::forward_patches: patches is 5 x 48, expected (batch*4) x 48");
-  v.position_embedding.resize(4, v.main());
-  expect_error([&] { v.validate(); }, "prenorm::Vit::validate: position_embedding is (4 x " +
+               "prenorm::Transformer::forward_patches: patches is 5 x 48, expected (batch*4) x 48");
+  v.position_embedding.table.resize(4, v.main());
+  expect_error([&] { v.validate(); }, "prenorm::Transformer::validate: position_embedding is (4 x " +
                                           std::to_string(v.main()) + "), expected (5 x " +
                                           std::to_string(v.main()) + ")");
 }
@@ -986,23 +987,23 @@ TYPED_TEST(ModelsTest, EmptyBatchGivesEmptyOutput) {
 
 TEST(Models, PresetsAreValid) {
   namespace p = prenorm::presets;
-  for (const VitConfig& c : {p::vit_ti16, p::vit_s16, p::vit_b16, p::vit_l16, p::vit_h14, p::vit_g14}) {
+  for (const TransformerConfig& c : {p::vit_ti16, p::vit_s16, p::vit_b16, p::vit_l16, p::vit_h14, p::vit_g14}) {
     EXPECT_NO_THROW(c.validate());
     EXPECT_EQ(c.image_size, 224);
     EXPECT_EQ(c.classes, 1000);
     EXPECT_EQ(c.attention_width(), c.width);
   }
-  static_assert(p::vit_ti16.tokens() == 197 && p::vit_ti16.patch_features() == 768);
-  static_assert(p::vit_h14.tokens() == 257 && p::vit_h14.patch_features() == 588);
+  static_assert(p::vit_ti16.description().tokens() == 197 && p::vit_ti16.description().patch_features() == 768);
+  static_assert(p::vit_h14.description().tokens() == 257 && p::vit_h14.description().patch_features() == 588);
   static_assert(p::vit_b16.width == 768 && p::vit_b16.heads == 12 && p::vit_b16.mlp_width == 3072);
   static_assert(p::vit_g14.width == 1664 && p::vit_g14.layers == 48 && p::vit_g14.mlp_width == 8192);
-  for (const GptConfig& c : {p::gpt3_small, p::gpt3_medium, p::gpt3_large, p::gpt3_xl, p::gpt2_small}) {
+  for (const TransformerConfig& c : {p::gpt3_small, p::gpt3_medium, p::gpt3_large, p::gpt3_xl, p::gpt2_small}) {
     EXPECT_NO_THROW(c.validate());
     EXPECT_EQ(c.vocab, 50257);
   }
   static_assert(p::gpt3_small.context == 2048 && p::gpt2_small.context == 1024);
-  static_assert(p::gpt3_large.head_size() == 96);
-  static_assert(p::gpt3_xl.head_size() == 128 && p::gpt3_xl.attention_width() == 3072);
+  static_assert(p::gpt3_large.description().head_size() == 96);
+  static_assert(p::gpt3_xl.description().head_size() == 128 && p::gpt3_xl.description().attention_width() == 3072);
 }
 
 }  // namespace

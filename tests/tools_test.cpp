@@ -58,6 +58,7 @@ namespace {
 
 namespace fs = std::filesystem;
 namespace io = prenorm::io;
+using prenorm::TransformerConfig;
 using prenorm::Arch;
 using prenorm::Gpt;
 using prenorm::GptConfig;
@@ -228,7 +229,7 @@ class Fixture {
     }
     return generated;
   }
-  const GptConfig& gpt_config() const { return gpt_.config; }
+  const TransformerConfig& gpt_config() const { return gpt_.config; }
 
  private:
   TempDir dir_;

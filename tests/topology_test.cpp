@@ -10,7 +10,7 @@
 //   - Gpt and Vit of each topology: convert<PreRMSNorm>, <PreCRMSNorm> and
 //     back keep the logits, with random affines and an offset on the residual
 //     stream (a wrong norm pairing fails); convert_adjoint against central
-//     differences of convert_into (exact: the map is quadratic); GptSession
+//     differences of convert_into (exact: the map is quadratic); Session
 //     prefill + steps equal the full forward.
 //   - Training: GPT and ViT gradients of each topology against central
 //     differences of the loss; training through the converter gives the
@@ -39,6 +39,7 @@ namespace {
 
 using alloc_count::Allocations;
 using alloc_count::count_allocations;
+using prenorm::TransformerConfig;
 using prenorm::Activation;
 using prenorm::Arch;
 using prenorm::BlockTopology;
@@ -415,7 +416,7 @@ VitConfig small_vit(BlockTopology topology) {
 template <class Model>
 void randomize(Model& m, std::uint64_t seed) {
   m.init_random(seed, 0.3, /*random_affine=*/true);
-  m.position_embedding.array() += typename Model::Scalar(0.5);
+  m.position_embedding.table.array() += typename Model::Scalar(0.5);
 }
 template <Arch A, class S>
 void randomize(Gpt<A, S>& g, std::uint64_t seed) {
@@ -428,7 +429,7 @@ std::vector<std::vector<int>> gpt_tokens() {
 }
 
 template <class S>
-std::vector<S> vit_pixels(Index batch, const VitConfig& c) {
+std::vector<S> vit_pixels(Index batch, const TransformerConfig& c) {
   std::mt19937_64 rng(31);
   std::normal_distribution<double> normal(0.0, 1.0);
   std::vector<S> pixels(std::size_t(batch * c.channels * c.image_size * c.image_size));
@@ -438,7 +439,7 @@ std::vector<S> vit_pixels(Index batch, const VitConfig& c) {
 
 template <class S, class Model>
 RowMatrix<S> vit_logits(const Model& v, const std::vector<S>& pixels, Index batch) {
-  const VitConfig& c = v.config;
+  const TransformerConfig& c = v.config;
   return v.forward(prenorm::ImageBatch<S>{pixels, batch, c.channels, c.image_size, c.image_size});
 }
 
@@ -586,7 +587,7 @@ TYPED_TEST(TopologyTest, GptSessionPrefillAndStepsEqualForward) {
     const Index B = 2, T = Index(tokens[0].size()), prompt = 3;
     const auto check = [&](const auto& model) {
       const RowMatrix<S> full = model.forward(tokens);
-      prenorm::GptSession session(model);
+      prenorm::Session session(model);
       std::vector<int> ids;
       for (const auto& seq : tokens) ids.insert(ids.end(), seq.begin(), seq.begin() + prompt);
       const RowMatrix<S> first = session.prefill(prenorm::TokenBatch{ids, B, prompt}, T);
@@ -614,7 +615,7 @@ TEST(Topology, ParallelForwardAndStepsDoNotAllocate) {
     Gpt<Arch::PreCRMSNorm, float> g(small_gpt(topology, true));
     g.init_random(95, 0.3, true);
     const auto tokens = gpt_tokens();
-    prenorm::GptSession session(g);
+    prenorm::Session session(g);
     session.forward(tokens);
     Allocations a = count_allocations([&] { session.forward(tokens); });
     EXPECT_EQ(a.eigen + a.news, 0) << prenorm::topology_name(topology) << ": repeated forward";

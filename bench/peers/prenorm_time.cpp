@@ -17,7 +17,7 @@
 //                [tokens x vocab] or [batch x classes]
 // --label NAME   copied into the JSON line as "case" (run.sh: the case's name)
 //
-// The model is loaded in float. One GptSession / VitSession does every
+// The model is loaded in float. One Session / Session does every
 // forward, so after the warm-up no forward allocates: what is timed is the
 // forward itself. Output (times in ms):
 //   {"case": NAME, "model": ..., "arch": "pre_crmsnorm", "threads": 1, "runs": 20,
@@ -171,7 +171,7 @@ template <Arch A>
 void time_gpt(const prenorm::Gpt<A, float>& model, const Options& o) {
   const std::vector<int> ids = read_tokens(*o.tokens_file);
   const prenorm::TokenBatch tokens{ids, 1, Index(ids.size())};
-  prenorm::GptSession session(model);
+  prenorm::Session session(model);
   time_forwards(o, [&]() -> const RowMatrix<float>& { return session.forward(tokens); });
 }
 
@@ -183,7 +183,7 @@ void time_vit(const prenorm::Vit<A, float>& model, const Options& o) {
                           " dimensions, expected 4 [B, C, H, W]");
   const prenorm::ImageBatch<float> batch{image.values, Index(image.shape[0]), Index(image.shape[1]),
                                          Index(image.shape[2]), Index(image.shape[3])};
-  prenorm::VitSession session(model);
+  prenorm::Session session(model);
   time_forwards(o, [&]() -> const RowMatrix<float>& { return session.forward(batch); });
 }
 

@@ -1,11 +1,13 @@
 #pragma once
-// prenorm models: GPT and ViT over the four architectures, with the paper's configuration
-// presets. A model holds parameters; its session (gpt_session.hpp, vit_session.hpp) holds
-// the state of a forward: buffers, outputs and the KV cache.
+// prenorm models: one Transformer over the architectures, described by a
+// TransformerConfig (GPT-2, ViT and the paper's presets are configs). A model
+// holds parameters; a Session (session.hpp) holds the state of a forward:
+// buffers, outputs and the KV cache. Gpt and Vit name a Transformer by the
+// task it trains for.
 #include "core.hpp"
 #include "models/config.hpp"
 #include "models/gpt.hpp"
-#include "models/gpt_session.hpp"
 #include "models/packing.hpp"
+#include "models/session.hpp"
+#include "models/transformer.hpp"
 #include "models/vit.hpp"
-#include "models/vit_session.hpp"

@@ -38,7 +38,7 @@ static bool models_agree() {
   const prenorm::TokenBatch prompt{ids, 1, 20};
   const prenorm::RowMatrix<float> reference = pre_ln.forward(prompt);
   const prenorm::RowMatrix<float> converted = pre_crms.forward(prompt);
-  prenorm::GptSession session(pre_crms);
+  prenorm::Session session(pre_crms);
   session.prefill({std::vector<int>(ids.begin(), ids.end() - 1), 1, 19});
   const prenorm::RowMatrix<float> last = session.step(std::vector<int>{ids.back()});
 

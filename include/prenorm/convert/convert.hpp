@@ -1,6 +1,6 @@
 #pragma once
 // prenorm::convert<To>(model): the exact conversion between Pre-LN, Pre-RMSNorm and
-// Pre-CRMSNorm GPT and ViT models (docs/DESIGN.md §2-§5). The steps for each tensor
+// Pre-CRMSNorm models (docs/DESIGN.md §2-§5). The steps for each tensor
 // come from the compile-time Plan<From, To>; `if constexpr` selects the code.
 // Arithmetic is in double whatever the model's scalar, rounded once at the
 // end; the model's epsilon is kept.
@@ -174,56 +174,35 @@ void convert_block(const PreNormBlock<From, S>& src, PreNormBlock<To, S>& dst,
   dst.epsilon = src.epsilon;
 }
 
-}  // namespace conversion::detail
-
-// Converts a GPT model between architectures (docs/DESIGN.md §2-§5; tied heads §4). Supported:
-// PreLN -> PreRMSNorm / PreCRMSNorm, PreRMSNorm -> PreCRMSNorm / PreLN,
-// PreCRMSNorm -> PreRMSNorm / PreLN.
-template <Arch To, Arch From, class S>
-Gpt<To, S> convert(const Gpt<From, S>& src, const ConvertOptions& options = {}) {
-  using conversion::Matrix;
-  using conversion::Role;
-  using conversion::Vec;
-  using namespace conversion::detail;
-  using Plan = conversion::Plan<From, To>;  // static_asserts the direction
-  constexpr const char* op = "convert(Gpt)";
-  src.validate(op);
-  const Index d = src.config.width;
-  if constexpr (To == Arch::PreCRMSNorm || From == Arch::PreCRMSNorm)
-    if (d < 2) prenorm::detail::fail(op, "width ", d, " is < 2: CRMSNorm needs d >= 2");
-
-  // The source's head, as a reader of the normalized main branch:
-  // weight (vocab, main_from) and bias, with the final norm affine to fold.
-  // A tied source stores E (vocab, d); its transform at the boundaries is
-  // either kept (TiedPolicy::Keep) or materialized into a separate head.
-  const bool src_keeps_tie = src.tied_affine();   // E original, tied gamma/beta
+// A token stem's tables, and the head config the target needs: a tied source
+// keeps its tie (TiedPolicy::Keep, or a Pre-LN target) or is untied, which
+// folds beta_f into a head bias.
+template <Arch From, Arch To, class S>
+TransformerConfig target_config(const Transformer<From, S>& src, const ConvertOptions& options) {
+  TransformerConfig config = src.config;
+  if (config.head != Head::TokenLogits) return config;
   const bool tied = src.config.tied;
   const bool keep = tied && (To == Arch::PreLN || options.tied == TiedPolicy::Keep);
-
-  GptConfig config = src.config;
   config.tied = keep;
-  Vec final_gamma, final_beta;  // the affine applied before the head, (d) or empty
-  if constexpr (From == Arch::PreLN) {
-    final_gamma = to_double(src.final_gamma);
-    final_beta = to_double(src.final_beta);
-  } else if (src_keeps_tie) {
-    final_gamma = to_double(src.tied_gamma);
-    final_beta = to_double(src.tied_beta);
-  }
-  // Untying folds beta_f into a head bias.
-  if (tied && !keep && final_beta.size() > 0) config.head_bias = true;
-  if (!tied && Plan::steps(Role::Head).fold_affine && final_beta.size() > 0) config.head_bias = true;
+  const bool has_final_beta = From == Arch::PreLN || src.tied_affine();
+  if (tied && !keep && has_final_beta) config.head_bias = true;
+  if (!tied && conversion::Plan<From, To>::steps(Role::Head).fold_affine && has_final_beta)
+    config.head_bias = true;
+  return config;
+}
 
-  Gpt<To, S> dst(config);
+// The token stem: the token table (as the head policy needs it) and the positions.
+template <Arch From, Arch To, class S>
+void convert_token_stem(const Transformer<From, S>& src, Transformer<To, S>& dst,
+                        const ConvertOptions& options, const char* op) {
+  const Index d = src.config.width;
   const Matrix E = to_double(src.token_embedding.table);  // (vocab, main_from), or (vocab, d)
-
-  // Token embedding.
-  if (keep) {
+  if (dst.config.tied) {
     // The original table stays; the target applies the boundary transforms per token.
     // Pre-LN -> Pre-(C)RMSNorm keeps E as it is; (C)RMSNorm -> PreLN too (LN
     // ignores the row mean that the lookup no longer removes).
     assign(dst.token_embedding.table, E);
-  } else if (src_keeps_tie) {
+  } else if (src.tied_affine()) {
     // The lookup's recentering (and compression) becomes part of the table:
     // E is in its Pre-LN form, so it takes the Pre-LN source's steps.
     Matrix table(E.rows(), main_width_of(To, d));
@@ -234,21 +213,66 @@ Gpt<To, S> convert(const Gpt<From, S>& src, const ConvertOptions& options = {}) 
     convert_table<From, To>(table, Role::TokenEmbedding, "token_embedding.table", options, op);
     assign(dst.token_embedding.table, table);
   }
-  {
-    Matrix table = to_double(src.position_embedding.table);
-    convert_table<From, To>(table, Role::PositionEmbedding, "position_embedding.table", options, op);
-    assign(dst.position_embedding.table, table);
+  Matrix table = to_double(src.position_embedding.table);
+  convert_table<From, To>(table, Role::PositionEmbedding, "position_embedding.table", options, op);
+  assign(dst.position_embedding.table, table);
+}
+
+// The patch stem: the patch linear writes the stream, the class (and
+// distillation) token and the positions are tables; behind a stem norm they
+// all carry over.
+template <Arch From, Arch To, class S>
+void convert_patch_stem(const Transformer<From, S>& src, Transformer<To, S>& dst,
+                        const ConvertOptions& options, const char* op) {
+  if (src.config.stem_norm) {
+    // The embeddings feed the stem's LayerNorm, d wide in every architecture:
+    // they and its affine carry over; the runtime centers (and compresses) the
+    // stream the stem starts (DESIGN.md: x0 = C(LN(e) gamma + beta)).
+    dst.patch.weight = src.patch.weight;
+    dst.patch.bias = src.patch.bias;
+    dst.cls_token = src.cls_token;
+    dst.distillation_token = src.distillation_token;
+    dst.position_embedding.table = src.position_embedding.table;
+    dst.stem_gamma = src.stem_gamma;
+    dst.stem_beta = src.stem_beta;
+    return;
   }
+  const auto token = [&](const Vector<S>& in, Vector<S>& out, const char* name) {
+    Matrix row = to_double(in).transpose();  // a 1-row table
+    convert_table<From, To>(row, Role::ClsToken, name, options, op);
+    assign(out, Vec(row.transpose()));
+  };
+  Matrix w = to_double(src.patch.weight);
+  Vec b = to_double(src.patch.bias);
+  convert_writer<From, To>(w, b, Role::PatchLinear, "patch", options, op);
+  assign(dst.patch.weight, w);
+  assign(dst.patch.bias, b);
+  token(src.cls_token, dst.cls_token, "cls_token");
+  if (src.config.distillation_token)
+    token(src.distillation_token, dst.distillation_token, "distillation_token");
+  Matrix pos = to_double(src.position_embedding.table);
+  convert_table<From, To>(pos, Role::PositionEmbedding, "position_embedding", options, op);
+  assign(dst.position_embedding.table, pos);
+}
 
-  for (std::size_t i = 0; i < src.blocks.size(); ++i)
-    convert_block<From, To>(src.blocks[i], dst.blocks[i], "blocks[" + std::to_string(i) + "]",
-                            options, op);
-
-  // Head and final norm.
+// A TokenLogits head and the final norm (tied heads: docs/DESIGN.md §4).
+template <Arch From, Arch To, class S>
+void convert_token_head(const Transformer<From, S>& src, Transformer<To, S>& dst) {
+  const Index d = src.config.width;
+  const bool keep = dst.config.tied;
+  // The affine applied before the head, (d) or empty.
+  Vec final_gamma, final_beta;
+  if constexpr (From == Arch::PreLN) {
+    final_gamma = to_double(src.final_gamma);
+    final_beta = to_double(src.final_beta);
+  } else if (src.tied_affine()) {
+    final_gamma = to_double(src.tied_gamma);
+    final_beta = to_double(src.tied_beta);
+  }
   Vec head_bias = to_double(src.head_bias);
   if (keep) {
     if constexpr (To == Arch::PreLN) {
-      if (src_keeps_tie) {  // the tied affine becomes the final LayerNorm's
+      if (src.tied_affine()) {  // the tied affine becomes the final LayerNorm's
         assign(dst.final_gamma, final_gamma);
         assign(dst.final_beta, final_beta);
       }
@@ -258,10 +282,10 @@ Gpt<To, S> convert(const Gpt<From, S>& src, const ConvertOptions& options = {}) 
     }
   } else {
     Matrix w;
-    if (tied) {
+    if (src.config.tied) {
       // Untie: the head reads the decompressed main branch of width d.
       // E is in its Pre-LN form: the Pre-LN source's steps for a head.
-      w = E;
+      w = to_double(src.token_embedding.table);
       if (final_gamma.size() == 0) final_gamma = Vec::Ones(d);
       if (final_beta.size() == 0) final_beta = Vec::Zero(d);
       convert_reader(w, head_bias, conversion::plan_for(Arch::PreLN, To, Role::Head), final_gamma,
@@ -272,77 +296,63 @@ Gpt<To, S> convert(const Gpt<From, S>& src, const ConvertOptions& options = {}) 
     }
     assign(dst.head.weight, w);
   }
-  if (config.head_bias) assign(dst.head_bias, head_bias.size() ? head_bias : Vec::Zero(config.vocab));
+  if (dst.config.head_bias)
+    assign(dst.head_bias, head_bias.size() ? head_bias : Vec::Zero(dst.config.vocab));
+}
+
+// A Pooled head: it reads pooled_parts normalized main-branch vectors side by
+// side (a patch mean is one too: the fold is linear): each part of its
+// columns is a reader of the final norm; the folded betas add up in the one bias.
+template <Arch From, Arch To, class S>
+void convert_pooled_head(const Transformer<From, S>& src, Transformer<To, S>& dst) {
+  const Index from_main = src.main(), to_main = dst.main();
+  const Matrix w = to_double(src.head.weight);
+  Matrix out(w.rows(), src.config.pooled_parts() * to_main);
+  Vec bias = Vec::Zero(w.rows());
+  Vec gamma, beta;
+  if constexpr (From == Arch::PreLN) gamma = to_double(src.final_gamma), beta = to_double(src.final_beta);
+  for (Index k = 0; k < src.config.pooled_parts(); ++k) {
+    Matrix part = w.middleCols(k * from_main, from_main);
+    Vec part_bias = k == 0 && src.head.has_bias() ? to_double(src.head.bias) : Vec::Zero(w.rows());
+    convert_reader<From, To>(part, part_bias, Role::Head, gamma, beta);
+    out.middleCols(k * to_main, to_main) = part;
+    bias += part_bias;
+  }
+  assign(dst.head.weight, out);
+  assign(dst.head.bias, bias);
+}
+
+}  // namespace conversion::detail
+
+// Converts a model between architectures (docs/DESIGN.md §2-§5; tied heads §4),
+// whatever its stem and head. Supported: PreLN -> PreRMSNorm / PreCRMSNorm,
+// PreRMSNorm -> PreCRMSNorm / PreLN, PreCRMSNorm -> PreRMSNorm / PreLN.
+template <Arch To, Arch From, class S>
+Transformer<To, S> convert(const Transformer<From, S>& src, const ConvertOptions& options = {}) {
+  using namespace conversion::detail;
+  [[maybe_unused]] conversion::Plan<From, To> plan;  // static_asserts the direction
+  constexpr const char* op = "convert";
+  src.validate(op);
+  Transformer<To, S> dst(target_config<From, To>(src, options));
+  if (src.config.stem == Stem::Tokens) convert_token_stem(src, dst, options, op);
+  else convert_patch_stem(src, dst, options, op);
+  for (std::size_t i = 0; i < src.blocks.size(); ++i)
+    convert_block<From, To>(src.blocks[i], dst.blocks[i], "blocks[" + std::to_string(i) + "]",
+                            options, op);
+  if (src.config.head == Head::TokenLogits) convert_token_head(src, dst);
+  else convert_pooled_head(src, dst);
   dst.validate(op);
   return dst;
 }
 
-// Converts a ViT model between architectures; the same directions as for GPT.
+// The same for a Gpt or a Vit, which stays one.
+template <Arch To, Arch From, class S>
+Gpt<To, S> convert(const Gpt<From, S>& src, const ConvertOptions& options = {}) {
+  return Gpt<To, S>(convert<To>(static_cast<const Transformer<From, S>&>(src), options));
+}
 template <Arch To, Arch From, class S>
 Vit<To, S> convert(const Vit<From, S>& src, const ConvertOptions& options = {}) {
-  using conversion::Matrix;
-  using conversion::Role;
-  using conversion::Vec;
-  using namespace conversion::detail;
-  [[maybe_unused]] conversion::Plan<From, To> plan;  // static_asserts the direction
-  constexpr const char* op = "convert(Vit)";
-  src.validate(op);
-  Vit<To, S> dst(src.config);
-
-  const auto token = [&](const Vector<S>& in, Vector<S>& out, const char* name) {
-    Matrix row = to_double(in).transpose();  // a 1-row table
-    convert_table<From, To>(row, Role::ClsToken, name, options, op);
-    assign(out, Vec(row.transpose()));
-  };
-  if (src.config.stem_norm) {
-    // The embeddings feed the stem's LayerNorm, d wide in every architecture:
-    // they and its affine carry over; the runtime centers (and compresses) the
-    // stream the stem starts (DESIGN.md: x0 = C(LN(e) gamma + beta)).
-    dst.patch.weight = src.patch.weight;
-    dst.patch.bias = src.patch.bias;
-    dst.cls_token = src.cls_token;
-    dst.distillation_token = src.distillation_token;
-    dst.position_embedding = src.position_embedding;
-    dst.stem_gamma = src.stem_gamma;
-    dst.stem_beta = src.stem_beta;
-  } else {
-    Matrix w = to_double(src.patch.weight);
-    Vec b = to_double(src.patch.bias);
-    convert_writer<From, To>(w, b, Role::PatchLinear, "patch", options, op);
-    assign(dst.patch.weight, w);
-    assign(dst.patch.bias, b);
-    token(src.cls_token, dst.cls_token, "cls_token");
-    if (src.config.distillation_token)
-      token(src.distillation_token, dst.distillation_token, "distillation_token");
-    Matrix pos = to_double(src.position_embedding);
-    convert_table<From, To>(pos, Role::PositionEmbedding, "position_embedding", options, op);
-    assign(dst.position_embedding, pos);
-  }
-  for (std::size_t i = 0; i < src.blocks.size(); ++i)
-    convert_block<From, To>(src.blocks[i], dst.blocks[i], "blocks[" + std::to_string(i) + "]",
-                            options, op);
-  {
-    // The head reads pooled_parts normalized main-branch vectors side by side
-    // (a patch mean is one too: the fold is linear): each part of its columns
-    // is a reader of the final norm; the folded betas add up in the one bias.
-    const Index from_main = src.main(), to_main = dst.main();
-    const Matrix w = to_double(src.head.weight);
-    Matrix out(w.rows(), src.config.pooled_parts() * to_main);
-    Vec bias = Vec::Zero(w.rows());
-    Vec gamma, beta;
-    if constexpr (From == Arch::PreLN) gamma = to_double(src.final_gamma), beta = to_double(src.final_beta);
-    for (Index k = 0; k < src.config.pooled_parts(); ++k) {
-      Matrix part = w.middleCols(k * from_main, from_main);
-      Vec part_bias = k == 0 && src.head.has_bias() ? to_double(src.head.bias) : Vec::Zero(w.rows());
-      convert_reader<From, To>(part, part_bias, Role::Head, gamma, beta);
-      out.middleCols(k * to_main, to_main) = part;
-      bias += part_bias;
-    }
-    assign(dst.head.weight, out);
-    assign(dst.head.bias, bias);
-  }
-  dst.validate(op);
-  return dst;
+  return Vit<To, S>(convert<To>(static_cast<const Transformer<From, S>&>(src), options));
 }
 
 }  // namespace prenorm

@@ -92,7 +92,7 @@ template <Arch To, class S>
 void check_converted(const char* op, const Gpt<Arch::PreLN, S>& theta, const Gpt<To, S>& phi) {
   theta.validate(op);
   phi.validate(op);
-  const GptConfig &a = theta.config, &b = phi.config;
+  const TransformerConfig&a = theta.config, &b = phi.config;
   if (a.vocab != b.vocab || a.context != b.context || a.width != b.width || a.heads != b.heads ||
       a.layers != b.layers || a.mlp_width != b.mlp_width || a.head_size() != b.head_size() ||
       a.topology != b.topology)
@@ -115,13 +115,13 @@ template <Arch To, class S>
 void check_converted(const char* op, const Vit<Arch::PreLN, S>& theta, const Vit<To, S>& phi) {
   theta.validate(op);
   phi.validate(op);
-  const VitConfig &a = theta.config, &b = phi.config;
+  const TransformerConfig&a = theta.config, &b = phi.config;
   if (a.image_size != b.image_size || a.patch_size != b.patch_size || a.channels != b.channels ||
       a.classes != b.classes || a.width != b.width || a.heads != b.heads || a.layers != b.layers ||
       a.mlp_width != b.mlp_width || a.head_size() != b.head_size() ||
       a.topology != b.topology)
     prenorm::detail::fail(op, "phi does not have the configuration of theta");
-  if (!a.plain() || !b.plain())
+  if (!a.plain_patches() || !b.plain_patches())
     prenorm::detail::fail(op, "theta or phi has a stem norm, a distillation token or a pooled "
                           "head: the adjoint reads the plain ViT only");
   if (!theta.patch.has_bias() || !phi.patch.has_bias() || !theta.head.has_bias() ||
@@ -301,8 +301,8 @@ void convert_into(const Vit<Arch::PreLN, S>& theta, Vit<To, S>& phi, ConvertWork
   using namespace conversion::detail;
   writer_into<To>(theta.patch, phi.patch, ws);
   table_row_forward(theta.cls_token, training_steps<To>(Role::ClsToken), phi.cls_token);
-  table_forward(theta.position_embedding, training_steps<To>(Role::PositionEmbedding),
-                phi.position_embedding);
+  table_forward(theta.position_embedding.table, training_steps<To>(Role::PositionEmbedding),
+                phi.position_embedding.table);
   for (std::size_t i = 0; i < theta.blocks.size(); ++i)
     convert_block_into(theta.blocks[i], phi.blocks[i], ws);
   reader_into<To>(theta.head, theta.final_gamma, theta.final_beta, phi.head);
@@ -328,8 +328,8 @@ void convert_adjoint(const Vit<Arch::PreLN, S>& theta, const Vit<To, S>& grad_ph
   writer_grad<To>(grad_phi.patch, grad_theta.patch, ws);
   table_row_adjoint(grad_phi.cls_token, training_steps<To>(Role::ClsToken), grad_theta.cls_token,
                     GradWrite::Overwrite);
-  table_adjoint(grad_phi.position_embedding, training_steps<To>(Role::PositionEmbedding),
-                grad_theta.position_embedding, GradWrite::Overwrite);
+  table_adjoint(grad_phi.position_embedding.table, training_steps<To>(Role::PositionEmbedding),
+                grad_theta.position_embedding.table, GradWrite::Overwrite);
   for (std::size_t i = 0; i < theta.blocks.size(); ++i)
     block_adjoint(theta.blocks[i], grad_phi.blocks[i], grad_theta.blocks[i], ws);
   reader_grad<To>(theta.head, theta.final_gamma, theta.final_beta, grad_phi.head, grad_theta.head,

@@ -85,7 +85,7 @@ ZeroMeanReport zero_mean_report(const Vit<A, S>& model) {
     if (model.config.distillation_token)
       measure_table<A>(report, "distillation_token",
                        conversion::Matrix(to_double(model.distillation_token).transpose()));
-    measure_table<A>(report, "position_embedding", to_double(model.position_embedding));
+    measure_table<A>(report, "position_embedding", to_double(model.position_embedding.table));
   }
   measure_blocks(report, model.blocks);
   return report;

@@ -224,7 +224,7 @@ LoadedModel<S> load_any_model(const SafetensorsFile& file,
     case Layout::HfGpt2: {
       const std::filesystem::path path = hf_config_path("load_model", file.path(), config,
                                                         layout_name(layout), "--config");
-      const GptConfig c = gpt2_config_from_json(read_json_file(path), path.string());
+      const TransformerConfig c = gpt2_config_from_json(read_json_file(path), path.string());
       AnyModel<S> model = load_hf_gpt2<S>(file, c);  // checks the file first
       LoadedModel<S> loaded = make(std::move(model), hf_gpt2_dtype(file, c));
       loaded.config_path = path;
@@ -233,7 +233,7 @@ LoadedModel<S> load_any_model(const SafetensorsFile& file,
     case Layout::HfVit: {
       const std::filesystem::path path = hf_config_path("load_model", file.path(), config,
                                                         layout_name(layout), "--config");
-      const VitConfig c = vit_config_from_json(read_json_file(path), path.string());
+      const TransformerConfig c = vit_config_from_json(read_json_file(path), path.string());
       AnyModel<S> model = load_hf_vit<S>(file, c);
       LoadedModel<S> loaded = make(std::move(model), hf_vit_dtype(file, c));
       loaded.config_path = path;

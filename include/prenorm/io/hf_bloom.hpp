@@ -68,14 +68,14 @@ inline const char* bloom_key(const nlohmann::json& json, const char* key, const 
 
 }  // namespace detail
 
-// The GptConfig of a BLOOM config.json; `source` names it in messages.
-inline GptConfig bloom_config_from_json(const nlohmann::json& json, const std::string& source) {
+// The TransformerConfig of a BLOOM config.json; `source` names it in messages.
+inline TransformerConfig bloom_config_from_json(const nlohmann::json& json, const std::string& source) {
   constexpr const char* op = "hf_bloom";
   using namespace detail;
   json_require_model_type(op, json, source, "bloom");
   json_require_bool(op, json, source, "apply_residual_connection_post_layernorm", false,
                     "the residual would be the norm's output, which conversion changes");
-  GptConfig config;
+  TransformerConfig config = GptConfig{};
   config.width = json_integer(op, json, source, bloom_key(json, "hidden_size", "n_embed"), 2);
   config.heads = json_integer(op, json, source, bloom_key(json, "n_head", "num_attention_heads"), 1);
   config.layers = json_integer(op, json, source, bloom_key(json, "n_layer", "num_hidden_layers"), 0);
@@ -100,7 +100,7 @@ inline GptConfig bloom_config_from_json(const nlohmann::json& json, const std::s
 namespace detail {
 
 // Every tensor of the layout, lm_head.weight when `untied`.
-inline std::vector<ExpectedTensor> bloom_expected(const GptConfig& c, const std::string& p,
+inline std::vector<ExpectedTensor> bloom_expected(const TransformerConfig& c, const std::string& p,
                                                   bool untied) {
   const std::int64_t d = c.width, I = c.mlp_width;
   std::vector<ExpectedTensor> e;
@@ -155,7 +155,7 @@ template <class S>
 Gpt<Arch::PreLN, S> load_hf_bloom(const SafetensorsFile& file, const nlohmann::json& json,
                                   const std::string& source) {
   constexpr const char* op = "hf_bloom";
-  const GptConfig config = bloom_config_from_json(json, source);
+  const TransformerConfig config = bloom_config_from_json(json, source);
   const bool file_tied = detail::json_bool(op, json, source, "tie_word_embeddings", true);
   const std::string p = detail::hf_tensor_prefix(op, file, "word_embeddings.weight", "transformer.");
   detail::check_tensors(

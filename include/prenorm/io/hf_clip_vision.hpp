@@ -8,7 +8,7 @@
 //   embeddings.patch_embedding.weight           (d, C, p, p)   patch.weight; no bias (patch.bias 0)
 //   embeddings.position_embedding.weight        (1 + P, d)     position_embedding
 //   embeddings.position_ids                     a buffer, skipped
-//   pre_layrnorm.{weight,bias}                  (d)            stem_gamma, stem_beta (VitConfig::stem_norm)
+//   pre_layrnorm.{weight,bias}                  (d)            stem_gamma, stem_beta (TransformerConfig::stem_norm)
 //   encoder.layers.{i}.layer_norm1.{weight,bias}                (d)     blocks[i].norm1
 //   encoder.layers.{i}.self_attn.{q,k,v}_proj.{weight,bias}     (d, d)  blocks[i].attn.qkv rows
 //   encoder.layers.{i}.self_attn.out_proj.{weight,bias}         (d, d)  blocks[i].attn.out
@@ -46,7 +46,7 @@ namespace prenorm::io {
 
 // The CLIP vision config; `projection`: whether the file has the visual
 // projection (classes = projection_dim) or not (classes = d, the pooled output).
-inline VitConfig clip_vision_config_from_json(const nlohmann::json& json, const std::string& source,
+inline TransformerConfig clip_vision_config_from_json(const nlohmann::json& json, const std::string& source,
                                               bool projection) {
   constexpr const char* op = "hf_clip_vision";
   using namespace detail;
@@ -67,7 +67,7 @@ inline VitConfig clip_vision_config_from_json(const nlohmann::json& json, const 
                              ", expected the vision tower's config (an object)");
     where = source + " (vision_config)";
   }
-  VitConfig config = vit_like_config(op, *vision, where, 1e-5, "quick_gelu");
+  TransformerConfig config = vit_like_config(op, *vision, where, 1e-5, "quick_gelu");
   config.mlp_width = json_integer(op, *vision, where, "intermediate_size", 1);
   config.stem_norm = true;
   config.classes =
@@ -78,7 +78,7 @@ inline VitConfig clip_vision_config_from_json(const nlohmann::json& json, const 
 
 namespace detail {
 
-inline std::vector<ExpectedTensor> clip_vision_expected(const VitConfig& c, const std::string& p,
+inline std::vector<ExpectedTensor> clip_vision_expected(const TransformerConfig& c, const std::string& p,
                                                         bool projection) {
   const std::int64_t d = c.width, I = c.mlp_width;
   std::vector<ExpectedTensor> e;
@@ -128,7 +128,7 @@ Vit<Arch::PreLN, S> load_hf_clip_vision(const SafetensorsFile& file, const nlohm
                                         const std::string& source) {
   constexpr const char* op = "hf_clip_vision";
   const bool projection = file.contains("visual_projection.weight");
-  const VitConfig config = clip_vision_config_from_json(json, source, projection);
+  const TransformerConfig config = clip_vision_config_from_json(json, source, projection);
   const std::string p = detail::hf_tensor_prefix(op, file, "embeddings.patch_embedding.weight",
                                                  "vision_model.");
   detail::check_tensors(op, file, detail::clip_vision_expected(config, p, projection),
@@ -139,7 +139,7 @@ Vit<Arch::PreLN, S> load_hf_clip_vision(const SafetensorsFile& file, const nlohm
   const Index d = config.width;
   Vit<Arch::PreLN, S> model(config);
   model.cls_token = file.vector<S>(p + "embeddings.class_embedding");
-  model.position_embedding = file.matrix<S>(p + "embeddings.position_embedding.weight");
+  model.position_embedding.table = file.matrix<S>(p + "embeddings.position_embedding.weight");
   model.patch.weight = detail::read_as_matrix<S>(file, p + "embeddings.patch_embedding.weight", d,
                                                  config.patch_features());
   model.patch.bias.setZero();  // CLIP's patch convolution has no bias

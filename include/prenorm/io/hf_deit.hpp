@@ -10,9 +10,9 @@
 // and the head: with the teacher, cls_classifier.{weight,bias} (K, d) on the cls
 // token and distillation_classifier.{weight,bias} (K, d) on the distillation
 // token, whose logits the model averages: one head over [cls, distillation]
-// (VitPooling::ClsDistillation), weight [W_c / 2, W_d / 2], bias (b_c + b_d) / 2
+// (Pooling::ClsDistillation), weight [W_c / 2, W_d / 2], bias (b_c + b_d) / 2
 // (in double, rounded once); without it, classifier.{weight,bias} (K, d) on the
-// cls token (VitPooling::Cls).
+// cls token (Pooling::Cls).
 //
 // config.json: ViT's keys (hidden_size, num_hidden_layers, num_attention_heads,
 // intermediate_size, image_size, patch_size; num_channels 3, hidden_act "gelu",
@@ -35,11 +35,11 @@
 namespace prenorm::io {
 
 // The DeiT config (the pooling is the file's: see load_hf_deit).
-inline VitConfig deit_config_from_json(const nlohmann::json& json, const std::string& source) {
+inline TransformerConfig deit_config_from_json(const nlohmann::json& json, const std::string& source) {
   constexpr const char* op = "hf_deit";
-  VitConfig config = detail::vit_classifier_config(op, json, source, "deit");
+  TransformerConfig config = detail::vit_classifier_config(op, json, source, "deit");
   config.distillation_token = true;
-  config.pooling = VitPooling::ClsDistillation;
+  config.pooling = Pooling::ClsDistillation;
   detail::validate_config(op, config, source);
   return config;
 }
@@ -51,7 +51,7 @@ inline bool deit_with_teacher(const SafetensorsFile& file) {
   return file.contains("cls_classifier.weight") || file.contains("distillation_classifier.weight");
 }
 
-inline std::vector<ExpectedTensor> deit_expected(const VitConfig& c, const std::string& p) {
+inline std::vector<ExpectedTensor> deit_expected(const TransformerConfig& c, const std::string& p) {
   const std::int64_t d = c.width, K = c.classes;
   std::vector<ExpectedTensor> e;
   vit_embeddings_expected(e, c, p + "embeddings.");
@@ -60,7 +60,7 @@ inline std::vector<ExpectedTensor> deit_expected(const VitConfig& c, const std::
     e.push_back({name + ".weight", {K, d}, "(num_labels, hidden_size)"});
     e.push_back({name + ".bias", {K}, "(num_labels)"});
   };
-  if (c.pooling == VitPooling::ClsDistillation) {
+  if (c.pooling == Pooling::ClsDistillation) {
     head("cls_classifier");
     head("distillation_classifier");
   } else {
@@ -77,8 +77,8 @@ template <class S>
 Vit<Arch::PreLN, S> load_hf_deit(const SafetensorsFile& file, const nlohmann::json& json,
                                  const std::string& source) {
   constexpr const char* op = "hf_deit";
-  VitConfig config = deit_config_from_json(json, source);
-  if (!detail::deit_with_teacher(file)) config.pooling = VitPooling::Cls;
+  TransformerConfig config = deit_config_from_json(json, source);
+  if (!detail::deit_with_teacher(file)) config.pooling = Pooling::Cls;
   const std::string p =
       detail::hf_tensor_prefix(op, file, "embeddings.patch_embeddings.projection.weight", "deit.");
   const std::string mask = p + "embeddings.mask_token";
@@ -89,7 +89,7 @@ Vit<Arch::PreLN, S> load_hf_deit(const SafetensorsFile& file, const nlohmann::js
                             p + "'");
   Vit<Arch::PreLN, S> model(config);
   detail::read_vit_body(file, p, model);
-  if (config.pooling == VitPooling::ClsDistillation) {
+  if (config.pooling == Pooling::ClsDistillation) {
     // logits = (W_c x_cls + b_c + W_d x_dist + b_d) / 2: one head over [x_cls, x_dist].
     const Index d = config.width;
     RowMatrix<double> w(config.classes, 2 * d);

@@ -16,7 +16,7 @@
 //   encoder.layer.{i}.layer_scale2.lambda1          (d)      folded into mlp.proj's rows and bias
 //   layernorm.{weight,bias}                         (d)      final norm (every token)
 //   classifier.{weight,bias}  (K, 2d), never prefixed: reads [cls, mean of the
-//       patch tokens] of the final norm's output (VitPooling::ClsPatchMean).
+//       patch tokens] of the final norm's output (Pooling::ClsPatchMean).
 // Without a classifier (Dinov2Model) the output is the pooled output, the
 // normalized cls token: an identity head (d, d), classes = d.
 // Layer scale multiplies a branch's output: diag(lambda) (W x + b) is the
@@ -48,12 +48,12 @@ namespace prenorm::io {
 
 // The DINOv2 config; `classifier`: whether the file has one (classes from the
 // config's labels) or not (classes = d, the pooled output).
-inline VitConfig dinov2_config_from_json(const nlohmann::json& json, const std::string& source,
+inline TransformerConfig dinov2_config_from_json(const nlohmann::json& json, const std::string& source,
                                          bool classifier) {
   constexpr const char* op = "hf_dinov2";
   using namespace detail;
   json_require_model_type(op, json, source, "dinov2");
-  VitConfig config = vit_like_config(op, json, source, 1e-6, "gelu");
+  TransformerConfig config = vit_like_config(op, json, source, 1e-6, "gelu");
   json_require_bool(op, json, source, "qkv_bias", true,
                     "prenorm's DINOv2 reads query, key and value biases");
   json_require_bool(op, json, source, "use_swiglu_ffn", false,
@@ -75,7 +75,7 @@ inline VitConfig dinov2_config_from_json(const nlohmann::json& json, const std::
       fail_with<FormatError>(op, source, ": missing 'num_labels' and 'id2label' (the number of "
                                          "classes of the file's classifier)");
     config.classes = *classes;
-    config.pooling = VitPooling::ClsPatchMean;
+    config.pooling = Pooling::ClsPatchMean;
   } else {
     config.classes = config.width;
   }
@@ -85,7 +85,7 @@ inline VitConfig dinov2_config_from_json(const nlohmann::json& json, const std::
 
 namespace detail {
 
-inline std::vector<ExpectedTensor> dinov2_expected(const VitConfig& c, const std::string& p) {
+inline std::vector<ExpectedTensor> dinov2_expected(const TransformerConfig& c, const std::string& p) {
   const std::int64_t d = c.width, I = c.mlp_width, K = c.classes;
   std::vector<ExpectedTensor> e;
   const std::string emb = p + "embeddings.";
@@ -107,7 +107,7 @@ inline std::vector<ExpectedTensor> dinov2_expected(const VitConfig& c, const std
   }
   e.push_back({p + "layernorm.weight", {d}, "(hidden_size)"});
   e.push_back({p + "layernorm.bias", {d}, "(hidden_size)"});
-  if (c.pooling == VitPooling::ClsPatchMean) {
+  if (c.pooling == Pooling::ClsPatchMean) {
     e.push_back({"classifier.weight", {K, 2 * d}, "(num_labels, 2 * hidden_size)"});
     e.push_back({"classifier.bias", {K}, "(num_labels)"});
   }
@@ -131,7 +131,7 @@ template <class S>
 Vit<Arch::PreLN, S> load_hf_dinov2(const SafetensorsFile& file, const nlohmann::json& json,
                                    const std::string& source) {
   constexpr const char* op = "hf_dinov2";
-  const VitConfig config = dinov2_config_from_json(json, source, file.contains("classifier.weight"));
+  const TransformerConfig config = dinov2_config_from_json(json, source, file.contains("classifier.weight"));
   const std::string p =
       detail::hf_tensor_prefix(op, file, "embeddings.patch_embeddings.projection.weight", "dinov2.");
   detail::check_tensors(op, file, detail::dinov2_expected(config, p), {},
@@ -159,7 +159,7 @@ Vit<Arch::PreLN, S> load_hf_dinov2(const SafetensorsFile& file, const nlohmann::
   }
   model.final_gamma = file.vector<S>(p + "layernorm.weight");
   model.final_beta = file.vector<S>(p + "layernorm.bias");
-  if (config.pooling == VitPooling::ClsPatchMean) {
+  if (config.pooling == Pooling::ClsPatchMean) {
     model.head.weight = file.matrix<S>("classifier.weight");
     model.head.bias = file.vector<S>("classifier.bias");
   } else {  // the pooled output: the normalized cls token itself

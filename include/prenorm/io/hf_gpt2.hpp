@@ -56,10 +56,10 @@ namespace prenorm::io {
 
 // --- config.json ---------------------------------------------------------------
 
-// The GptConfig of a GPT-2 config.json; `source` names it in messages.
+// The TransformerConfig of a GPT-2 config.json; `source` names it in messages.
 // config.tied comes from tie_word_embeddings (default true), but
 // load_hf_gpt2 decides it from the file.
-inline GptConfig gpt2_config_from_json(const nlohmann::json& json, const std::string& source) {
+inline TransformerConfig gpt2_config_from_json(const nlohmann::json& json, const std::string& source) {
   constexpr const char* op = "hf_gpt2";
   using namespace detail;
   if (!json.is_object())
@@ -68,7 +68,7 @@ inline GptConfig gpt2_config_from_json(const nlohmann::json& json, const std::st
     if (!type->is_string() || type->get<std::string>() != "gpt2")
       fail_with<FormatError>(op, source, ": 'model_type' is ", type->dump(),
                              ", expected \"gpt2\"");
-  GptConfig config;
+  TransformerConfig config = GptConfig{};
   config.width = json_integer(op, json, source, "n_embd", 2);
   config.heads = json_integer(op, json, source, "n_head", 1);
   config.layers = json_integer(op, json, source, "n_layer", 0);
@@ -94,7 +94,7 @@ inline GptConfig gpt2_config_from_json(const nlohmann::json& json, const std::st
 }
 
 // A config.json for `config` (what Hugging Face reads as a GPT2Config).
-inline nlohmann::json gpt2_config_to_json(const GptConfig& config) {
+inline nlohmann::json gpt2_config_to_json(const TransformerConfig& config) {
   constexpr const char* op = "hf_gpt2";
   config.validate(op);
   if (config.head_size() * config.heads != config.width)
@@ -151,7 +151,7 @@ inline bool gpt2_ignored_buffer(std::string_view name, std::string_view prefix) 
 }
 
 // The tensors of the layout (without lm_head.weight).
-inline std::vector<ExpectedTensor> gpt2_expected(const GptConfig& c, const std::string& p) {
+inline std::vector<ExpectedTensor> gpt2_expected(const TransformerConfig& c, const std::string& p) {
   const std::int64_t d = c.width, a = c.attention_width(), I = c.mlp_width;
   std::vector<ExpectedTensor> e;
   e.push_back({p + "wte.weight", {c.vocab, d}, "(vocab_size, n_embd)"});
@@ -180,7 +180,7 @@ inline std::vector<ExpectedTensor> gpt2_expected(const GptConfig& c, const std::
 
 // Which float dtype a GPT-2 file's weights use (the buffers aside): theirs
 // when they share one, else the widest.
-inline Dtype hf_gpt2_dtype(const SafetensorsFile& file, const GptConfig& config) {
+inline Dtype hf_gpt2_dtype(const SafetensorsFile& file, const TransformerConfig& config) {
   const std::string prefix = detail::gpt2_prefix(file);
   std::vector<ExpectedTensor> expected = detail::gpt2_expected(config, prefix);
   if (file.contains("lm_head.weight")) expected.push_back({"lm_head.weight", {}, ""});
@@ -192,7 +192,7 @@ inline Dtype hf_gpt2_dtype(const SafetensorsFile& file, const GptConfig& config)
 // decides whether the head is tied; GPT-2 has no head bias). Throws
 // FormatError naming the file and the tensor on any mismatch.
 template <class S>
-Gpt<Arch::PreLN, S> load_hf_gpt2(const SafetensorsFile& file, GptConfig config) {
+Gpt<Arch::PreLN, S> load_hf_gpt2(const SafetensorsFile& file, TransformerConfig config) {
   constexpr const char* op = "hf_gpt2";
   const std::string path = file.path().string();
   detail::validate_config(op, config, path);

@@ -53,12 +53,12 @@
 
 namespace prenorm::io {
 
-// The GptConfig of a GPT-BigCode config.json; `source` names it in messages.
-inline GptConfig gpt_bigcode_config_from_json(const nlohmann::json& json, const std::string& source) {
+// The TransformerConfig of a GPT-BigCode config.json; `source` names it in messages.
+inline TransformerConfig gpt_bigcode_config_from_json(const nlohmann::json& json, const std::string& source) {
   constexpr const char* op = "hf_gpt_bigcode";
   using namespace detail;
   json_require_model_type(op, json, source, "gpt_bigcode");
-  GptConfig config;
+  TransformerConfig config = GptConfig{};
   config.width = json_integer(op, json, source, "n_embd", 2);
   config.heads = json_integer(op, json, source, "n_head", 1);
   config.layers = json_integer(op, json, source, "n_layer", 0);
@@ -84,7 +84,7 @@ inline GptConfig gpt_bigcode_config_from_json(const nlohmann::json& json, const 
 namespace detail {
 
 // Every tensor of the layout, lm_head.weight when untied.
-inline std::vector<ExpectedTensor> gpt_bigcode_expected(const GptConfig& c, const std::string& p) {
+inline std::vector<ExpectedTensor> gpt_bigcode_expected(const TransformerConfig& c, const std::string& p) {
   const std::int64_t d = c.width, qkv = d + 2 * c.kv_width(), I = c.mlp_width;
   const std::string qkv_what = c.kv_heads == 1 ? "(n_embd + 2*head_dim, n_embd) (multi_query)"
                                                : "(3*n_embd, n_embd)";
@@ -121,7 +121,7 @@ template <class S>
 Gpt<Arch::PreLN, S> load_hf_gpt_bigcode(const SafetensorsFile& file, const nlohmann::json& json,
                                         const std::string& source) {
   constexpr const char* op = "hf_gpt_bigcode";
-  const GptConfig config = gpt_bigcode_config_from_json(json, source);
+  const TransformerConfig config = gpt_bigcode_config_from_json(json, source);
   const std::string p = detail::hf_tensor_prefix(op, file, "wte.weight", "transformer.");
   detail::check_tensors(
       op, file, detail::gpt_bigcode_expected(config, p),

@@ -95,12 +95,12 @@ inline std::vector<bool> gpt_neo_local_layers(const char* op, const nlohmann::js
 
 }  // namespace detail
 
-// The GptConfig of a GPT-Neo config.json; `source` names it in messages.
-inline GptConfig gpt_neo_config_from_json(const nlohmann::json& json, const std::string& source) {
+// The TransformerConfig of a GPT-Neo config.json; `source` names it in messages.
+inline TransformerConfig gpt_neo_config_from_json(const nlohmann::json& json, const std::string& source) {
   constexpr const char* op = "hf_gpt_neo";
   using namespace detail;
   json_require_model_type(op, json, source, "gpt_neo");
-  GptConfig config;
+  TransformerConfig config = GptConfig{};
   config.width = json_integer(op, json, source, "hidden_size", 2);
   config.heads = json_integer(op, json, source, "num_heads", 1);
   config.layers = json_integer(op, json, source, "num_layers", 0);
@@ -143,7 +143,7 @@ inline GptConfig gpt_neo_config_from_json(const nlohmann::json& json, const std:
 namespace detail {
 
 // Every tensor of the layout, lm_head.weight when untied.
-inline std::vector<ExpectedTensor> gpt_neo_expected(const GptConfig& c, const std::string& p) {
+inline std::vector<ExpectedTensor> gpt_neo_expected(const TransformerConfig& c, const std::string& p) {
   const std::int64_t d = c.width, I = c.mlp_width;
   std::vector<ExpectedTensor> e;
   e.push_back({p + "wte.weight", {c.vocab, d}, "(vocab_size, hidden_size)"});
@@ -178,7 +178,7 @@ template <class S>
 Gpt<Arch::PreLN, S> load_hf_gpt_neo(const SafetensorsFile& file, const nlohmann::json& json,
                                     const std::string& source) {
   constexpr const char* op = "hf_gpt_neo";
-  const GptConfig config = gpt_neo_config_from_json(json, source);
+  const TransformerConfig config = gpt_neo_config_from_json(json, source);
   const std::string p = detail::hf_tensor_prefix(op, file, "wte.weight", "transformer.");
   detail::check_tensors(
       op, file, detail::gpt_neo_expected(config, p),

@@ -49,12 +49,12 @@
 
 namespace prenorm::io {
 
-// The GptConfig of a GPT-NeoX config.json; `source` names it in messages.
-inline GptConfig gpt_neox_config_from_json(const nlohmann::json& json, const std::string& source) {
+// The TransformerConfig of a GPT-NeoX config.json; `source` names it in messages.
+inline TransformerConfig gpt_neox_config_from_json(const nlohmann::json& json, const std::string& source) {
   constexpr const char* op = "hf_gpt_neox";
   using namespace detail;
   json_require_model_type(op, json, source, "gpt_neox");
-  GptConfig config;
+  TransformerConfig config = GptConfig{};
   config.width = json_integer(op, json, source, "hidden_size", 2);
   config.heads = json_integer(op, json, source, "num_attention_heads", 1);
   config.layers = json_integer(op, json, source, "num_hidden_layers", 0);
@@ -86,7 +86,7 @@ inline bool gpt_neox_ignored_buffer(std::string_view name) {
 }
 
 // The tensors of the layout (embed_out.weight when the head is untied).
-inline std::vector<ExpectedTensor> gpt_neox_expected(const GptConfig& c, bool attention_bias) {
+inline std::vector<ExpectedTensor> gpt_neox_expected(const TransformerConfig& c, bool attention_bias) {
   const Index d = c.width, I = c.mlp_width;
   std::vector<ExpectedTensor> e;
   e.push_back({"gpt_neox.embed_in.weight", {c.vocab, d}, "(vocab_size, hidden_size)"});
@@ -134,7 +134,7 @@ template <class S>
 Gpt<Arch::PreLN, S> load_hf_gpt_neox(const SafetensorsFile& file, const nlohmann::json& json,
                                      const std::string& source) {
   constexpr const char* op = "hf_gpt_neox";
-  const GptConfig config = gpt_neox_config_from_json(json, source);
+  const TransformerConfig config = gpt_neox_config_from_json(json, source);
   const bool bias = detail::json_bool(op, json, source, "attention_bias", true);
   std::vector<ExpectedTensor> expected = detail::gpt_neox_expected(config, bias);
   const std::string head = "embed_out.weight", embed = "gpt_neox.embed_in.weight";

@@ -44,14 +44,14 @@
 
 namespace prenorm::io {
 
-// The GptConfig of a GPT-J config.json; `source` names it in messages.
-inline GptConfig gptj_config_from_json(const nlohmann::json& json, const std::string& source) {
+// The TransformerConfig of a GPT-J config.json; `source` names it in messages.
+inline TransformerConfig gptj_config_from_json(const nlohmann::json& json, const std::string& source) {
   constexpr const char* op = "hf_gptj";
   using namespace detail;
   json_require_model_type(op, json, source, "gptj");
   json_require_bool(op, json, source, "tie_word_embeddings", false,
                     "GPTJForCausalLM's head is its own lm_head, with a bias");
-  GptConfig config;
+  TransformerConfig config = GptConfig{};
   config.width = json_integer(op, json, source, "n_embd", 2);
   config.heads = json_integer(op, json, source, "n_head", 1);
   config.layers = json_integer(op, json, source, "n_layer", 0);
@@ -84,7 +84,7 @@ inline bool gptj_ignored_buffer(std::string_view name) {
   return layer_buffer(name, "transformer.h.", {".attn.bias", ".attn.masked_bias"});
 }
 
-inline std::vector<ExpectedTensor> gptj_expected(const GptConfig& c) {
+inline std::vector<ExpectedTensor> gptj_expected(const TransformerConfig& c) {
   const Index d = c.width, I = c.mlp_width;
   std::vector<ExpectedTensor> e;
   e.push_back({"transformer.wte.weight", {c.vocab, d}, "(vocab_size, n_embd)"});
@@ -115,7 +115,7 @@ template <class S>
 Gpt<Arch::PreLN, S> load_hf_gptj(const SafetensorsFile& file, const nlohmann::json& json,
                                  const std::string& source) {
   constexpr const char* op = "hf_gptj";
-  const GptConfig config = gptj_config_from_json(json, source);
+  const TransformerConfig config = gptj_config_from_json(json, source);
   detail::check_tensors(op, file, detail::gptj_expected(config), detail::gptj_ignored_buffer,
                         "config: n_layer " + std::to_string(config.layers) + ", n_embd " +
                             std::to_string(config.width));

@@ -48,8 +48,8 @@
 
 namespace prenorm::io {
 
-// The GptConfig of an OPT config.json; `source` names it in messages.
-inline GptConfig opt_config_from_json(const nlohmann::json& json, const std::string& source) {
+// The TransformerConfig of an OPT config.json; `source` names it in messages.
+inline TransformerConfig opt_config_from_json(const nlohmann::json& json, const std::string& source) {
   constexpr const char* op = "hf_opt";
   using namespace detail;
   json_require_model_type(op, json, source, "opt");
@@ -60,7 +60,7 @@ inline GptConfig opt_config_from_json(const nlohmann::json& json, const std::str
                     "prenorm's GPT ends with a final LayerNorm");
   json_require_bool(op, json, source, "layer_norm_elementwise_affine", true,
                     "the loader reads the LayerNorms' weight and bias");
-  GptConfig config;
+  TransformerConfig config = GptConfig{};
   config.width = json_integer(op, json, source, "hidden_size", 2);
   config.heads = json_integer(op, json, source, "num_attention_heads", 1);
   config.layers = json_integer(op, json, source, "num_hidden_layers", 0);
@@ -98,7 +98,7 @@ inline std::string opt_prefix(const SafetensorsFile& file) {
 }
 
 // The tensors of the layout (lm_head.weight when the head is untied).
-inline std::vector<ExpectedTensor> opt_expected(const GptConfig& c, const std::string& p,
+inline std::vector<ExpectedTensor> opt_expected(const TransformerConfig& c, const std::string& p,
                                                 bool bias) {
   const Index d = c.width, F = c.mlp_width;
   std::vector<ExpectedTensor> e;
@@ -132,7 +132,7 @@ template <class S>
 Gpt<Arch::PreLN, S> load_hf_opt(const SafetensorsFile& file, const nlohmann::json& json,
                                 const std::string& source) {
   constexpr const char* op = "hf_opt";
-  const GptConfig config = opt_config_from_json(json, source);
+  const TransformerConfig config = opt_config_from_json(json, source);
   const bool bias = detail::json_bool(op, json, source, "enable_bias", true);
   const std::string p = detail::opt_prefix(file);
   std::vector<ExpectedTensor> expected = detail::opt_expected(config, p, bias);

@@ -48,8 +48,8 @@
 
 namespace prenorm::io {
 
-// The GptConfig of a Phi config.json; `source` names it in messages.
-inline GptConfig phi_config_from_json(const nlohmann::json& json, const std::string& source) {
+// The TransformerConfig of a Phi config.json; `source` names it in messages.
+inline TransformerConfig phi_config_from_json(const nlohmann::json& json, const std::string& source) {
   constexpr const char* op = "hf_phi";
   using namespace detail;
   json_require_model_type(op, json, source, "phi");
@@ -57,7 +57,7 @@ inline GptConfig phi_config_from_json(const nlohmann::json& json, const std::str
                     "prenorm's attention has no LayerNorm on q and k");
   json_require_bool(op, json, source, "tie_word_embeddings", false,
                     "PhiForCausalLM's head is its own lm_head, with a bias");
-  GptConfig config;
+  TransformerConfig config = GptConfig{};
   config.width = json_integer(op, json, source, "hidden_size", 2);
   config.heads = json_integer(op, json, source, "num_attention_heads", 1);
   config.kv_heads = json_integer(op, json, source, "num_key_value_heads", 1, config.heads);
@@ -89,7 +89,7 @@ inline bool phi_ignored_buffer(std::string_view name) {
   return layer_buffer(name, "model.layers.", {".self_attn.rotary_emb.inv_freq"});
 }
 
-inline std::vector<ExpectedTensor> phi_expected(const GptConfig& c) {
+inline std::vector<ExpectedTensor> phi_expected(const TransformerConfig& c) {
   const Index d = c.width, I = c.mlp_width, kv = c.kv_width();
   std::vector<ExpectedTensor> e;
   e.push_back({"model.embed_tokens.weight", {c.vocab, d}, "(vocab_size, hidden_size)"});
@@ -122,7 +122,7 @@ template <class S>
 Gpt<Arch::PreLN, S> load_hf_phi(const SafetensorsFile& file, const nlohmann::json& json,
                                 const std::string& source) {
   constexpr const char* op = "hf_phi";
-  const GptConfig config = phi_config_from_json(json, source);
+  const TransformerConfig config = phi_config_from_json(json, source);
   detail::check_tensors(op, file, detail::phi_expected(config), detail::phi_ignored_buffer,
                         "config: num_hidden_layers " + std::to_string(config.layers) +
                             ", hidden_size " + std::to_string(config.width));

@@ -83,9 +83,9 @@ inline std::optional<Index> hf_class_count(const char* op, const nlohmann::json&
 // config): hidden_size, num_hidden_layers, num_attention_heads, image_size,
 // patch_size (required), num_channels (default 3), layer_norm_eps, hidden_act
 // (the family's defaults). Not the MLP width nor the classes.
-inline VitConfig vit_like_config(const char* op, const nlohmann::json& json,
+inline TransformerConfig vit_like_config(const char* op, const nlohmann::json& json,
                                  const std::string& source, double epsilon, const char* activation) {
-  VitConfig config;
+  TransformerConfig config = VitConfig{};
   config.width = json_integer(op, json, source, "hidden_size", 2);
   config.layers = json_integer(op, json, source, "num_hidden_layers", 0);
   config.heads = json_integer(op, json, source, "num_attention_heads", 1);
@@ -103,10 +103,10 @@ inline VitConfig vit_like_config(const char* op, const nlohmann::json& json,
 // The config of a ViT image classifier (`model_type` "vit", or DeiT's "deit"):
 // vit_like_config's keys, intermediate_size, qkv_bias (true only) and the
 // classes. Not validated yet (the caller may add options).
-inline VitConfig vit_classifier_config(const char* op, const nlohmann::json& json,
+inline TransformerConfig vit_classifier_config(const char* op, const nlohmann::json& json,
                                        const std::string& source, const char* model_type) {
   json_require_model_type(op, json, source, model_type);
-  VitConfig config = vit_like_config(op, json, source, 1e-12, "gelu");
+  TransformerConfig config = vit_like_config(op, json, source, 1e-12, "gelu");
   config.mlp_width = json_integer(op, json, source, "intermediate_size", 1);
   json_require_bool(op, json, source, "qkv_bias", true,
                     "prenorm reads query, key and value biases");
@@ -120,16 +120,16 @@ inline VitConfig vit_classifier_config(const char* op, const nlohmann::json& jso
 
 }  // namespace detail
 
-inline VitConfig vit_config_from_json(const nlohmann::json& json, const std::string& source) {
+inline TransformerConfig vit_config_from_json(const nlohmann::json& json, const std::string& source) {
   constexpr const char* op = "hf_vit";
-  const VitConfig config = detail::vit_classifier_config(op, json, source, "vit");
+  const TransformerConfig config = detail::vit_classifier_config(op, json, source, "vit");
   detail::validate_config(op, config, source);
   return config;
 }
 
 // A config.json for `config` (what Hugging Face reads as a ViTConfig for
 // ViTForImageClassification; labels "LABEL_k").
-inline nlohmann::json vit_config_to_json(const VitConfig& config) {
+inline nlohmann::json vit_config_to_json(const TransformerConfig& config) {
   constexpr const char* op = "hf_vit";
   config.validate(op);
   if (config.head_size() * config.heads != config.width)
@@ -137,7 +137,7 @@ inline nlohmann::json vit_config_to_json(const VitConfig& config) {
                           " do not make the width ", config.width,
                           ": ViT has head_dim = hidden_size / num_attention_heads");
   detail::require_sequential_hf(op, config, "ViT");
-  if (!config.plain())
+  if (!config.plain_patches())
     prenorm::detail::fail(op, "the model has a stem norm, a distillation token or a pooled head, "
                           "which Hugging Face ViT has not");
   nlohmann::ordered_json json;
@@ -181,7 +181,7 @@ inline std::string vit_prefix(const SafetensorsFile& file) {
 
 // The self-attention of a ViT-style layer `l` (ViT, DeiT, DINOv2):
 // l + "attention.attention.{query,key,value}", l + "attention.output.dense".
-inline void vit_attention_expected(std::vector<ExpectedTensor>& e, const VitConfig& c,
+inline void vit_attention_expected(std::vector<ExpectedTensor>& e, const TransformerConfig& c,
                                    const std::string& l) {
   const std::int64_t d = c.width, a = c.attention_width();
   for (const char* which : {"query", "key", "value"}) {
@@ -209,7 +209,7 @@ void read_vit_attention(const SafetensorsFile& file, const std::string& l,
 
 // The embeddings of ViT and DeiT (`emb` = prefix + "embeddings."): the
 // distillation token and the mask token (DeiT) when asked for.
-inline void vit_embeddings_expected(std::vector<ExpectedTensor>& e, const VitConfig& c,
+inline void vit_embeddings_expected(std::vector<ExpectedTensor>& e, const TransformerConfig& c,
                                     const std::string& emb) {
   const std::int64_t d = c.width;
   e.push_back({emb + "cls_token", {1, 1, d}, "(1, 1, hidden_size)"});
@@ -224,7 +224,7 @@ inline void vit_embeddings_expected(std::vector<ExpectedTensor>& e, const VitCon
 }
 
 // The ViT encoder layers `p` + "encoder.layer.{i}." (ViT, DeiT).
-inline void vit_layers_expected(std::vector<ExpectedTensor>& e, const VitConfig& c,
+inline void vit_layers_expected(std::vector<ExpectedTensor>& e, const TransformerConfig& c,
                                 const std::string& p) {
   const std::int64_t d = c.width, I = c.mlp_width;
   for (Index i = 0; i < c.layers; ++i) {
@@ -247,11 +247,11 @@ inline void vit_layers_expected(std::vector<ExpectedTensor>& e, const VitConfig&
 template <class S>
 void read_vit_embeddings(const SafetensorsFile& file, const std::string& emb,
                          Vit<Arch::PreLN, S>& model) {
-  const VitConfig& config = model.config;
+  const TransformerConfig& config = model.config;
   model.cls_token = read_as_vector<S>(file, emb + "cls_token");
   if (config.distillation_token)
     model.distillation_token = read_as_vector<S>(file, emb + "distillation_token");
-  model.position_embedding =
+  model.position_embedding.table =
       read_as_matrix<S>(file, emb + "position_embeddings", config.tokens(), config.width);
   model.patch.weight = read_as_matrix<S>(file, emb + "patch_embeddings.projection.weight",
                                          config.width, config.patch_features());
@@ -262,7 +262,7 @@ void read_vit_embeddings(const SafetensorsFile& file, const std::string& emb,
 // (all but the head).
 template <class S>
 void read_vit_body(const SafetensorsFile& file, const std::string& p, Vit<Arch::PreLN, S>& model) {
-  const VitConfig& config = model.config;
+  const TransformerConfig& config = model.config;
   read_vit_embeddings(file, p + "embeddings.", model);
   for (Index i = 0; i < config.layers; ++i) {
     const std::string l = p + "encoder.layer." + std::to_string(i) + ".";
@@ -281,7 +281,7 @@ void read_vit_body(const SafetensorsFile& file, const std::string& p, Vit<Arch::
   model.final_beta = file.vector<S>(p + "layernorm.bias");
 }
 
-inline std::vector<ExpectedTensor> vit_expected(const VitConfig& c, const std::string& p) {
+inline std::vector<ExpectedTensor> vit_expected(const TransformerConfig& c, const std::string& p) {
   const std::int64_t d = c.width, K = c.classes;
   std::vector<ExpectedTensor> e;
   vit_embeddings_expected(e, c, p + "embeddings.");
@@ -294,7 +294,7 @@ inline std::vector<ExpectedTensor> vit_expected(const VitConfig& c, const std::s
 }  // namespace detail
 
 // Which float dtype a ViT file uses: its tensors' when they share one, else the widest.
-inline Dtype hf_vit_dtype(const SafetensorsFile& file, const VitConfig& config) {
+inline Dtype hf_vit_dtype(const SafetensorsFile& file, const TransformerConfig& config) {
   return detail::common_dtype(file,
                               detail::names_of(detail::vit_expected(config, detail::vit_prefix(file))));
 }
@@ -302,11 +302,11 @@ inline Dtype hf_vit_dtype(const SafetensorsFile& file, const VitConfig& config) 
 // Loads a ViT checkpoint as a Pre-LN ViT. Throws FormatError naming the file
 // and the tensor on any mismatch.
 template <class S>
-Vit<Arch::PreLN, S> load_hf_vit(const SafetensorsFile& file, const VitConfig& config) {
+Vit<Arch::PreLN, S> load_hf_vit(const SafetensorsFile& file, const TransformerConfig& config) {
   constexpr const char* op = "hf_vit";
   const std::string path = file.path().string();
   detail::validate_config(op, config, path);
-  if (!config.plain())
+  if (!config.plain_patches())
     detail::fail_with<FormatError>(op, path, ": the config has a stem norm, a distillation token "
                                    "or a pooled head, which Hugging Face ViT has not");
   const std::string p = detail::vit_prefix(file);
@@ -349,7 +349,7 @@ template <class S>
   constexpr const char* op = "save_hf_vit";
   model.validate(op);
   (void)vit_config_to_json(model.config);  // refuses what HF ViT cannot hold
-  const VitConfig& c = model.config;
+  const TransformerConfig& c = model.config;
   const Index d = c.width, a = c.attention_width();
   const std::string p = options.prefix ? "vit." : "";
   const std::string emb = p + "embeddings.";
@@ -363,7 +363,7 @@ template <class S>
     writer.add(name, dtype, std::move(shape), std::span<const S>(values));
   };
   add(emb + "cls_token", {1, 1, d}, model.cls_token.transpose());
-  add(emb + "position_embeddings", {1, c.tokens(), d}, model.position_embedding);
+  add(emb + "position_embeddings", {1, c.tokens(), d}, model.position_embedding.table);
   add(emb + "patch_embeddings.projection.weight", {d, c.channels, c.patch_size, c.patch_size},
       model.patch.weight);
   writer.add_vector(emb + "patch_embeddings.projection.bias", dtype, model.patch.bias);

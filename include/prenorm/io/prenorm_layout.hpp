@@ -74,8 +74,8 @@ constexpr std::string_view model_kind_name(ModelKind kind) {
 struct PrenormMetadata {
   ModelKind kind = ModelKind::Gpt;
   Arch arch = Arch::PreLN;
-  GptConfig gpt;  // when kind == Gpt
-  VitConfig vit;  // when kind == Vit
+  TransformerConfig gpt = GptConfig{};  // when kind == Gpt
+  TransformerConfig vit = VitConfig{};  // when kind == Vit
   std::optional<Arch> converted_from;
   std::string vit_output = "logits";  // ViT: the metadata's output (see above)
 };
@@ -193,11 +193,11 @@ class MetadataReader {
   }
 
   // An optional key: Cls when absent.
-  VitPooling pooling(const char* key) {
-    if (!has(key)) return VitPooling::Cls;
+  Pooling pooling(const char* key) {
+    if (!has(key)) return Pooling::Cls;
     const std::string& value = text(key);
-    for (VitPooling p : {VitPooling::Cls, VitPooling::ClsDistillation, VitPooling::ClsPatchMean})
-      if (value == vit_pooling_name(p)) return p;
+    for (Pooling p : {Pooling::Cls, Pooling::ClsDistillation, Pooling::ClsPatchMean})
+      if (value == pooling_name(p)) return p;
     bad(key, value, "'cls', 'cls_distillation' or 'cls_patch_mean'");
   }
 
@@ -254,7 +254,7 @@ std::vector<ExpectedTensor> prenorm_expected(const Model& model) {
 }
 
 // A GPT's attention and position options, each only where it differs from GPT-2's.
-inline void write_attention_options(SafetensorsWriter& writer, const GptConfig& c) {
+inline void write_attention_options(SafetensorsWriter& writer, const TransformerConfig& c) {
   if (!c.learned_positions) writer.set_metadata("learned_positions", "false");
   if (c.position_offset != 0) writer.set_metadata("position_offset", std::to_string(c.position_offset));
   if (c.kv_head_count() != c.heads) writer.set_metadata("kv_heads", std::to_string(c.kv_heads));
@@ -272,7 +272,7 @@ inline void write_attention_options(SafetensorsWriter& writer, const GptConfig& 
 }
 
 // What write_attention_options wrote; an absent key leaves GPT-2's default.
-inline void read_attention_options(MetadataReader& m, GptConfig& c) {
+inline void read_attention_options(MetadataReader& m, TransformerConfig& c) {
   if (m.has("learned_positions")) c.learned_positions = m.boolean("learned_positions");
   if (m.has("position_offset")) c.position_offset = m.integer("position_offset", 0);
   if (m.has("kv_heads")) c.kv_heads = m.integer("kv_heads", 1);
@@ -377,7 +377,7 @@ inline PrenormMetadata read_prenorm_metadata(const SafetensorsFile& file) {
     config.topology = m.topology("topology");
   };
   if (result.kind == ModelKind::Gpt) {
-    GptConfig& c = result.gpt;
+    TransformerConfig& c = result.gpt;
     common(c);
     c.vocab = m.integer("vocab", 1);
     c.context = m.integer("context", 1);
@@ -389,7 +389,7 @@ inline PrenormMetadata read_prenorm_metadata(const SafetensorsFile& file) {
     detail::read_attention_options(m, c);
     detail::validate_config(op, c, m.file());
   } else {
-    VitConfig& c = result.vit;
+    TransformerConfig& c = result.vit;
     common(c);
     c.classes = m.integer("classes", 1);
     c.image_size = m.integer("image_size", 1);
@@ -476,7 +476,7 @@ template <Arch A, class S>
                 "prenorm::io: the prenorm layout holds PreLN, PreRMSNorm and PreCRMSNorm models only");
   model.validate("save_prenorm");
   SafetensorsWriter writer;
-  const GptConfig& c = model.config;
+  const TransformerConfig& c = model.config;
   detail::common_metadata(writer, ModelKind::Gpt, A, c, options);
   writer.set_metadata("vocab", std::to_string(c.vocab));
   writer.set_metadata("context", std::to_string(c.context));
@@ -494,7 +494,7 @@ template <Arch A, class S>
                 "prenorm::io: the prenorm layout holds PreLN, PreRMSNorm and PreCRMSNorm models only");
   model.validate("save_prenorm");
   SafetensorsWriter writer;
-  const VitConfig& c = model.config;
+  const TransformerConfig& c = model.config;
   detail::common_metadata(writer, ModelKind::Vit, A, c, options);
   writer.set_metadata("classes", std::to_string(c.classes));
   writer.set_metadata("image_size", std::to_string(c.image_size));
@@ -502,8 +502,8 @@ template <Arch A, class S>
   writer.set_metadata("channels", std::to_string(c.channels));
   if (c.stem_norm) writer.set_metadata("stem_norm", "true");
   if (c.distillation_token) writer.set_metadata("distillation_token", "true");
-  if (c.pooling != VitPooling::Cls)
-    writer.set_metadata("pooling", std::string(vit_pooling_name(c.pooling)));
+  if (c.pooling != Pooling::Cls)
+    writer.set_metadata("pooling", std::string(pooling_name(c.pooling)));
   detail::add_tensors(writer, model, dtype);
   return writer;
 }

@@ -1,5 +1,5 @@
 #pragma once
-// The options of MultiHeadAttention (layers/attention.hpp) that GptConfig
+// The options of MultiHeadAttention (layers/attention.hpp) that TransformerConfig
 // (models/config.hpp) also holds: the rotary embedding, ALiBi's slopes, and
 // the checks of the options, shared by both.
 //

@@ -1,7 +1,7 @@
 #pragma once
 // Weights packed once for inference (the GEMM backend's layout, see
 // layers/linear.hpp and layers/detail/onednn_product.hpp):
-//   pack_weights(model)    every Linear of a Gpt or Vit packed, and a tied
+//   pack_weights(model)    every Linear of a model packed, and a tied
 //                          head's token table: the forwards of 4 tokens or
 //                          more read the packed copies
 //   unpack_weights(model)  back to the plain weights only (before changing them
@@ -14,8 +14,8 @@
 
 namespace prenorm {
 
-// Calls f(linear) for every Linear of a Gpt or Vit (blocks, then the Vit's
-// patch projection and the untied head).
+// Calls f(linear) for every Linear of a model (blocks, then the patch
+// projection and the head, empty where the model has none).
 template <class Model, class F>
 void for_each_linear(Model& model, F&& f) {
   for (auto& block : model.blocks) {
@@ -24,19 +24,18 @@ void for_each_linear(Model& model, F&& f) {
     f(block.mlp.fc);
     f(block.mlp.proj);
   }
-  if constexpr (requires { model.patch; }) f(model.patch);
-  f(model.head);  // an empty (0 x 0) head when tied: packing skips it
+  f(model.patch);  // empty (0 x 0) without a patch stem: packing skips it
+  f(model.head);   // empty when tied
 }
 
 // Calls f(layer) for every layer that pack_weights packs: each Linear with
-// weights, and a Gpt's token table when the head is tied to it.
+// weights, and the token table when the head is tied to it.
 template <class Model, class F>
 void for_each_packable(Model& model, F&& f) {
   for_each_linear(model, [&](auto& linear) {
     if (linear.weight.size() != 0) f(linear);
   });
-  if constexpr (requires { model.config.tied; })
-    if (model.config.tied) f(model.token_embedding);
+  if (model.config.tied) f(model.token_embedding);
 }
 
 template <class Model>

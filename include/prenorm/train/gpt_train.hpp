@@ -215,7 +215,7 @@ class GptTrainEngine {
 
   static void check_grads(const char* op, const Model& model, const Model& grads) {
     if (&model == &grads) detail::fail(op, "grads must be a separate model");
-    const GptConfig &a = model.config, &b = grads.config;
+    const TransformerConfig&a = model.config, &b = grads.config;
     if (a.vocab != b.vocab || a.context != b.context || a.width != b.width || a.heads != b.heads ||
         a.layers != b.layers || a.mlp_width != b.mlp_width || a.tied != b.tied ||
         a.head_bias != b.head_bias || a.head_size() != b.head_size() || a.topology != b.topology)

@@ -404,7 +404,7 @@ class ConvertingUpdate {
     add_writer(list, t.patch.weight, t.patch.bias, p.patch.weight, p.patch.bias, "patch.weight");
     vector_jobs_.push_back(
         [&t, &p] { conversion::table_row_forward(t.cls_token, kTable, p.cls_token); });
-    add_table(list, t.position_embedding, p.position_embedding, "position_embedding");
+    add_table(list, t.position_embedding.table, p.position_embedding.table, "position_embedding");
     for (std::size_t i = 0; i < t.blocks.size(); ++i) add_block(list, t.blocks[i], p.blocks[i]);
     add_reader(list, t.head.weight, t.head.bias, t.final_gamma, t.final_beta, p.head.weight,
                p.head.bias, "head.weight");

@@ -57,11 +57,11 @@ class VitTrainEngine {
     // Embeddings: positions (every image), cls token (row 0 of each image),
     // patch linear (the patch rows).
     const Index B = logits_.rows(), T = model.config.tokens(), P = model.config.patches();
-    grads.position_embedding.setZero();
+    grads.position_embedding.table.setZero();
     grads.cls_token.setZero();
     dpatch_.resize(B * P, model.main());
     for (Index b = 0; b < B; ++b) {
-      grads.position_embedding += dh_.middleRows(b * T, T);
+      grads.position_embedding.table += dh_.middleRows(b * T, T);
       grads.cls_token += dh_.row(b * T).transpose();
       dpatch_.middleRows(b * P, P) = dh_.middleRows(b * T + 1, P);
     }
@@ -100,11 +100,11 @@ class VitTrainEngine {
     const Index B = logits_.rows(), T = phi.config.tokens(), P = phi.config.patches();
     dhc_.resize(dh_.rows(), c ? dh_.cols() + 1 : dh_.cols());
     ws.clock.time([&] { detail::center_padded_rows<S>(dh_, c, dhc_); });
-    grad_theta.position_embedding.setZero();
+    grad_theta.position_embedding.table.setZero();
     grad_theta.cls_token.setZero();
     dpatch_.resize(B * P, dhc_.cols());
     for (Index b = 0; b < B; ++b) {
-      grad_theta.position_embedding += dhc_.middleRows(b * T, T);
+      grad_theta.position_embedding.table += dhc_.middleRows(b * T, T);
       grad_theta.cls_token += dhc_.row(b * T).transpose();
       dpatch_.middleRows(b * P, P) = dhc_.middleRows(b * T + 1, P);
     }
@@ -159,7 +159,7 @@ class VitTrainEngine {
 
   static void check_grads(const char* op, const Model& model, const Model& grads) {
     if (&model == &grads) detail::fail(op, "grads must be a separate model");
-    const VitConfig &a = model.config, &b = grads.config;
+    const TransformerConfig&a = model.config, &b = grads.config;
     if (a.image_size != b.image_size || a.patch_size != b.patch_size || a.channels != b.channels ||
         a.classes != b.classes || a.width != b.width || a.heads != b.heads || a.layers != b.layers ||
         a.mlp_width != b.mlp_width || a.head_size() != b.head_size() || a.topology != b.topology)
@@ -169,9 +169,9 @@ class VitTrainEngine {
 
   void forward(const char* op, const Model& model, const Batch& batch) {
     model.validate(op);
-    if (!model.config.plain())
+    if (!model.config.plain_patches())
       detail::fail(op, "the model has a stem norm, a distillation token or a pooled head (",
-                   vit_pooling_name(model.config.pooling),
+                   pooling_name(model.config.pooling),
                    "): training reads the plain ViT only (stem_norm false, no distillation "
                    "token, cls pooling)");
     const Index B = batch.images.batch;
@@ -192,11 +192,11 @@ class VitTrainEngine {
     RowMatrix<S>& h0 = h_[0];
     detail::for_each_row(N, m, [&](Index r) {
       const Index b = r / T, t = r % T;
-      if (t == 0) h0.row(r) = model.cls_token.transpose() + model.position_embedding.row(0);
+      if (t == 0) h0.row(r) = model.cls_token.transpose() + model.position_embedding.table.row(0);
       else if (model.patch.has_bias())
         h0.row(r) = patch_out_.row(b * P + t - 1) + model.patch.bias.transpose() +
-                    model.position_embedding.row(t);
-      else h0.row(r) = patch_out_.row(b * P + t - 1) + model.position_embedding.row(t);
+                    model.position_embedding.table.row(t);
+      else h0.row(r) = patch_out_.row(b * P + t - 1) + model.position_embedding.table.row(t);
     });
 
     if (L > 0) {
