@@ -369,6 +369,94 @@ TYPED_TEST(AttentionVariants, CachedEqualsFullForward) {
 }
 
 // ===========================================================================
+// Blockwise attention: sequences and caches of several key blocks
+// ===========================================================================
+
+// Longer than two key blocks and not a multiple of either block size, so that
+// the online softmax rescales across blocks (ALiBi raises the maximum in
+// every later block; random scores often do) and the last blocks are partial.
+template <class S>
+constexpr Index kLongT = 2 * MultiHeadAttention<S>::kKeyBlock + 37;
+
+std::vector<Case> long_cases(Index T) {
+  const Index wide = MultiHeadAttention<float>::kKeyBlock + 20;  // a window across key blocks
+  return {
+      {"plain", {.heads = 2, .head_dim = 4}, T},
+      {"bidirectional", {.heads = 2, .head_dim = 4, .causal = false}, T},
+      {"bidirectional + alibi", {.heads = 2, .head_dim = 4, .causal = false, .alibi = true}, T},
+      {"grouped-query + rotary", {.heads = 2, .kv_heads = 1, .head_dim = 4, .rotary = rotate_half(4)}, T},
+      {"alibi", {.heads = 2, .head_dim = 4, .alibi = true}, T},
+      {"window 7", {.heads = 2, .head_dim = 4, .window = 7}, T},
+      {"window across key blocks", {.heads = 2, .head_dim = 4, .window = wide}, T},
+      {"score_scale 2", {.heads = 2, .head_dim = 4, .score_scale = 2.0}, T},
+  };
+}
+
+TYPED_TEST(AttentionVariants, LongSequenceMatchesReference) {
+  using S = TypeParam;
+  double worst = 0;
+  std::uint64_t seed = 900;
+  for (const Case& c : long_cases(kLongT<S>)) {
+    SCOPED_TRACE(describe(c));
+    const auto a = make_attention<S>(c.options, ++seed);
+    const RowMatrix<S> x = random_input<S>(c.T, ++seed);
+    RowMatrix<S> y(x.rows(), kWidth);
+    a.forward(x, 1, y);
+    EXPECT_TRUE(close_rel(y, reference_attention(c.options, a, x, 1), tol<S>(), &worst));
+  }
+  report(std::string("attention, several key blocks, vs reference, ") + dtype<S>(), worst);
+}
+
+// A long prompt through the cache in one call, then single steps attending to
+// more than two key blocks of cached positions.
+TYPED_TEST(AttentionVariants, LongCacheMatchesReference) {
+  using S = TypeParam;
+  double worst = 0;
+  std::uint64_t seed = 950;
+  const Index T = kLongT<S>, prompt = T - 3;
+  for (const Case& c : long_cases(T)) {
+    if (!c.options.causal) continue;  // decoding is causal
+    SCOPED_TRACE(describe(c));
+    const auto a = make_attention<S>(c.options, ++seed);
+    const RowMatrix<S> x = random_input<S>(T, ++seed);
+    const MatD expected = reference_attention(c.options, a, x, 1);
+    RowMatrix<S> keys(T, a.kv_inner()), values(T, a.kv_inner()), y(prompt, kWidth);
+    prenorm::AttentionWorkspace<S> ws;
+    a.forward_cached(x.topRows(prompt), 1, 0, keys, values, y, ws);
+    EXPECT_TRUE(close_rel(y, expected.topRows(prompt), tol<S>(), &worst)) << "prompt";
+    for (Index p = prompt; p < T; ++p) {
+      RowMatrix<S> step(1, kWidth);
+      a.forward_cached(x.middleRows(p, 1), 1, p, keys, values, step, ws);
+      EXPECT_TRUE(close_rel(step, expected.middleRows(p, 1), tol<S>(), &worst)) << "position " << p;
+    }
+  }
+  report(std::string("attention, long KV cache, vs reference, ") + dtype<S>(), worst);
+}
+
+// The scores workspace holds one [query block x key block] per thread slot,
+// whatever the sequence or cache length: it does not grow from 9 tokens to
+// many key blocks, nor with a cache of many key blocks.
+TEST(AttentionBlockwise, ScoresWorkspaceIsBounded) {
+  using A = MultiHeadAttention<float>;
+  const auto a = make_attention<float>({.heads = 2, .head_dim = 4}, 3);
+  prenorm::AttentionWorkspace<float> ws;
+  const auto forward = [&](Index T) {
+    RowMatrix<float> y(T, kWidth);
+    a.forward(random_input<float>(T, T), 1, y, ws);
+  };
+  forward(9);
+  const Index bounded = ws.scores.size();
+  EXPECT_LE(bounded, prenorm::detail::thread_slots() * prenorm::detail::aligned_slot_size<float>(
+                                                          A::kQueryBlock * A::kKeyBlock));
+  forward(5 * A::kKeyBlock + 3);
+  EXPECT_EQ(ws.scores.size(), bounded) << "after a forward of many key blocks";
+  const Index capacity = 6 * A::kKeyBlock;
+  RowMatrix<float> keys = RowMatrix<float>::Zero(capacity, a.kv_inner()), values = keys, y(1, kWidth);
+  a.forward_cached(random_input<float>(1, 1), 1, capacity - 1, keys, values, y, ws);
+  EXPECT_EQ(ws.scores.size(), bounded) << "after a step attending to " << capacity << " positions";
+}
+
+// ===========================================================================
 // A whole GPT with the options
 // ===========================================================================
 
