@@ -382,13 +382,12 @@ std::vector<Case> long_cases(Index T) {
   const Index wide = MultiHeadAttention<float>::kKeyBlock + 20;  // a window across key blocks
   return {
       {"plain", {.heads = 2, .head_dim = 4}, T},
-      {"bidirectional", {.heads = 2, .head_dim = 4, .causal = false}, T},
       {"bidirectional + alibi", {.heads = 2, .head_dim = 4, .causal = false, .alibi = true}, T},
-      {"grouped-query + rotary", {.heads = 2, .kv_heads = 1, .head_dim = 4, .rotary = rotate_half(4)}, T},
-      {"alibi", {.heads = 2, .head_dim = 4, .alibi = true}, T},
+      {"grouped-query + rotary + alibi",
+       {.heads = 2, .kv_heads = 1, .head_dim = 4, .rotary = rotate_half(4), .alibi = true}, T},
       {"window 7", {.heads = 2, .head_dim = 4, .window = 7}, T},
-      {"window across key blocks", {.heads = 2, .head_dim = 4, .window = wide}, T},
-      {"score_scale 2", {.heads = 2, .head_dim = 4, .score_scale = 2.0}, T},
+      {"window across key blocks, score_scale 2",
+       {.heads = 2, .head_dim = 4, .window = wide, .score_scale = 2.0}, T},
   };
 }
 
@@ -407,13 +406,14 @@ TYPED_TEST(AttentionVariants, LongSequenceMatchesReference) {
   report(std::string("attention, several key blocks, vs reference, ") + dtype<S>(), worst);
 }
 
-// A long prompt through the cache in one call, then single steps attending to
-// more than two key blocks of cached positions.
+// Through the cache: a long prompt in one call, a block of kQueryBlock new
+// tokens after it (its keys: cached positions in several key blocks), then
+// single steps. (A step takes up to kQueryBlock * kKeyBlock keys in one block.)
 TYPED_TEST(AttentionVariants, LongCacheMatchesReference) {
   using S = TypeParam;
   double worst = 0;
   std::uint64_t seed = 950;
-  const Index T = kLongT<S>, prompt = T - 3;
+  const Index T = kLongT<S>, block = MultiHeadAttention<S>::kQueryBlock, prompt = T - block - 3;
   for (const Case& c : long_cases(T)) {
     if (!c.options.causal) continue;  // decoding is causal
     SCOPED_TRACE(describe(c));
@@ -424,7 +424,10 @@ TYPED_TEST(AttentionVariants, LongCacheMatchesReference) {
     prenorm::AttentionWorkspace<S> ws;
     a.forward_cached(x.topRows(prompt), 1, 0, keys, values, y, ws);
     EXPECT_TRUE(close_rel(y, expected.topRows(prompt), tol<S>(), &worst)) << "prompt";
-    for (Index p = prompt; p < T; ++p) {
+    RowMatrix<S> next(block, kWidth);
+    a.forward_cached(x.middleRows(prompt, block), 1, prompt, keys, values, next, ws);
+    EXPECT_TRUE(close_rel(next, expected.middleRows(prompt, block), tol<S>(), &worst)) << "block";
+    for (Index p = prompt + block; p < T; ++p) {
       RowMatrix<S> step(1, kWidth);
       a.forward_cached(x.middleRows(p, 1), 1, p, keys, values, step, ws);
       EXPECT_TRUE(close_rel(step, expected.middleRows(p, 1), tol<S>(), &worst)) << "position " << p;
