@@ -156,7 +156,7 @@ class GptDecodeStep {
 // small at context 512 <= 1.25 x the time to stream all its weights once):
 // each run() reads a buffer of as many bytes as the model's parameters
 // (every weight, bias, gain and table, in the model's scalar) once, a plain
-// sum, the buffer far larger than the caches (GPT-3 Small: 498 MB).
+// sum, the buffer far larger than the caches (GPT-3 Small: 501 MB).
 class WeightStream {
  public:
   static constexpr const char* kItems = "bytes/s";
