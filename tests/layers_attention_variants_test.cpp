@@ -449,10 +449,14 @@ TEST(AttentionBlockwise, ScoresWorkspaceIsBounded) {
   };
   forward(9);
   const Index bounded = ws.scores.size();
-  EXPECT_LE(bounded, prenorm::detail::thread_slots() * prenorm::detail::aligned_slot_size<float>(
-                                                          A::kQueryBlock * A::kKeyBlock));
+  const Index slot = std::max(A::kQueryBlock * A::kKeyBlock, A::kShortScores);
+  EXPECT_LE(bounded, prenorm::detail::thread_slots() * prenorm::detail::aligned_slot_size<float>(slot));
   forward(5 * A::kKeyBlock + 3);
   EXPECT_EQ(ws.scores.size(), bounded) << "after a forward of many key blocks";
+  const auto bidirectional = make_attention<float>({.heads = 2, .head_dim = 4, .causal = false}, 4);
+  RowMatrix<float> wide(5 * A::kKeyBlock + 3, kWidth);
+  bidirectional.forward(random_input<float>(wide.rows(), 5), 1, wide, ws);
+  EXPECT_EQ(ws.scores.size(), bounded) << "after a bidirectional forward of many key blocks";
   const Index capacity = 6 * A::kKeyBlock;
   RowMatrix<float> keys = RowMatrix<float>::Zero(capacity, a.kv_inner()), values = keys, y(1, kWidth);
   a.forward_cached(random_input<float>(1, 1), 1, capacity - 1, keys, values, y, ws);

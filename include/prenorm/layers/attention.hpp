@@ -65,13 +65,18 @@ class MultiHeadAttention {
  public:
   using Scalar = S;
   // The blocks attend() computes scores for: at most kQueryBlock queries
-  // against kKeyBlock keys, i.e. kQueryBlock * kKeyBlock scores (64 KB in
-  // float) per thread; a block of fewer queries (a decoding step, the last
-  // block) takes as many more keys. Chosen by measurement (docs/DESIGN.md,
-  // "Blockwise attention"): 256 keys beat 128 by 4-15 % of the attention's
-  // time, 96 queries lost 5 % on GPT-2 at T = 128 (causal work), 48 lost too.
+  // against kKeyBlock keys; a block of fewer queries (a decoding step, the
+  // last block) takes as many more keys, up to the same kQueryBlock *
+  // kKeyBlock scores. Chosen by measurement (docs/DESIGN.md, "Blockwise
+  // attention"): 256 keys beat 128 by 4-15 % of the attention's time, 96
+  // queries lost 5 % on GPT-2 at T = 128 (causal work), 48 lost too.
   static constexpr Index kQueryBlock = 64;
   static constexpr Index kKeyBlock = 256;
+  // A bidirectional (sequence, head) of at most this many T x keys scores is
+  // one block of all queries and keys: smaller query blocks save no work
+  // there, and on ViT-Ti (197 x 197) blocks of 64 queries cost 6-7 % of the
+  // attention's time (each block packs K and V again for its products).
+  static constexpr Index kShortScores = 256 * 256;
 
   // ((heads + 2*kv_heads)*head_dim, width): output rows [q heads..., k heads..., v heads...]
   Linear<S> qkv;
@@ -209,6 +214,12 @@ class MultiHeadAttention {
     });
   }
 
+  // The scores a thread holds at most (256 KB in float), and the most
+  // queries of one block.
+  static constexpr Index kSlotScores = std::max(kQueryBlock * kKeyBlock, kShortScores);
+  static constexpr Index kMaxQueryRows = 256;
+  static_assert(kMaxQueryRows >= kQueryBlock && kMaxQueryRows * kMaxQueryRows >= kShortScores);
+
   // ws.context [batch*T x heads*head_dim] = attention of the queries (row b*T+t
   // of q, stride q_stride) over keys/values k, v (row b*kv_rows+p, stride kv_stride)
   // at positions [0, past+T). Query head h is columns [h*head_dim, (h+1)*head_dim)
@@ -237,13 +248,15 @@ class MultiHeadAttention {
     // kernels; an even split of 197 into 50s was 15 % slower). With a window,
     // blocks of at most `window` queries: a block then reads at most
     // 2*window - 1 keys, each row about half of them (the band's edges).
-    const Index query_block = std::min(T, window > 0 ? std::min(window, kQueryBlock) : kQueryBlock);
+    const bool one_block = !causal && T * keys <= kShortScores;  // then T <= 256 (T <= keys)
+    const Index query_block =
+        one_block ? T : std::min(T, window > 0 ? std::min(window, kQueryBlock) : kQueryBlock);
     const Index span = window > 0 ? std::min(keys, window) : keys;  // keys a query sees at most
 
     // One scores block per thread slot; the flop count decides whether threads pay off.
     const double flops = 4.0 * double(tasks) * double(T) * double(span) * double(hd);
     const Index slots = detail::thread_slots();
-    const Index slot_size = detail::aligned_slot_size<S>(kQueryBlock * kKeyBlock);
+    const Index slot_size = detail::aligned_slot_size<S>(kSlotScores);
     if (ws.scores.size() < slots * slot_size) ws.scores.resize(slots * slot_size);
 
     auto task = [&](Index i, Index slot) {
@@ -254,13 +267,14 @@ class MultiHeadAttention {
       S* cb = ws.context.data() + b * T * ctx_stride + h * hd;
       S* scores = ws.scores.data() + slot * slot_size;
       const S slope = alibi ? S(alibi_slope(heads, h)) : S(0);
-      S row_max[kQueryBlock], row_sum[kQueryBlock];  // m and l of the block's queries
+      S row_max[kMaxQueryRows], row_sum[kMaxQueryRows];  // m and l of the block's queries
       for (Index r0 = 0; r0 < T; r0 += query_block) {
         const Index rows = std::min(query_block, T - r0);
         // The block reads keys [first, seen): those its queries may see.
         const Index seen = causal ? past + r0 + rows : keys;
         const Index first = window > 0 ? std::max<Index>(0, past + r0 - window + 1) : 0;
-        const Index key_block = detail::even_block(seen - first, kQueryBlock * kKeyBlock / rows);
+        const Index key_block =
+            one_block ? keys : detail::even_block(seen - first, kQueryBlock * kKeyBlock / rows);
         const ConstBlock Q(qb + r0 * q_stride, rows, hd, Eigen::OuterStride<>(q_stride));
         Block C(cb + r0 * ctx_stride, rows, hd, Eigen::OuterStride<>(ctx_stride));
         std::fill(row_max, row_max + rows, -std::numeric_limits<S>::infinity());
