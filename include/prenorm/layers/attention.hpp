@@ -15,11 +15,11 @@
 // Per (sequence, head), blocks of queries against blocks of keys with an
 // online softmax (attend), the products Eigen GEMMs on strided blocks of the
 // row-major QKV buffer or KV cache (no transposed copies): at most one
-// [query block x key block] of scores per thread, whatever the sequence or
-// cache length. Each query block reads only the keys it may see (causal:
-// up to its last query, which halves the work of a long prompt; with a
-// window, only the window's). The rotary embedding is applied once, in
-// place, to the QKV buffer before.
+// [query block x key block] of scores per thread (or a short bidirectional
+// sequence's T x T), whatever the sequence or cache length. Each query
+// block reads only the keys it may see (causal: up to its last query, which
+// halves the work of a long prompt; with a window, only the window's). The
+// rotary embedding is applied once, in place, to the QKV buffer before.
 
 #include <Eigen/Core>
 
@@ -68,8 +68,9 @@ class MultiHeadAttention {
   // against kKeyBlock keys; a block of fewer queries (a decoding step, the
   // last block) takes as many more keys, up to the same kQueryBlock *
   // kKeyBlock scores. Chosen by measurement (docs/DESIGN.md, "Blockwise
-  // attention"): 256 keys beat 128 by 4-15 % of the attention's time, 96
-  // queries lost 5 % on GPT-2 at T = 128 (causal work), 48 lost too.
+  // attention"): 256 keys beat 128 by about 8 % of the attention's time on
+  // GPT-2 at T = 512 and 10 % on ViT-Ti; 96 queries lost 6 % on GPT-2 at
+  // T = 128 (more causal work); 48 were no better.
   static constexpr Index kQueryBlock = 64;
   static constexpr Index kKeyBlock = 256;
   // A bidirectional (sequence, head) of at most this many T x keys scores is
@@ -226,10 +227,11 @@ class MultiHeadAttention {
   // of q and the context, and reads key/value head h / (heads / kv_heads) of k, v.
   //
   // Blockwise with an online softmax (FlashAttention's recurrence), so that
-  // the scores held at any time are one [query block x key block] per thread,
-  // whatever T and the cache length: per (sequence, head), per block of
-  // queries, the context rows C accumulate exp(s - m) V over the blocks of
-  // keys the queries may see, m and l the rows' running maximum and sum;
+  // the scores held at any time are one [query block x key block] per thread
+  // (kSlotScores at most), whatever T and the cache length: per (sequence,
+  // head), per block of queries, the context rows C accumulate exp(s - m) V
+  // over the blocks of keys the queries may see, m and l the rows' running
+  // maximum and sum;
   // when a block raises m, C and l are first scaled by exp(m_old - m_new);
   // after the last block C /= l. Causal query blocks stop at their last
   // query's key and windowed ones start at their first query's window, so
@@ -245,7 +247,7 @@ class MultiHeadAttention {
     const Index ctx_stride = ws.context.cols();
     const S scale = score_scale != 0 ? S(score_scale) : S(1) / std::sqrt(S(hd));
     // Whole blocks of queries (64 = 48 + 16 rows fill Eigen's AVX-512 float
-    // kernels; an even split of 197 into 50s was 15 % slower). With a window,
+    // kernels; an even split, 197 into 4 x 50, was 1-3 % slower). With a window,
     // blocks of at most `window` queries: a block then reads at most
     // 2*window - 1 keys, each row about half of them (the band's edges).
     const bool one_block = !causal && T * keys <= kShortScores;  // then T <= 256 (T <= keys)
