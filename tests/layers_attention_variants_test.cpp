@@ -436,6 +436,25 @@ TYPED_TEST(AttentionVariants, LongCacheMatchesReference) {
   report(std::string("attention, long KV cache, vs reference, ") + dtype<S>(), worst);
 }
 
+// Several key blocks on 2 and 3 threads give the bits of 1 thread (each
+// (sequence, head) runs whole on one thread, its scratch slot 64-byte aligned).
+TEST(AttentionBlockwise, OnThreadsBitForBit) {
+  const Index T = kLongT<float>;
+  for (bool causal : {true, false}) {
+    SCOPED_TRACE(causal ? "causal" : "bidirectional");
+    const auto a = make_attention<float>({.heads = 4, .head_dim = 4, .causal = causal, .alibi = true}, 8);
+    const RowMatrix<float> x = random_input<float>(T, 9);
+    RowMatrix<float> one(T, kWidth), many(T, kWidth);
+    a.forward(x, 1, one);
+    for (int threads : {2, 3}) {
+      prenorm::set_num_threads(threads);
+      a.forward(x, 1, many);
+      EXPECT_EQ(many, one) << threads << " threads";
+    }
+    prenorm::set_num_threads(1);
+  }
+}
+
 // The scores workspace holds one [query block x key block] per thread slot,
 // whatever the sequence or cache length: it does not grow from 9 tokens to
 // many key blocks, nor with a cache of many key blocks.
