@@ -372,11 +372,12 @@ TYPED_TEST(AttentionVariants, CachedEqualsFullForward) {
 // Blockwise attention: sequences and caches of several key blocks
 // ===========================================================================
 
-// Longer than two key blocks and not a multiple of either block size, so that
-// the online softmax rescales across blocks (ALiBi raises the maximum in
-// every later block; random scores often do) and the last blocks are partial.
+// Longer than a key block and not a multiple of either block size, so that
+// the last query blocks read two key blocks, the online softmax rescales
+// across them (ALiBi raises the maximum in every later block; random scores
+// often do), and a bidirectional sequence is too long for one block.
 template <class S>
-constexpr Index kLongT = 2 * MultiHeadAttention<S>::kKeyBlock + 37;
+constexpr Index kLongT = MultiHeadAttention<S>::kKeyBlock + 37;
 
 std::vector<Case> long_cases(Index T) {
   const Index wide = MultiHeadAttention<float>::kKeyBlock + 20;  // a window across key blocks
