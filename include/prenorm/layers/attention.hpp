@@ -231,13 +231,12 @@ class MultiHeadAttention {
   // (kSlotScores at most), whatever T and the cache length: per (sequence,
   // head), per block of queries, the context rows C accumulate exp(s - m) V
   // over the blocks of keys the queries may see, m and l the rows' running
-  // maximum and sum;
-  // when a block raises m, C and l are first scaled by exp(m_old - m_new);
-  // after the last block C /= l. Causal query blocks stop at their last
-  // query's key and windowed ones start at their first query's window, so
-  // key blocks the mask excludes are never computed. (The training forward,
-  // train/layers_backward.hpp, keeps materializing [T x T] probabilities per
-  // head: its backward reads them.)
+  // maximum and sum; when a block raises m, C and l are first scaled by
+  // exp(m_old - m_new); after the last block C /= l. Causal query blocks
+  // stop at their last query's key and windowed ones start at their first
+  // query's window, so key blocks the mask excludes are never computed. (The
+  // training forward, train/layers_backward.hpp, keeps materializing [T x T]
+  // probabilities per head: its backward reads them.)
   void attend(const S* q, Index q_stride, const S* k, const S* v, Index kv_stride, Index kv_rows,
               Index batch, Index T, Index past, AttentionWorkspace<S>& ws) const {
     using ConstBlock = Eigen::Map<const RowMatrix<S>, 0, Eigen::OuterStride<>>;
