@@ -6,7 +6,8 @@
 //   - random weights from a fixed seed (cheap_init, kSeed),
 //   - the inputs (token ids, pixels), and
 //   - one unit of work: GptForward (a prompt forward), GptDecodeStep (one
-//     KV-cache step at position context-1), VitForward (a batch of images).
+//     KV-cache step at position context-1), VitForward (a batch of images),
+//     WeightStream (one read of as many bytes as a model's parameters).
 // A workload's constructor builds its inputs and runs one warm-up call (the
 // workspaces reach their size); run() then allocates nothing and repeats
 // exactly the same work.
@@ -149,6 +150,40 @@ class GptDecodeStep {
   prenorm::Session<A, Scalar> session_;
   Index batch_, context_;
   std::vector<int> next_;
+};
+
+// The memory floor of a decoding step (issue 18: one KV-cache step of GPT-2
+// small at context 512 <= 1.25 x the time to stream all its weights once):
+// each run() reads a buffer of as many bytes as the model's parameters
+// (every weight, bias, gain and table, in the model's scalar) once, a plain
+// sum, the buffer far larger than the caches (GPT-3 Small: 501 MB).
+class WeightStream {
+ public:
+  static constexpr const char* kItems = "bytes/s";
+
+  template <class Model>
+  explicit WeightStream(const Model& model) {
+    Index values = 0;
+    model.visit_parameters([&](const std::string&, const auto& t) {
+      values += t.size() * Index(sizeof(typename std::decay_t<decltype(t)>::Scalar));
+    });
+    values /= Index(sizeof(Scalar));
+    buffer_.resize(values);
+    for (Index i = 0; i < values; ++i) buffer_[i] = Scalar(int(i % 255) - 127) / Scalar(128);
+    run();  // warm-up
+  }
+
+  const prenorm::RowMatrix<Scalar>& run() {
+    sum_(0, 0) = buffer_.sum();
+    return sum_;
+  }
+
+  Index items() const { return buffer_.size() * Index(sizeof(Scalar)); }  // bytes per run()
+  double flops_per_item() const { return 0; }
+
+ private:
+  prenorm::Vector<Scalar> buffer_;  // 64-byte aligned (Eigen's allocator)
+  prenorm::RowMatrix<Scalar> sum_ = prenorm::RowMatrix<Scalar>::Zero(1, 1);
 };
 
 // A forward of batch images of the config's size (logits of the cls tokens).

@@ -3,6 +3,8 @@
 //   BM_forward<arch, vit_ti16|vit_s16, float>/batch:{1,16}/seq:197
 //   BM_forward<arch, vit_b16, float>/batch:1/seq:197
 //   BM_decode_step<arch, gpt3_small, float>/batch:1/seq:512     one KV-cache step at position 511
+//   BM_stream_weights<gpt3_small, float>                        one read of as many bytes as its
+//                                                                parameters (the step's memory floor)
 //   BM_block_forward<arch, vit_ti16, float>/batch:16/seq:197     one block of the ViT-Ti b16 forward
 // arch is pre_ln, pre_rmsnorm, pre_crmsnorm or no_norm. The models, their
 // random weights, inputs and FLOP counts are those of bench_models.hpp, shared
@@ -114,6 +116,18 @@ void register_gpt_decode(Index batch, Index context) {
   });
 }
 
+// BM_stream_weights<model, float>, right after the decode row: the step's
+// time over this one is issue 18's KV-step ratio (target <= 1.25), both
+// measured in the same run. The buffer is sized from pre_ln's model (every
+// architecture has the same parameters, give or take a gamma).
+void register_weight_stream() {
+  benchmark::RegisterBenchmark("BM_stream_weights<gpt3_small, float>", [](benchmark::State& s) {
+    WeightStream work(cached_model<prenorm::Gpt<Arch::PreLN, Scalar>>("pre_ln/gpt3_small",
+                                                                       prenorm::presets::gpt3_small));
+    time_work(s, work);
+  })->Unit(benchmark::kMillisecond)->UseRealTime();
+}
+
 // Registered before main (benchmark_main's or one's own) runs, row by row.
 const bool registered = [] {
   namespace p = prenorm::presets;
@@ -125,6 +139,7 @@ const bool registered = [] {
   register_vit<VitForward>("BM_forward", "vit_s16", p::vit_s16, 16);
   register_vit<VitForward>("BM_forward", "vit_b16", p::vit_b16, 1);
   register_gpt_decode(1, 512);
+  register_weight_stream();
   register_vit<VitBlockForward>("BM_block_forward", "vit_ti16", p::vit_ti16, 16);
   return true;
 }();

@@ -370,6 +370,121 @@ TYPED_TEST(AttentionVariants, CachedEqualsFullForward) {
 }
 
 // ===========================================================================
+// Blockwise attention: sequences and caches of several key blocks
+// ===========================================================================
+
+// Longer than a key block and not a multiple of either block size, so that
+// the last query blocks read two key blocks, the online softmax rescales
+// across them (ALiBi raises the maximum in every later block; random scores
+// often do), and a bidirectional sequence is too long for one block.
+template <class S>
+constexpr Index kLongT = MultiHeadAttention<S>::kKeyBlock + 37;
+
+std::vector<Case> long_cases(Index T) {
+  const Index wide = MultiHeadAttention<float>::kKeyBlock + 20;  // a window across key blocks
+  return {
+      {"plain", {.heads = 2, .head_dim = 4}, T},
+      {"bidirectional + alibi", {.heads = 2, .head_dim = 4, .causal = false, .alibi = true}, T},
+      {"grouped-query + rotary + alibi",
+       {.heads = 2, .kv_heads = 1, .head_dim = 4, .rotary = rotate_half(4), .alibi = true}, T},
+      {"window 7", {.heads = 2, .head_dim = 4, .window = 7}, T},
+      {"window across key blocks, score_scale 2",
+       {.heads = 2, .head_dim = 4, .window = wide, .score_scale = 2.0}, T},
+  };
+}
+
+TYPED_TEST(AttentionVariants, LongSequenceMatchesReference) {
+  using S = TypeParam;
+  double worst = 0;
+  std::uint64_t seed = 900;
+  for (const Case& c : long_cases(kLongT<S>)) {
+    SCOPED_TRACE(describe(c));
+    const auto a = make_attention<S>(c.options, ++seed);
+    const RowMatrix<S> x = random_input<S>(c.T, ++seed);
+    RowMatrix<S> y(x.rows(), kWidth);
+    a.forward(x, 1, y);
+    EXPECT_TRUE(close_rel(y, reference_attention(c.options, a, x, 1), tol<S>(), &worst));
+  }
+  report(std::string("attention, several key blocks, vs reference, ") + dtype<S>(), worst);
+}
+
+// Through the cache: a long prompt in one call, a block of kQueryBlock new
+// tokens after it (its keys: cached positions in several key blocks), then
+// single steps. (A step takes up to kQueryBlock * kKeyBlock keys in one block.)
+TYPED_TEST(AttentionVariants, LongCacheMatchesReference) {
+  using S = TypeParam;
+  double worst = 0;
+  std::uint64_t seed = 950;
+  const Index T = kLongT<S>, block = MultiHeadAttention<S>::kQueryBlock, prompt = T - block - 3;
+  for (const Case& c : long_cases(T)) {
+    if (!c.options.causal) continue;  // decoding is causal
+    SCOPED_TRACE(describe(c));
+    const auto a = make_attention<S>(c.options, ++seed);
+    const RowMatrix<S> x = random_input<S>(T, ++seed);
+    const MatD expected = reference_attention(c.options, a, x, 1);
+    RowMatrix<S> keys(T, a.kv_inner()), values(T, a.kv_inner()), y(prompt, kWidth);
+    prenorm::AttentionWorkspace<S> ws;
+    a.forward_cached(x.topRows(prompt), 1, 0, keys, values, y, ws);
+    EXPECT_TRUE(close_rel(y, expected.topRows(prompt), tol<S>(), &worst)) << "prompt";
+    RowMatrix<S> next(block, kWidth);
+    a.forward_cached(x.middleRows(prompt, block), 1, prompt, keys, values, next, ws);
+    EXPECT_TRUE(close_rel(next, expected.middleRows(prompt, block), tol<S>(), &worst)) << "block";
+    for (Index p = prompt + block; p < T; ++p) {
+      RowMatrix<S> step(1, kWidth);
+      a.forward_cached(x.middleRows(p, 1), 1, p, keys, values, step, ws);
+      EXPECT_TRUE(close_rel(step, expected.middleRows(p, 1), tol<S>(), &worst)) << "position " << p;
+    }
+  }
+  report(std::string("attention, long KV cache, vs reference, ") + dtype<S>(), worst);
+}
+
+// Several key blocks on 2 and 3 threads give the bits of 1 thread (each
+// (sequence, head) runs whole on one thread, its scratch slot 64-byte aligned).
+TEST(AttentionBlockwise, OnThreadsBitForBit) {
+  const Index T = kLongT<float>;
+  for (bool causal : {true, false}) {
+    SCOPED_TRACE(causal ? "causal" : "bidirectional");
+    const auto a = make_attention<float>({.heads = 4, .head_dim = 4, .causal = causal, .alibi = true}, 8);
+    const RowMatrix<float> x = random_input<float>(T, 9);
+    RowMatrix<float> one(T, kWidth), many(T, kWidth);
+    a.forward(x, 1, one);
+    for (int threads : {2, 3}) {
+      prenorm::set_num_threads(threads);
+      a.forward(x, 1, many);
+      EXPECT_EQ(many, one) << threads << " threads";
+    }
+    prenorm::set_num_threads(1);
+  }
+}
+
+// The scores workspace holds one [query block x key block] per thread slot,
+// whatever the sequence or cache length: it does not grow from 9 tokens to
+// many key blocks, nor with a cache of many key blocks.
+TEST(AttentionBlockwise, ScoresWorkspaceIsBounded) {
+  using A = MultiHeadAttention<float>;
+  const auto a = make_attention<float>({.heads = 2, .head_dim = 4}, 3);
+  prenorm::AttentionWorkspace<float> ws;
+  const auto forward = [&](Index T) {
+    RowMatrix<float> y(T, kWidth);
+    a.forward(random_input<float>(T, T), 1, y, ws);
+  };
+  forward(9);
+  const Index bounded = ws.scores.size();
+  const Index slot = std::max(A::kQueryBlock * A::kKeyBlock, A::kShortScores);
+  EXPECT_LE(bounded, prenorm::detail::thread_slots() * prenorm::detail::aligned_slot_size<float>(slot));
+  forward(5 * A::kKeyBlock + 3);
+  EXPECT_EQ(ws.scores.size(), bounded) << "after a forward of many key blocks";
+  const auto bidirectional = make_attention<float>({.heads = 2, .head_dim = 4, .causal = false}, 4);
+  RowMatrix<float> wide(5 * A::kKeyBlock + 3, kWidth);
+  bidirectional.forward(random_input<float>(wide.rows(), 5), 1, wide, ws);
+  EXPECT_EQ(ws.scores.size(), bounded) << "after a bidirectional forward of many key blocks";
+  const Index capacity = 6 * A::kKeyBlock;
+  RowMatrix<float> keys = RowMatrix<float>::Zero(capacity, a.kv_inner()), values = keys, y(1, kWidth);
+  a.forward_cached(random_input<float>(1, 1), 1, capacity - 1, keys, values, y, ws);
+  EXPECT_EQ(ws.scores.size(), bounded) << "after a step attending to " << capacity << " positions";
+}
+
+// ===========================================================================
 // A whole GPT with the options
 // ===========================================================================
 

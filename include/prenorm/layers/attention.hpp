@@ -12,16 +12,20 @@
 //                 j <= i (causal), or i - window < j <= i (window > 0, GPT-Neo's local);
 //   y          = [context_1 ... context_H] Wout^T + bout.
 //
-// Per (sequence, head) the two products are Eigen GEMMs on strided blocks of
-// the row-major QKV buffer (no transposed copies). A causal pass walks the
-// queries in chunks, and each chunk reads only the keys it may see, which
-// halves the work of a long prompt; with a window, only those of the window.
-// The rotary embedding is applied once, in place, to the QKV buffer before.
+// Per (sequence, head), blocks of queries against blocks of keys with an
+// online softmax (attend), the products Eigen GEMMs on strided blocks of the
+// row-major QKV buffer or KV cache (no transposed copies): at most one
+// [query block x key block] of scores per thread (or a short bidirectional
+// sequence's T x T), whatever the sequence or cache length. Each query
+// block reads only the keys it may see (causal: up to its last query, which
+// halves the work of a long prompt; with a window, only the window's). The
+// rotary embedding is applied once, in place, to the QKV buffer before.
 
 #include <Eigen/Core>
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
 
 #include "../core/error.hpp"
@@ -39,14 +43,41 @@ template <class S>
 struct AttentionWorkspace {
   RowMatrix<S> qkv;      // [tokens x (heads + 2*kv_heads)*head_dim]
   RowMatrix<S> context;  // [tokens x heads*head_dim]
-  Vector<S> scores;      // grow-only: one [queries x keys] block per thread
+  Vector<S> scores;      // one [query block x key block] per thread (64-byte aligned slots)
   detail::RotaryTable<S> rotary;  // cos, sin [tokens x rotary.dims/2] of the positions
 };
+
+namespace detail {
+
+// The size of the blocks that cut n items into as few blocks of at most
+// max_block as possible, as even as possible (300 by 256: 150, 150), so
+// that no block is a small remainder.
+constexpr Index even_block(Index n, Index max_block) {
+  if (n <= max_block) return std::max<Index>(n, 1);
+  const Index blocks = (n + max_block - 1) / max_block;
+  return (n + blocks - 1) / blocks;
+}
+
+}  // namespace detail
 
 template <class S>
 class MultiHeadAttention {
  public:
   using Scalar = S;
+  // The blocks attend() computes scores for: at most kQueryBlock queries
+  // against kKeyBlock keys; a block of fewer queries (a decoding step, the
+  // last block) takes as many more keys, up to the same kQueryBlock *
+  // kKeyBlock scores. Chosen by measurement (docs/DESIGN.md, "Blockwise
+  // attention"): 256 keys beat 128 by about 8 % of the attention's time on
+  // GPT-2 at T = 512 and 10 % on ViT-Ti; 96 queries lost 6 % on GPT-2 at
+  // T = 128 (more causal work); 48 were no better.
+  static constexpr Index kQueryBlock = 64;
+  static constexpr Index kKeyBlock = 256;
+  // A bidirectional (sequence, head) of at most this many T x keys scores is
+  // one block of all queries and keys: smaller query blocks save no work
+  // there, and on ViT-Ti (197 x 197) blocks of 64 queries cost 6-7 % of the
+  // attention's time (each block packs K and V again for its products).
+  static constexpr Index kShortScores = 256 * 256;
 
   // ((heads + 2*kv_heads)*head_dim, width): output rows [q heads..., k heads..., v heads...]
   Linear<S> qkv;
@@ -89,7 +120,7 @@ class MultiHeadAttention {
     if (rotary.dims != 0) rotate(T, 0, ws);
     ws.context.resize(tokens, I);
     const S* q = ws.qkv.data();
-    attend(q, R, q + I, q + I + kv_inner(), R, T, batch, T, 0, T, ws);
+    attend(q, R, q + I, q + I + kv_inner(), R, T, batch, T, 0, ws);
     out.forward_padded(ws.context, y);
   }
   // The same with buffers of its own (allocates; for tests and one-off calls).
@@ -125,7 +156,7 @@ class MultiHeadAttention {
       values.middleRows(b * capacity + past, T) = ws.qkv.block(b * T, I + KI, T, KI);
     }
     ws.context.resize(tokens, I);
-    attend(ws.qkv.data(), R, keys.data(), values.data(), KI, capacity, batch, T, past, capacity, ws);
+    attend(ws.qkv.data(), R, keys.data(), values.data(), KI, capacity, batch, T, past, ws);
     out.forward_padded(ws.context, y);
   }
 
@@ -184,32 +215,50 @@ class MultiHeadAttention {
     });
   }
 
+  // The scores a thread holds at most (256 KB in float), and the most
+  // queries of one block.
+  static constexpr Index kSlotScores = std::max(kQueryBlock * kKeyBlock, kShortScores);
+  static constexpr Index kMaxQueryRows = 256;
+  static_assert(kMaxQueryRows >= kQueryBlock && kMaxQueryRows * kMaxQueryRows >= kShortScores);
+
   // ws.context [batch*T x heads*head_dim] = attention of the queries (row b*T+t
   // of q, stride q_stride) over keys/values k, v (row b*kv_rows+p, stride kv_stride)
   // at positions [0, past+T). Query head h is columns [h*head_dim, (h+1)*head_dim)
   // of q and the context, and reads key/value head h / (heads / kv_heads) of k, v.
-  // max_keys (>= past+T) sizes the scores buffer: the cache capacity when
-  // decoding, so that it does not grow with every step.
+  //
+  // Blockwise with an online softmax (FlashAttention's recurrence), so that
+  // the scores held at any time are one [query block x key block] per thread
+  // (kSlotScores at most), whatever T and the cache length: per (sequence,
+  // head), per block of queries, the context rows C accumulate exp(s - m) V
+  // over the blocks of keys the queries may see, m and l the rows' running
+  // maximum and sum; when a block raises m, C and l are first scaled by
+  // exp(m_old - m_new); after the last block C /= l. Causal query blocks
+  // stop at their last query's key and windowed ones start at their first
+  // query's window, so key blocks the mask excludes are never computed. (The
+  // training forward, train/layers_backward.hpp, keeps materializing [T x T]
+  // probabilities per head: its backward reads them.)
   void attend(const S* q, Index q_stride, const S* k, const S* v, Index kv_stride, Index kv_rows,
-              Index batch, Index T, Index past, Index max_keys, AttentionWorkspace<S>& ws) const {
+              Index batch, Index T, Index past, AttentionWorkspace<S>& ws) const {
     using ConstBlock = Eigen::Map<const RowMatrix<S>, 0, Eigen::OuterStride<>>;
     using Block = Eigen::Map<RowMatrix<S>, 0, Eigen::OuterStride<>>;
     const Index hd = head_dim, keys = past + T, tasks = batch * heads;
     const Index group = heads / kv_head_count();  // query heads per key/value head
     const Index ctx_stride = ws.context.cols();
     const S scale = score_scale != 0 ? S(score_scale) : S(1) / std::sqrt(S(hd));
-    // Causal queries go in chunks so that each reads only the keys it may see.
-    // With a window, chunks of at most `window` queries: a chunk then reads at
-    // most 2*window - 1 keys, each row about half of them (the band's edges).
-    const Index chunk = causal ? std::min<Index>(T, window > 0 ? std::min<Index>(window, 64) : 64) : T;
+    // Whole blocks of queries (64 = 48 + 16 rows fill Eigen's AVX-512 float
+    // kernels; an even split, 197 into 4 x 50, was 1-3 % slower). With a window,
+    // blocks of at most `window` queries: a block then reads at most
+    // 2*window - 1 keys, each row about half of them (the band's edges).
+    const bool one_block = !causal && T * keys <= kShortScores;  // then T <= 256 (T <= keys)
+    const Index query_block =
+        one_block ? T : std::min(T, window > 0 ? std::min(window, kQueryBlock) : kQueryBlock);
     const Index span = window > 0 ? std::min(keys, window) : keys;  // keys a query sees at most
 
     // One scores block per thread slot; the flop count decides whether threads pay off.
     const double flops = 4.0 * double(tasks) * double(T) * double(span) * double(hd);
     const Index slots = detail::thread_slots();
-    const Index slot_size = detail::aligned_slot_size<S>(chunk * std::max(keys, max_keys));
+    const Index slot_size = detail::aligned_slot_size<S>(kSlotScores);
     if (ws.scores.size() < slots * slot_size) ws.scores.resize(slots * slot_size);
-    S* scores = ws.scores.data();
 
     auto task = [&](Index i, Index slot) {
       const Index b = i / heads, h = i % heads, g = h / group;
@@ -217,31 +266,42 @@ class MultiHeadAttention {
       const S* kb = k + b * kv_rows * kv_stride + g * hd;
       const S* vb = v + b * kv_rows * kv_stride + g * hd;
       S* cb = ws.context.data() + b * T * ctx_stride + h * hd;
+      S* scores = ws.scores.data() + slot * slot_size;
       const S slope = alibi ? S(alibi_slope(heads, h)) : S(0);
-      for (Index r0 = 0; r0 < T; r0 += chunk) {
-        const Index rows = std::min(chunk, T - r0);
-        // The chunk reads keys [first, seen): those its queries may see.
+      S row_max[kMaxQueryRows], row_sum[kMaxQueryRows];  // m and l of the block's queries
+      for (Index r0 = 0; r0 < T; r0 += query_block) {
+        const Index rows = std::min(query_block, T - r0);
+        // The block reads keys [first, seen): those its queries may see.
         const Index seen = causal ? past + r0 + rows : keys;
         const Index first = window > 0 ? std::max<Index>(0, past + r0 - window + 1) : 0;
-        const Index n = seen - first;
+        const Index key_block =
+            one_block ? keys : detail::even_block(seen - first, kQueryBlock * kKeyBlock / rows);
         const ConstBlock Q(qb + r0 * q_stride, rows, hd, Eigen::OuterStride<>(q_stride));
-        const ConstBlock K(kb + first * kv_stride, n, hd, Eigen::OuterStride<>(kv_stride));
-        const ConstBlock V(vb + first * kv_stride, n, hd, Eigen::OuterStride<>(kv_stride));
-        Eigen::Map<RowMatrix<S>> P(scores + slot * slot_size, rows, n);
-        P.noalias() = scale * (Q * K.transpose());
-        for (Index r = 0; r < rows; ++r) {
-          // Query at position p sees the row's columns [lo, hi): keys [first + lo, first + hi).
-          const Index p = past + r0 + r;
-          const Index hi = causal ? p + 1 - first : n;
-          const Index lo = window > 0 ? std::max<Index>(0, p - window + 1) - first : 0;
-          S* row = &P.coeffRef(r, 0);
-          if (alibi)
-            for (Index c = lo; c < hi; ++c) row[c] += slope * S(first + c - p);
-          std::fill(row, row + lo, S(0));
-          detail::softmax_row_inplace(row + lo, n - lo, hi - lo);
-        }
         Block C(cb + r0 * ctx_stride, rows, hd, Eigen::OuterStride<>(ctx_stride));
-        C.noalias() = P * V;
+        std::fill(row_max, row_max + rows, -std::numeric_limits<S>::infinity());
+        std::fill(row_sum, row_sum + rows, S(0));
+        for (Index c0 = first; c0 < seen; c0 += key_block) {
+          const Index n = std::min(key_block, seen - c0);
+          const ConstBlock K(kb + c0 * kv_stride, n, hd, Eigen::OuterStride<>(kv_stride));
+          const ConstBlock V(vb + c0 * kv_stride, n, hd, Eigen::OuterStride<>(kv_stride));
+          Eigen::Map<RowMatrix<S>> P(scores, rows, n);  // [rows x n]
+          P.noalias() = scale * (Q * K.transpose());
+          for (Index r = 0; r < rows; ++r) {
+            // Query at position p sees the block's columns [lo, hi): keys [c0 + lo, c0 + hi).
+            const Index p = past + r0 + r;
+            const Index hi = causal ? std::min(n, p + 1 - c0) : n;
+            const Index lo = window > 0 ? std::clamp<Index>(p - window + 1 - c0, 0, n) : 0;
+            S* row = &P.coeffRef(r, 0);
+            if (alibi)
+              for (Index c = lo; c < hi; ++c) row[c] += slope * S(c0 + c - p);
+            const S rescale = detail::online_softmax_step(row, n, lo, hi, row_max[r], row_sum[r]);
+            if (c0 != first && rescale != S(1)) C.row(r) *= rescale;
+          }
+          if (c0 == first) C.noalias() = P * V;  // a row that sees nothing here gets 0
+          else C.noalias() += P * V;
+        }
+        for (Index r = 0; r < rows; ++r)
+          if (row_sum[r] > 0) C.row(r) *= S(1) / row_sum[r];
       }
     };
     detail::for_each_task(tasks, flops, task);

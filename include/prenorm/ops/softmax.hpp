@@ -6,6 +6,7 @@
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <cmath>
 
 #include "../core/error.hpp"
 #include "../core/parallel.hpp"
@@ -27,6 +28,29 @@ void softmax_row_inplace(Scalar* v, Index n, Index limit) {
     head *= Scalar(1) / head.sum();
   }
   std::fill(v + limit, v + n, Scalar(0));
+}
+
+// One step of the online softmax (FlashAttention's recurrence) over one row
+// of a block of scores v [n], of which columns [lo, hi) are seen: with max and
+// sum the row's running maximum and sum of exp(score - max) over the blocks
+// before (-inf and 0 before the first), it updates both, leaves
+// exp(v - max) in v[lo, hi) and zeros around, and returns the factor
+// exp(old max - new max) by which the output accumulated so far must be
+// scaled (0 after no seen column yet; 1 when this block sees nothing).
+template <class Scalar>
+Scalar online_softmax_step(Scalar* v, Index n, Index lo, Index hi, Scalar& max, Scalar& sum) {
+  lo = std::clamp<Index>(lo, 0, n);
+  hi = std::clamp<Index>(hi, lo, n);
+  std::fill(v, v + lo, Scalar(0));
+  std::fill(v + hi, v + n, Scalar(0));
+  if (lo == hi) return Scalar(1);
+  Eigen::Map<Eigen::Array<Scalar, Eigen::Dynamic, 1>> seen(v + lo, hi - lo);
+  const Scalar new_max = std::max(max, seen.maxCoeff());
+  const Scalar rescale = std::exp(max - new_max);  // exp(-inf) = 0 at the first block
+  seen = (seen - new_max).exp();
+  sum = sum * rescale + seen.sum();
+  max = new_max;
+  return rescale;
 }
 
 struct FullRows {
