@@ -41,6 +41,7 @@
 // success, 2 usage error, 1 bad input (the message names the file and the tensor).
 
 #include <prenorm/convert.hpp>
+#include <prenorm/convert/streaming.hpp>
 #include <prenorm/io.hpp>
 #include <prenorm/models.hpp>
 
@@ -262,49 +263,188 @@ struct Written {
   }
 };
 
-// Writes `writer` as OUTPUT (see the top of this file), refusing to replace
-// any of `inputs`.
-Written write_output(io::SafetensorsWriter writer, const Options& o,
-                     const std::vector<fs::path>& inputs) {
-  const std::uint64_t size = writer.data_size();
-  bool sharded = io::SafetensorsFile::is_index_path(o.output);
-  fs::path target = o.output;
+// Where OUTPUT goes for `size` bytes of tensors (see the top of this file).
+struct OutputPlan {
+  fs::path target;  // the file, or the index when sharded
+  bool sharded = false;
+  std::optional<fs::path> made_folder;  // an OUTPUT folder that does not exist yet
+};
+
+OutputPlan plan_output(std::uint64_t size, const Options& o) {
+  OutputPlan plan{o.output, io::SafetensorsFile::is_index_path(o.output), std::nullopt};
   if (names_a_folder(o.output)) {
-    sharded = size > o.max_shard_size;
-    target = o.output / (sharded ? "model.safetensors.index.json" : "model.safetensors");
-  } else if (!sharded && size > o.max_shard_size) {
+    plan.sharded = size > o.max_shard_size;
+    plan.target = o.output / (plan.sharded ? "model.safetensors.index.json" : "model.safetensors");
+  } else if (!plan.sharded && size > o.max_shard_size) {
     throw std::runtime_error("the converted model has " + std::to_string(size) +
                              " bytes of tensors, more than --max-shard-size (" +
                              std::to_string(o.max_shard_size) + "): name a folder or a "
                              "*.safetensors.index.json as OUTPUT '" + o.output.string() +
                              "' to write shards");
   }
-  // An OUTPUT folder that does not exist is made here, and goes again if
-  // writing fails.
   std::error_code error;
-  const fs::path folder = target.parent_path();
-  const bool made_folder = names_a_folder(o.output) && !fs::exists(folder, error);
-  if (made_folder) fs::create_directories(folder);
+  const fs::path folder = plan.target.parent_path();
+  if (names_a_folder(o.output) && !fs::exists(folder, error)) plan.made_folder = folder;
+  return plan;
+}
+
+// Runs write(plan) for OUTPUT, which returns the files written; an OUTPUT
+// folder that does not exist is made here, and goes again if writing fails.
+template <class Write>
+Written write_planned(const OutputPlan& plan, const Write& write) {
+  if (plan.made_folder) fs::create_directories(*plan.made_folder);
   try {
-    Written written;
-    if (made_folder) written.made_folder = folder;
-    if (sharded) {
-      written.files = io::write_sharded(std::move(writer).split(o.max_shard_size), target, inputs);
-    } else {
-      writer.write(target, inputs);
-      written.files = {target};
-    }
-    return written;
+    return Written{write(plan), plan.made_folder};
   } catch (...) {
-    if (made_folder) fs::remove(folder, error);
+    std::error_code error;
+    if (plan.made_folder) fs::remove(*plan.made_folder, error);
     throw;
   }
+}
+
+// Writes `writer` as OUTPUT (see the top of this file), refusing to replace
+// any of `inputs`.
+Written write_output(io::SafetensorsWriter writer, const Options& o,
+                     const std::vector<fs::path>& inputs) {
+  return write_planned(plan_output(writer.data_size(), o), [&](const OutputPlan& plan) {
+    if (plan.sharded)
+      return io::write_sharded(std::move(writer).split(o.max_shard_size), plan.target, inputs);
+    writer.write(plan.target, inputs);
+    return std::vector<fs::path>{plan.target};
+  });
+}
+
+// Checks the model written against the source and prints the figure; a
+// failure (or an error above --verify-tolerance) removes OUTPUT.
+template <class Compare>
+prenorm_tools::Comparison verify(const Written& written, io::Dtype dtype, const Options& o,
+                                 const Compare& compare) {
+  prenorm_tools::Comparison check;
+  try {
+    check = compare(written.files.front());
+  } catch (...) {
+    written.remove();
+    throw;
+  }
+  std::cerr << "prenorm-convert: verify: " << check.probe << ": the logits of "
+            << written.files.front().string() << " (" << io::dtype_name(dtype)
+            << ") differ from the source's by " << check.logits_error << " (relative)\n";
+  if (o.verify_tolerance && !(check.logits_error <= *o.verify_tolerance)) {
+    written.remove();
+    std::ostringstream message;
+    message << "verification failed: the logits of the converted model differ from the source's "
+               "by " << check.logits_error << " (relative), more than --verify-tolerance "
+            << *o.verify_tolerance << "; removed OUTPUT '" << o.output.string() << "'";
+    throw std::runtime_error(message.str());
+  }
+  return check;
+}
+
+// The one-line summary on stdout.
+void summary(const Options& o, io::Layout layout, io::ModelKind kind, Arch from, bool tied_gpt,
+             std::size_t tensors, io::Dtype dtype, const Written& written,
+             const prenorm_tools::Comparison& check) {
+  std::uintmax_t bytes = 0;
+  for (const fs::path& path : written.files) bytes += fs::file_size(path);
+  std::cout << o.input.string() << " (" << io::layout_name(layout) << ", "
+            << io::model_kind_name(kind) << ") " << prenorm::arch_name(from) << " -> "
+            << prenorm::arch_name(o.to);
+  if (tied_gpt && from != o.to)
+    std::cout << " (tied: " << (o.tied == prenorm::TiedPolicy::Keep ? "keep" : "untie") << ")";
+  std::cout << ": " << tensors << " tensors, " << io::dtype_name(dtype) << " -> "
+            << written.files.front().string();
+  if (written.files.size() > 1) std::cout << " and " << written.files.size() - 1 << " shards";
+  std::cout << " (" << bytes << " bytes), logits relative error " << check.logits_error << "\n";
+}
+
+// What the conversion does, on stderr.
+void announce(const Options& o, Arch from, bool tied_gpt) {
+  if (from == o.to)
+    std::cerr << "prenorm-convert: the model is already " << prenorm::arch_name(from)
+              << ": re-saving it unchanged in prenorm's layout\n";
+  else
+    std::cerr << "prenorm-convert: converting " << prenorm::arch_name(from) << " -> "
+              << prenorm::arch_name(o.to)
+              << (tied_gpt ? (o.tied == prenorm::TiedPolicy::Keep ? " (tied head: keep)"
+                                                                  : " (tied head: untie)")
+                           : "")
+              << " in double\n";
+}
+
+// Streams the conversion of `source` to OUTPUT (planned once its size is known).
+template <class Source>
+Written write_planned_streaming(const Options& o, const Source& source, io::Dtype dtype,
+                                const prenorm::ConvertOptions& options,
+                                const io::PrenormSaveOptions& save, std::optional<OutputPlan>& plan,
+                                std::size_t& tensors) {
+  try {
+    const std::vector<fs::path> files = io::convert_gpt_streaming(
+        source, o.to, dtype,
+        [&](std::uint64_t size, std::size_t count) {
+          plan = plan_output(size, o);
+          tensors = count;
+          std::cerr << "prenorm-convert: writing " << o.output.string() << " ("
+                    << io::dtype_name(dtype) << ", " << count << " tensors)\n";
+          if (plan->made_folder) fs::create_directories(*plan->made_folder);
+          return io::StreamOutput{plan->target, plan->sharded, o.max_shard_size, save.inputs};
+        },
+        options, save);
+    return Written{files, plan->made_folder};
+  } catch (...) {
+    std::error_code error;
+    if (plan && plan->made_folder) fs::remove(*plan->made_folder, error);
+    throw;
+  }
+}
+
+// A GPT in the Hugging Face GPT-2 layout or prenorm's: converted and
+// verified group by group (prenorm/convert/streaming.hpp), in memory that
+// does not grow with the number of layers.
+int run_streaming(const Options& o, const io::SafetensorsFile& file, const io::OpenedGpt& opened) {
+  const Arch from = std::visit([](const auto& m) { return std::decay_t<decltype(m)>::Model::arch; },
+                               opened.checkpoint);
+  const prenorm::GptConfig config = std::visit([](const auto& m) { return m.config(); },
+                                               opened.checkpoint);
+  if (opened.layout == io::Layout::Prenorm && o.config)
+    std::cerr << "prenorm-convert: note: " << o.input.string()
+              << " is in prenorm's layout; --config is not used\n";
+  std::cerr << "prenorm-convert: " << o.input.string() << ": " << io::layout_name(opened.layout)
+            << " layout, gpt " << prenorm::arch_name(from) << ", " << file.size() << " tensors, "
+            << io::dtype_name(opened.dtype);
+  if (opened.config_path) std::cerr << ", config " << opened.config_path->string();
+  std::cerr << " (streamed: one block at a time)\n";
+  const io::Dtype dtype = output_dtype(o, opened.dtype);
+  announce(o, from, config.tied);
+
+  io::PrenormSaveOptions save;
+  save.converted_from = from == o.to ? opened.converted_from : std::optional<Arch>(from);
+  save.inputs = file.files();
+  if (opened.config_path) save.inputs.push_back(*opened.config_path);
+  const prenorm::ConvertOptions convert_options{.tied = o.tied};
+  std::optional<OutputPlan> plan;
+  std::size_t tensors = 0;
+  const Written written = std::visit(
+      [&](const auto& source) {
+        return write_planned_streaming(o, source, dtype, convert_options, save, plan, tensors);
+      },
+      opened.checkpoint);
+
+  const prenorm_tools::Comparison check = verify(written, dtype, o, [&](const fs::path& path) {
+    const io::SafetensorsFile out(path);
+    const std::optional<io::OpenedGpt> converted = io::open_gpt_checkpoint(out);
+    if (!converted) throw std::runtime_error(path.string() + ": not read back as a GPT");
+    return prenorm_tools::compare_gpt_checkpoints(opened.checkpoint, converted->checkpoint);
+  });
+  summary(o, opened.layout, io::ModelKind::Gpt, from, config.tied, tensors, dtype, written, check);
+  return 0;
 }
 
 // Runs the conversion; throws on bad input.
 int run(const Options& o) {
   std::cerr << "prenorm-convert: reading " << o.input.string() << "\n";
   const io::SafetensorsFile file(o.input);
+  if (const std::optional<io::OpenedGpt> gpt = io::open_gpt_checkpoint(file, o.config))
+    return run_streaming(o, file, *gpt);
   const io::LoadedModel<double> loaded = io::load_any_model<double>(file, o.config);
   const Arch from = io::arch_of(loaded.model);
   const io::ModelKind kind = io::kind_of(loaded.model);
@@ -325,16 +465,7 @@ int run(const Options& o) {
       },
       loaded.model);
   const bool same_arch = from == o.to;
-  if (same_arch)
-    std::cerr << "prenorm-convert: the model is already " << prenorm::arch_name(from)
-              << ": re-saving it unchanged in prenorm's layout\n";
-  else
-    std::cerr << "prenorm-convert: converting " << prenorm::arch_name(from) << " -> "
-              << prenorm::arch_name(o.to)
-              << (tied_gpt ? (o.tied == prenorm::TiedPolicy::Keep ? " (tied head: keep)"
-                                                                  : " (tied head: untie)")
-                           : "")
-              << " in double\n";
+  announce(o, from, tied_gpt);
 
   io::PrenormSaveOptions save;
   save.converted_from = same_arch ? loaded.converted_from : std::optional<Arch>(from);
@@ -361,39 +492,11 @@ int run(const Options& o) {
             << ", " << writer.size() << " tensors)\n";
   const std::size_t tensors = writer.size();
   const Written written = write_output(std::move(writer), o, save.inputs);
-  std::uintmax_t bytes = 0;
-  for (const fs::path& path : written.files) bytes += fs::file_size(path);
-
   // The model as written, against the source.
-  prenorm_tools::Comparison check;
-  try {
-    check = prenorm_tools::compare_models(
-        loaded.model, io::load_any_model<double>(written.files.front()).model);
-  } catch (...) {
-    written.remove();
-    throw;
-  }
-  std::cerr << "prenorm-convert: verify: " << check.probe << ": the logits of "
-            << written.files.front().string() << " (" << io::dtype_name(dtype)
-            << ") differ from the source's by " << check.logits_error << " (relative)\n";
-  if (o.verify_tolerance && !(check.logits_error <= *o.verify_tolerance)) {
-    written.remove();
-    std::ostringstream message;
-    message << "verification failed: the logits of the converted model differ from the source's "
-               "by " << check.logits_error << " (relative), more than --verify-tolerance "
-            << *o.verify_tolerance << "; removed OUTPUT '" << o.output.string() << "'";
-    throw std::runtime_error(message.str());
-  }
-
-  std::cout << o.input.string() << " (" << io::layout_name(loaded.layout) << ", "
-            << io::model_kind_name(kind) << ") " << prenorm::arch_name(from) << " -> "
-            << prenorm::arch_name(o.to);
-  if (tied_gpt && !same_arch)
-    std::cout << " (tied: " << (o.tied == prenorm::TiedPolicy::Keep ? "keep" : "untie") << ")";
-  std::cout << ": " << tensors << " tensors, " << io::dtype_name(dtype) << " -> "
-            << written.files.front().string();
-  if (written.files.size() > 1) std::cout << " and " << written.files.size() - 1 << " shards";
-  std::cout << " (" << bytes << " bytes), logits relative error " << check.logits_error << "\n";
+  const prenorm_tools::Comparison check = verify(written, dtype, o, [&](const fs::path& path) {
+    return prenorm_tools::compare_models(loaded.model, io::load_any_model<double>(path).model);
+  });
+  summary(o, loaded.layout, kind, from, tied_gpt, tensors, dtype, written, check);
   return 0;
 }
 

@@ -94,12 +94,7 @@ class Gpt {
     token_embedding = Embedding<S>(config.vocab, tied_affine() ? d : m);
     position_embedding = Embedding<S>(config.position_rows(), m);
     blocks.reserve(config.layers);
-    for (Index i = 0; i < config.layers; ++i) {
-      Block& b = blocks.emplace_back(d, config.heads, config.head_size(), config.mlp_width,
-                                     /*causal=*/true, config.activation, S(config.epsilon));
-      set_attention_options(b.attn, i);
-      b.set_topology(config.topology);
-    }
+    for (Index i = 0; i < config.layers; ++i) blocks.push_back(make_block(i));
     if (ArchTraits<A>::affine) {
       final_gamma.setOnes(d);
       final_beta.setZero(d);
@@ -110,6 +105,17 @@ class Gpt {
     }
     if (!config.tied) head = Linear<S>(m, config.vocab, /*with_bias=*/false);
     if (config.head_bias) head_bias.setZero(config.vocab);
+  }
+
+  // Block `layer` as the constructor makes it: zero weights, the config's
+  // attention options (for that layer) and topology. A reader that holds one
+  // block at a time (io/streaming.hpp) makes its blocks with it.
+  Block make_block(Index layer) const {
+    Block b(config.width, config.heads, config.head_size(), config.mlp_width, /*causal=*/true,
+            config.activation, S(config.epsilon));
+    set_attention_options(b.attn, layer);
+    b.set_topology(config.topology);
+    return b;
   }
 
   Index width() const { return config.width; }                 // d
