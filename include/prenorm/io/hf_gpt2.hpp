@@ -34,6 +34,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -253,6 +254,19 @@ inline std::optional<Gpt2Tensor> gpt2_tensor_of(std::string_view visit_name, con
   return std::nullopt;
 }
 
+// dst = src^T in tiles, so that neither side is read with a large stride
+// (a plain transposed copy of a 1024 x 4096 matrix misses the cache on every value).
+template <class S>
+void transpose_into(const RowMatrix<S>& src, RowMatrix<S>& dst) {
+  constexpr Index kTile = 64;
+  dst.resize(src.cols(), src.rows());
+  for (Index i = 0; i < src.rows(); i += kTile)
+    for (Index j = 0; j < src.cols(); j += kTile) {
+      const Index rows = std::min(kTile, src.rows() - i), cols = std::min(kTile, src.cols() - j);
+      dst.block(j, i, cols, rows) = src.block(i, j, rows, cols).transpose();
+    }
+}
+
 // Reads parameter `visit_name` (gpt2_tensor_of) from the file into `tensor`
 // (of its shape: check_tensors checked the file), converted to its scalar.
 template <class T>
@@ -264,7 +278,7 @@ void read_gpt2_parameter(const SafetensorsFile& file, const std::string& visit_n
     fail_with<FormatError>("hf_gpt2", file.path().string(), ": GPT-2 has no tensor for '",
                            visit_name, "'");
   if constexpr (T::ColsAtCompileTime == 1) tensor = file.vector<S>(stored->name);
-  else if (stored->transposed) tensor = file.matrix<S>(stored->name).transpose();
+  else if (stored->transposed) transpose_into(file.matrix<S>(stored->name), tensor);
   else tensor = file.matrix<S>(stored->name);
 }
 
