@@ -254,11 +254,11 @@ inline std::optional<Gpt2Tensor> gpt2_tensor_of(std::string_view visit_name, con
   return std::nullopt;
 }
 
-// dst = src^T in tiles, so that neither side is read with a large stride
+// dst = src^T in 32 x 32 tiles, so that neither side is read with a large stride
 // (a plain transposed copy of a 1024 x 4096 matrix misses the cache on every value).
 template <class S>
 void transpose_into(const RowMatrix<S>& src, RowMatrix<S>& dst) {
-  constexpr Index kTile = 64;
+  constexpr Index kTile = 32;
   dst.resize(src.cols(), src.rows());
   for (Index i = 0; i < src.rows(); i += kTile)
     for (Index j = 0; j < src.cols(); j += kTile) {

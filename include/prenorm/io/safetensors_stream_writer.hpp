@@ -8,14 +8,18 @@
 // guarantee (write_files_atomically): a producer that throws midway leaves
 // nothing behind.
 
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <mutex>
 #include <ostream>
 #include <span>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -26,29 +30,86 @@
 
 namespace prenorm::io {
 
+namespace detail {
+
+// Writes buffers to a stream on a thread of its own, at most kDepth waiting,
+// so that the next tensor is computed while the last one goes to the file
+// (writing a converted GPT-2-medium takes as long as converting it).
+class BackgroundWriter {
+ public:
+  static constexpr std::size_t kDepth = 2;
+
+  explicit BackgroundWriter(std::ostream& out) : out_(&out), thread_([this] { run(); }) {}
+  BackgroundWriter(const BackgroundWriter&) = delete;
+  BackgroundWriter& operator=(const BackgroundWriter&) = delete;
+  ~BackgroundWriter() { finish(); }
+
+  void write(std::vector<std::byte> buffer) {
+    std::unique_lock lock(mutex_);
+    changed_.wait(lock, [&] { return queue_.size() < kDepth; });
+    queue_.push_back(std::move(buffer));
+    changed_.notify_all();
+  }
+
+  // Writes what is queued and stops the thread; the stream's state tells
+  // whether every write succeeded.
+  void finish() {
+    {
+      const std::lock_guard lock(mutex_);
+      done_ = true;
+    }
+    changed_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  void run() {
+    for (;;) {
+      std::vector<std::byte> buffer;
+      {
+        std::unique_lock lock(mutex_);
+        changed_.wait(lock, [&] { return !queue_.empty() || done_; });
+        if (queue_.empty()) return;
+        buffer = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      changed_.notify_all();
+      out_->write(reinterpret_cast<const char*>(buffer.data()), std::streamsize(buffer.size()));
+    }
+  }
+
+  std::ostream* out_;
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  std::deque<std::vector<std::byte>> queue_;
+  bool done_ = false;
+  std::thread thread_;  // last: starts once the rest is ready
+};
+
+}  // namespace detail
+
 // Where a producer writes the data of one tensor: put() its encoded values in
 // order (C order, the tensor's dtype), in as many calls as it likes.
 class TensorDataSink {
  public:
-  explicit TensorDataSink(std::ostream& out) : out_(&out) {}
+  explicit TensorDataSink(detail::BackgroundWriter& out) : out_(&out) {}
 
   // Values of float or double, encoded to `dtype` (store_element: the
   // rounding SafetensorsWriter uses).
   template <class S>
   void put(Dtype dtype, std::span<const S> values) {
     const std::size_t stride = dtype_size(dtype);
-    buffer_.resize(values.size() * stride);
+    std::vector<std::byte> buffer(values.size() * stride);
     for (std::size_t i = 0; i < values.size(); ++i)
-      detail::store_element<S>(dtype, values[i], buffer_.data() + i * stride);
-    out_->write(reinterpret_cast<const char*>(buffer_.data()), std::streamsize(buffer_.size()));
-    written_ += buffer_.size();
+      detail::store_element<S>(dtype, values[i], buffer.data() + i * stride);
+    written_ += buffer.size();
+    out_->write(std::move(buffer));
   }
 
   std::uint64_t written() const { return written_; }
 
  private:
-  std::ostream* out_;
-  std::vector<std::byte> buffer_;  // one put()'s encoded values
+  detail::BackgroundWriter* out_;
   std::uint64_t written_ = 0;
 };
 
@@ -125,14 +186,16 @@ class SafetensorsStreamWriter {
               }
               out.write(length, 8);
               out.write(header.data(), std::streamsize(header.size()));
+              detail::BackgroundWriter writer(out);
               for (std::size_t i = begin; i < end; ++i) {
-                TensorDataSink sink(out);
+                TensorDataSink sink(writer);
                 produce(i, sink);
                 if (sink.written() != tensors_[i].bytes)
                   detail::fail_with<Error>("safetensors_stream_writer", "tensor '", tensors_[i].name,
                                            "': the producer wrote ", sink.written(),
                                            " bytes, the header says ", tensors_[i].bytes);
               }
+              writer.finish();
             }};
   }
 
