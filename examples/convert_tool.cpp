@@ -9,8 +9,12 @@
 // ViT and the decoder families of README's table, prenorm's own; the Hugging
 // Face ones read CONFIG.json, by default the config.json beside INPUT): a
 // .safetensors file, a sharded checkpoint's model.safetensors.index.json, or a
-// directory holding either. The model is loaded in double, converted in
-// double, and rounded once to the output dtype. The default, "auto", keeps the
+// directory holding either. The model is converted in double and rounded
+// once to the output dtype. A GPT in the Hugging Face GPT-2 layout or in
+// prenorm's is streamed (prenorm/convert/streaming.hpp): read one block (or
+// a chunk of table rows) at a time, converted and written while the next is
+// computed, so memory does not grow with the layers; the others (ViT, the
+// decoder families) are loaded whole. The default, "auto", keeps the
 // converted model equal to the source at float precision: F32 for F16 and
 // BF16 inputs (the transformed weights are not representable in 16 bits),
 // the input's dtype otherwise; "same" is always the input's. A model
@@ -29,8 +33,8 @@
 // failure leaves no partial file and no partial set of shards. Writing onto
 // INPUT (or its config, or one of its shards), under any name, is refused.
 //
-// Verification: the written OUTPUT is read back (in double, from its dtype)
-// and run next to the source model on a probe input (a few tokens, or one
+// Verification: the written OUTPUT is read back (in double, from its dtype;
+// streamed GPTs block by block) and run next to the source model on a probe input (a few tokens, or one
 // image; examples/model_check.hpp); the relative error of the logits is
 // printed. It is the deviation the conversion and the output dtype introduced:
 // about 1e-7 in F32, about the 16-bit epsilon with an explicit 16-bit
@@ -80,6 +84,8 @@ constexpr const char* kUsage =
     "config.json beside INPUT) or a prenorm checkpoint, converts it exactly (in double)\n"
     "to the target architecture and writes it in prenorm's layout. INPUT is a .safetensors\n"
     "file, a sharded checkpoint's model.safetensors.index.json, or a folder holding either.\n"
+    "A GPT-2-layout or prenorm-layout GPT is streamed (one block in memory at a time,\n"
+    "conversion and check); other models are loaded whole.\n"
     "  --to      target architecture (required); the same architecture re-saves the model\n"
     "  --tied    what a tied GPT head becomes: untie (default, fastest) or keep (stored\n"
     "            once, transformed per token); only when the architecture changes\n"
