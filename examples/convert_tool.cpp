@@ -409,6 +409,11 @@ Written write_planned_streaming(const Options& o, const Source& source, io::Dtyp
 // verified group by group (prenorm/convert/streaming.hpp), in memory that
 // does not grow with the number of layers.
 int run_streaming(const Options& o, const io::SafetensorsFile& file, const io::OpenedGpt& opened) {
+  // One thread: the work is reading, converting row by row and writing
+  // (bound by memory and disk), and the check's products have 8 rows; with
+  // two, Eigen's threads spin-wait on each other in every product, which cost
+  // 12 s of CPU on a GPT-2-medium on a shared 2-core machine (and 2x the wall time).
+  prenorm::set_num_threads(1);
   const Arch from = std::visit([](const auto& m) { return std::decay_t<decltype(m)>::Model::arch; },
                                opened.checkpoint);
   const prenorm::GptConfig config = std::visit([](const auto& m) { return m.config(); },

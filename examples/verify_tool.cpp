@@ -127,6 +127,7 @@ std::optional<prenorm_tools::Comparison> compare_streaming(const Options& o) {
   if (!x) return std::nullopt;
   const std::optional<io::OpenedGpt> y = with_path(o.b, [&] { return io::open_gpt_checkpoint(b); });
   if (!y) return std::nullopt;
+  prenorm::set_num_threads(1);  // as prenorm-convert's check: 8-row products
   const auto arch = [](const auto& m) { return std::decay_t<decltype(m)>::Model::arch; };
   describe(o.a, x->layout, "gpt", std::visit(arch, x->checkpoint), x->dtype, true);
   describe(o.b, y->layout, "gpt", std::visit(arch, y->checkpoint), y->dtype, true);

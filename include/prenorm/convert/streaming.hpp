@@ -28,6 +28,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <optional>
 #include <span>
@@ -95,12 +96,15 @@ class GptCheckpoint {
   const SafetensorsFile& file() const { return *file_; }
 
   // The model without blocks (layers 0) whose token table, head and head
-  // bias hold rows `rows` of the file's (vocab = rows.size()); the position
-  // table and the final norm or tied affine are whole.
-  Model shell(std::span<const Index> rows) const {
+  // bias hold rows `rows` of the file's (vocab = rows.size()); the final
+  // norm or tied affine are whole, the position table too unless `positions`
+  // is false (then the shell has none: for a head, or a chunk of the token
+  // table, it is work for nothing).
+  Model shell(std::span<const Index> rows, bool positions = true) const {
     GptConfig c = config_;
     c.layers = 0;
     c.vocab = Index(rows.size());
+    if (!positions) c.learned_positions = false;
     Model model(c);
     model.visit_parameters([&](const std::string& name, auto& tensor) {
       if (tensor.size() == 0) return;
@@ -112,10 +116,10 @@ class GptCheckpoint {
     return model;
   }
   // The shell of rows [first, first + count).
-  Model shell(Index first, Index count) const {
+  Model shell(Index first, Index count, bool positions = true) const {
     std::vector<Index> rows(static_cast<std::size_t>(count));
     for (Index r = 0; r < count; ++r) rows[std::size_t(r)] = first + r;
-    return shell(rows);
+    return shell(rows, positions);
   }
 
   // Block `layer`, with the model's attention options for it.
@@ -249,10 +253,17 @@ class GptStreamConversion {
     const auto put = [&](const std::string& n, const auto& t) {
       if (n == name) sink.put(dtype, std::span<const double>(t.data(), std::size_t(t.size())));
     };
-    if (name == "token_embedding.table" || name == "head.weight" || name == "head_bias") {
+    if (name == "head_bias" && head_bias_.size() == config_.vocab) {
+      put(name, head_bias_);  // kept from the head's chunks, which it follows
+    } else if (name == "token_embedding.table" || name == "head.weight" || name == "head_bias") {
       // Chunks of rows, each converted through a shell of its own.
-      for (Index first = 0; first < config_.vocab; first += rows_)
-        convert_rows(first, std::min(rows_, config_.vocab - first)).visit_parameters(put);
+      if (name == "head.weight" && config_.head_bias) head_bias_.resize(config_.vocab);
+      for (Index first = 0; first < config_.vocab; first += rows_) {
+        const Index count = std::min(rows_, config_.vocab - first);
+        const Target chunk = convert_rows(first, count, /*positions=*/false);
+        chunk.visit_parameters(put);
+        if (name == "head.weight" && config_.head_bias) head_bias_.segment(first, count) = chunk.head_bias;
+      }
     } else if (name.rfind("blocks[", 0) == 0) {
       const std::string prefix = name.substr(0, name.find("].") + 2);  // "blocks[i]."
       const Index layer = std::stoll(prefix.substr(7));
@@ -267,9 +278,9 @@ class GptStreamConversion {
   }
 
  private:
-  Target convert_rows(Index first, Index count) const {
-    if constexpr (From == To) return source_->shell(first, count);
-    else return prenorm::convert<To>(source_->shell(first, count), options_);
+  Target convert_rows(Index first, Index count, bool positions = true) const {
+    if constexpr (From == To) return source_->shell(first, count, positions);
+    else return prenorm::convert<To>(source_->shell(first, count, positions), options_);
   }
 
   typename Target::Block convert_block(Index layer, const std::string& prefix) const {
@@ -292,6 +303,7 @@ class GptStreamConversion {
   std::vector<ExpectedTensor> shapes_;
   Index layer_ = -1;  // the block in block_
   typename Target::Block block_;
+  Vector<double> head_bias_;  // (vocab) once the head is written, when there is a head bias
 };
 
 }  // namespace detail
@@ -379,7 +391,7 @@ RowMatrix<double> probe_logits(const GptCheckpoint<A>& model, const std::vector<
   RowMatrix<double> logits(T, c.vocab);
   for (Index first = 0; first < c.vocab; first += rows) {
     const Index count = std::min(rows, c.vocab - first);
-    const Gpt<A, double> shell = model.shell(first, count);
+    const Gpt<A, double> shell = model.shell(first, count, /*positions=*/false);
     GptSession<A, double> session(shell);
     logits.middleCols(first, count) = session.head_forward(x);
   }
