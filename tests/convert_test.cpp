@@ -40,9 +40,8 @@
 #include <prenorm/io.hpp>
 #include <prenorm/models.hpp>
 
-#include <stdlib.h>
-
 #include "support/convert_test_util.hpp"
+#include "support/temp_dir.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -1014,30 +1013,13 @@ INSTANTIATE_TEST_SUITE_P(Widths, Transforms, ::testing::Values(1, 2, 5, 7, 64, 9
 namespace fs = std::filesystem;
 namespace io = prenorm::io;
 
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "prenorm-stream-test-XXXXXX").string();
-    if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code error;
-    fs::remove_all(path_, error);
-  }
-  fs::path operator/(const std::string& name) const { return path_ / name; }
-  const fs::path& path() const { return path_; }
-  // The names of the files in it, sorted.
-  std::vector<std::string> listing() const {
-    std::vector<std::string> names;
-    for (const auto& entry : fs::directory_iterator(path_)) names.push_back(entry.path().filename());
-    std::sort(names.begin(), names.end());
-    return names;
-  }
-
- private:
-  fs::path path_;
-};
+// The names of the files in `dir`, sorted.
+std::vector<std::string> listing(const TempDir& dir) {
+  std::vector<std::string> names;
+  for (const auto& entry : fs::directory_iterator(dir.path())) names.push_back(entry.path().filename());
+  std::sort(names.begin(), names.end());
+  return names;
+}
 
 std::string file_bytes(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
@@ -1138,10 +1120,10 @@ TEST(StreamingConversion, IsBitwiseTheWholeModelConversion) {
             const std::vector<fs::path> streamed =
                 stream_convert(file, to, dtype, policy, a / name, shard, 7, save);
             const std::vector<fs::path> whole = whole_convert(file, to, dtype, policy, b / name, shard, save);
-            ASSERT_EQ(a.listing(), b.listing()) << what;
+            ASSERT_EQ(listing(a), listing(b)) << what;
             ASSERT_EQ(streamed.size(), whole.size()) << what;
             if (shard) EXPECT_GT(streamed.size(), 2u) << what << ": expected several shards";
-            for (const std::string& f : a.listing())
+            for (const std::string& f : listing(a))
               EXPECT_TRUE(file_bytes(a / f) == file_bytes(b / f)) << what << ": " << f << " differs";
             ++compared;
           }
@@ -1165,7 +1147,7 @@ TEST(StreamingConversion, AFailureMidwayLeavesNothing) {
     expect_error([&] { stream_convert(file, Arch::PreCRMSNorm, io::Dtype::F32, TiedPolicy::Untie,
                                       target, shard, 7, {}); },
                  {"blocks[1].mlp.proj.bias", "not zero-mean"});
-    EXPECT_TRUE(out.listing().empty()) << "left behind: " << (out.listing().empty() ? "" : out.listing()[0]);
+    EXPECT_TRUE(listing(out).empty()) << "left behind: " << (listing(out).empty() ? "" : listing(out)[0]);
   }
 }
 

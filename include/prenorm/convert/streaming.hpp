@@ -104,7 +104,7 @@ class GptCheckpoint {
     GptConfig c = config_;
     c.layers = 0;
     c.vocab = Index(rows.size());
-    if (!positions) c.learned_positions = false;
+    if (!positions) c.learned_positions = false, c.position_offset = 0;
     Model model(c);
     model.visit_parameters([&](const std::string& name, auto& tensor) {
       if (tensor.size() == 0) return;

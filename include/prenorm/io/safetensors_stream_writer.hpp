@@ -178,14 +178,7 @@ class SafetensorsStreamWriter {
                                         tensors_.begin() + std::ptrdiff_t(end));
     std::string header = safetensors_header_text(metadata_, part);  // throws before any write
     return {path, [this, begin, end, header = std::move(header), &produce](std::ostream& out) {
-              char length[8];
-              std::uint64_t size = header.size();
-              for (char& byte : length) {
-                byte = static_cast<char>(size & 0xff);
-                size >>= 8;
-              }
-              out.write(length, 8);
-              out.write(header.data(), std::streamsize(header.size()));
+              detail::write_header_block(out, header);
               detail::BackgroundWriter writer(out);
               for (std::size_t i = begin; i < end; ++i) {
                 TensorDataSink sink(writer);

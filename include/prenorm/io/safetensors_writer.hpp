@@ -71,6 +71,19 @@ inline std::string safetensors_header_text(const std::map<std::string, std::stri
 
 namespace detail {
 
+// The start of a safetensors file: the header's length (8 bytes, little
+// endian), then the header (safetensors_header_text).
+inline void write_header_block(std::ostream& out, const std::string& header_text) {
+  char length[8];
+  std::uint64_t size = header_text.size();
+  for (char& byte : length) {
+    byte = static_cast<char>(size & 0xff);
+    size >>= 8;
+  }
+  out.write(length, 8);
+  out.write(header_text.data(), static_cast<std::streamsize>(header_text.size()));
+}
+
 // Where each shard starts when tensors of `sizes` bytes, in order, fill
 // shards of at most `max_shard_bytes` each (a larger tensor alone): the index
 // of each shard's first tensor; at least one shard.
@@ -304,14 +317,7 @@ class SafetensorsWriter {
   void write_unchecked(std::ostream& out) const { write_unchecked(out, header()); }
 
   void write_unchecked(std::ostream& out, const std::string& header_text) const {
-    char length[8];
-    std::uint64_t size = header_text.size();
-    for (char& byte : length) {
-      byte = static_cast<char>(size & 0xff);
-      size >>= 8;
-    }
-    out.write(length, 8);
-    out.write(header_text.data(), static_cast<std::streamsize>(header_text.size()));
+    detail::write_header_block(out, header_text);
     for (const Tensor& tensor : tensors_)
       out.write(reinterpret_cast<const char*>(tensor.bytes.data()),
                 static_cast<std::streamsize>(tensor.bytes.size()));
