@@ -9,8 +9,12 @@
 // ViT and the decoder and encoder families of README's tables, prenorm's own; the Hugging
 // Face ones read CONFIG.json, by default the config.json beside INPUT): a
 // .safetensors file, a sharded checkpoint's model.safetensors.index.json, or a
-// directory holding either. The model is loaded in double, converted in
-// double, and rounded once to the output dtype. The default, "auto", keeps the
+// directory holding either. The model is converted in double and rounded
+// once to the output dtype. A GPT in the Hugging Face GPT-2 layout or in
+// prenorm's is streamed (prenorm/convert/streaming.hpp): read one block (or
+// a chunk of table rows) at a time, converted and written while the next is
+// computed, so memory does not grow with the layers; the others (ViT, the
+// decoder families) are loaded whole. The default, "auto", keeps the
 // converted model equal to the source at float precision: F32 for F16 and
 // BF16 inputs (the transformed weights are not representable in 16 bits),
 // the input's dtype otherwise; "same" is always the input's. A model
@@ -31,8 +35,8 @@
 // failure leaves no partial file and no partial set of shards. Writing onto
 // INPUT (or its config, or one of its shards), under any name, is refused.
 //
-// Verification: the written OUTPUT is read back (in double, from its dtype)
-// and run next to the source model on a probe input (a few tokens, or one
+// Verification: the written OUTPUT is read back (in double, from its dtype;
+// streamed GPTs block by block) and run next to the source model on a probe input (a few tokens, or one
 // image; examples/model_check.hpp); the relative error of the logits is
 // printed. It is the deviation the conversion and the output dtype introduced:
 // about 1e-7 in F32, about the 16-bit epsilon with an explicit 16-bit
@@ -43,11 +47,14 @@
 // success, 2 usage error, 1 bad input (the message names the file and the tensor).
 
 #include <prenorm/convert.hpp>
+#include <prenorm/convert/streaming.hpp>
 #include <prenorm/io.hpp>
 #include <prenorm/models.hpp>
 
 #include "model_check.hpp"
 #include "model_output.hpp"
+
+#include <malloc.h>
 
 #include <cctype>
 #include <cstdint>
@@ -80,6 +87,8 @@ constexpr const char* kUsage =
     "config.json beside INPUT) or a prenorm checkpoint, converts it exactly (in double)\n"
     "to the target architecture and writes it in prenorm's layout. INPUT is a .safetensors\n"
     "file, a sharded checkpoint's model.safetensors.index.json, or a folder holding either.\n"
+    "A GPT-2-layout or prenorm-layout GPT is streamed (one block in memory at a time,\n"
+    "conversion and check); other models are loaded whole.\n"
     "  --to      target architecture (required); the same architecture re-saves the model\n"
     "  --tied    what a tied GPT head becomes: untie (default, fastest) or keep (stored\n"
     "            once, transformed per token); only when the architecture changes\n"
@@ -265,49 +274,193 @@ struct Written {
   }
 };
 
-// Writes `writer` as OUTPUT (see the top of this file), refusing to replace
-// any of `inputs`.
-Written write_output(io::SafetensorsWriter writer, const Options& o,
-                     const std::vector<fs::path>& inputs) {
-  const std::uint64_t size = writer.data_size();
-  bool sharded = io::SafetensorsFile::is_index_path(o.output);
-  fs::path target = o.output;
+// Where OUTPUT goes for `size` bytes of tensors (see the top of this file).
+struct OutputPlan {
+  fs::path target;  // the file, or the index when sharded
+  bool sharded = false;
+  std::optional<fs::path> made_folder;  // an OUTPUT folder that does not exist yet
+};
+
+OutputPlan plan_output(std::uint64_t size, const Options& o) {
+  OutputPlan plan{o.output, io::SafetensorsFile::is_index_path(o.output), std::nullopt};
   if (names_a_folder(o.output)) {
-    sharded = size > o.max_shard_size;
-    target = o.output / (sharded ? "model.safetensors.index.json" : "model.safetensors");
-  } else if (!sharded && size > o.max_shard_size) {
+    plan.sharded = size > o.max_shard_size;
+    plan.target = o.output / (plan.sharded ? "model.safetensors.index.json" : "model.safetensors");
+  } else if (!plan.sharded && size > o.max_shard_size) {
     throw std::runtime_error("the converted model has " + std::to_string(size) +
                              " bytes of tensors, more than --max-shard-size (" +
                              std::to_string(o.max_shard_size) + "): name a folder or a "
                              "*.safetensors.index.json as OUTPUT '" + o.output.string() +
                              "' to write shards");
   }
-  // An OUTPUT folder that does not exist is made here, and goes again if
-  // writing fails.
   std::error_code error;
-  const fs::path folder = target.parent_path();
-  const bool made_folder = names_a_folder(o.output) && !fs::exists(folder, error);
-  if (made_folder) fs::create_directories(folder);
+  const fs::path folder = plan.target.parent_path();
+  if (names_a_folder(o.output) && !fs::exists(folder, error)) plan.made_folder = folder;
+  return plan;
+}
+
+// Runs write(plan) for OUTPUT, which returns the files written; an OUTPUT
+// folder that does not exist is made here, and goes again if writing fails.
+template <class Write>
+Written write_planned(const OutputPlan& plan, const Write& write) {
+  if (plan.made_folder) fs::create_directories(*plan.made_folder);
   try {
-    Written written;
-    if (made_folder) written.made_folder = folder;
-    if (sharded) {
-      written.files = io::write_sharded(std::move(writer).split(o.max_shard_size), target, inputs);
-    } else {
-      writer.write(target, inputs);
-      written.files = {target};
-    }
-    return written;
+    return Written{write(plan), plan.made_folder};
   } catch (...) {
-    if (made_folder) fs::remove(folder, error);
+    std::error_code error;
+    if (plan.made_folder) fs::remove(*plan.made_folder, error);
     throw;
   }
+}
+
+// Writes `writer` as OUTPUT (see the top of this file), refusing to replace
+// any of `inputs`.
+Written write_output(io::SafetensorsWriter writer, const Options& o,
+                     const std::vector<fs::path>& inputs) {
+  return write_planned(plan_output(writer.data_size(), o), [&](const OutputPlan& plan) {
+    if (plan.sharded)
+      return io::write_sharded(std::move(writer).split(o.max_shard_size), plan.target, inputs);
+    writer.write(plan.target, inputs);
+    return std::vector<fs::path>{plan.target};
+  });
+}
+
+// Checks the model written against the source and prints the figure; a
+// failure (or an error above --verify-tolerance) removes OUTPUT.
+template <class Compare>
+prenorm_tools::Comparison verify(const Written& written, io::Dtype dtype, const Options& o,
+                                 const Compare& compare) {
+  prenorm_tools::Comparison check;
+  try {
+    check = compare(written.files.front());
+  } catch (...) {
+    written.remove();
+    throw;
+  }
+  std::cerr << "prenorm-convert: verify: " << check.probe << ": the logits of "
+            << written.files.front().string() << " (" << io::dtype_name(dtype)
+            << ") differ from the source's by " << check.logits_error << " (relative)\n";
+  if (o.verify_tolerance && !(check.logits_error <= *o.verify_tolerance)) {
+    written.remove();
+    std::ostringstream message;
+    message << "verification failed: the logits of the converted model differ from the source's "
+               "by " << check.logits_error << " (relative), more than --verify-tolerance "
+            << *o.verify_tolerance << "; removed OUTPUT '" << o.output.string() << "'";
+    throw std::runtime_error(message.str());
+  }
+  return check;
+}
+
+// The one-line summary on stdout.
+void summary(const Options& o, io::Layout layout, io::ModelKind kind, Arch from, bool tied_gpt,
+             std::size_t tensors, io::Dtype dtype, const Written& written,
+             const prenorm_tools::Comparison& check) {
+  std::uintmax_t bytes = 0;
+  for (const fs::path& path : written.files) bytes += fs::file_size(path);
+  std::cout << o.input.string() << " (" << io::layout_name(layout) << ", "
+            << io::model_kind_name(kind) << ") " << prenorm::arch_name(from) << " -> "
+            << prenorm::arch_name(o.to);
+  if (tied_gpt && from != o.to)
+    std::cout << " (tied: " << (o.tied == prenorm::TiedPolicy::Keep ? "keep" : "untie") << ")";
+  std::cout << ": " << tensors << " tensors, " << io::dtype_name(dtype) << " -> "
+            << written.files.front().string();
+  if (written.files.size() > 1) std::cout << " and " << written.files.size() - 1 << " shards";
+  std::cout << " (" << bytes << " bytes), logits relative error " << check.logits_error << "\n";
+}
+
+// What the conversion does, on stderr.
+void announce(const Options& o, Arch from, bool tied_gpt) {
+  if (from == o.to)
+    std::cerr << "prenorm-convert: the model is already " << prenorm::arch_name(from)
+              << ": re-saving it unchanged in prenorm's layout\n";
+  else
+    std::cerr << "prenorm-convert: converting " << prenorm::arch_name(from) << " -> "
+              << prenorm::arch_name(o.to)
+              << (tied_gpt ? (o.tied == prenorm::TiedPolicy::Keep ? " (tied head: keep)"
+                                                                  : " (tied head: untie)")
+                           : "")
+              << " in double\n";
+}
+
+// Streams the conversion of `source` to OUTPUT (planned once its size is known).
+template <class Source>
+Written write_planned_streaming(const Options& o, const Source& source, io::Dtype dtype,
+                                const prenorm::ConvertOptions& options,
+                                const io::PrenormSaveOptions& save, std::optional<OutputPlan>& plan,
+                                std::size_t& tensors) {
+  try {
+    const std::vector<fs::path> files = io::convert_gpt_streaming(
+        source, o.to, dtype,
+        [&](std::uint64_t size, std::size_t count) {
+          plan = plan_output(size, o);
+          tensors = count;
+          std::cerr << "prenorm-convert: writing " << o.output.string() << " ("
+                    << io::dtype_name(dtype) << ", " << count << " tensors)\n";
+          if (plan->made_folder) fs::create_directories(*plan->made_folder);
+          return io::StreamOutput{plan->target, plan->sharded, o.max_shard_size, save.inputs};
+        },
+        options, save);
+    return Written{files, plan->made_folder};
+  } catch (...) {
+    std::error_code error;
+    if (plan && plan->made_folder) fs::remove(*plan->made_folder, error);
+    throw;
+  }
+}
+
+// A GPT in the Hugging Face GPT-2 layout or prenorm's: converted and
+// verified group by group (prenorm/convert/streaming.hpp), in memory that
+// does not grow with the number of layers.
+int run_streaming(const Options& o, const io::SafetensorsFile& file, const io::OpenedGpt& opened) {
+  // One thread: the work is reading, converting row by row and writing
+  // (bound by memory and disk), and the check's products have 8 rows; with
+  // two, Eigen's threads spin-wait on each other in every product, which cost
+  // 12 s of CPU on a GPT-2-medium on a shared 2-core machine (and 2x the wall time).
+  prenorm::set_num_threads(1);
+  const Arch from = std::visit([](const auto& m) { return std::decay_t<decltype(m)>::Model::arch; },
+                               opened.checkpoint);
+  const prenorm::TransformerConfig config = std::visit([](const auto& m) { return m.config(); },
+                                               opened.checkpoint);
+  if (opened.layout == io::Layout::Prenorm && o.config)
+    std::cerr << "prenorm-convert: note: " << o.input.string()
+              << " is in prenorm's layout; --config is not used\n";
+  std::cerr << "prenorm-convert: " << o.input.string() << ": " << io::layout_name(opened.layout)
+            << " layout, gpt " << prenorm::arch_name(from) << ", " << file.size() << " tensors, "
+            << io::dtype_name(opened.dtype);
+  if (opened.config_path) std::cerr << ", config " << opened.config_path->string();
+  std::cerr << " (streamed: one block at a time)\n";
+  const io::Dtype dtype = output_dtype(o, opened.dtype);
+  announce(o, from, config.tied);
+
+  io::PrenormSaveOptions save;
+  save.converted_from = from == o.to ? opened.converted_from : std::optional<Arch>(from);
+  save.inputs = file.files();
+  if (opened.config_path) save.inputs.push_back(*opened.config_path);
+  const prenorm::ConvertOptions convert_options{.tied = o.tied};
+  std::optional<OutputPlan> plan;
+  std::size_t tensors = 0;
+  const Written written = std::visit(
+      [&](const auto& source) {
+        return write_planned_streaming(o, source, dtype, convert_options, save, plan, tensors);
+      },
+      opened.checkpoint);
+
+  const prenorm_tools::Comparison check = verify(written, dtype, o, [&](const fs::path& path) {
+    const io::SafetensorsFile out(path);
+    const std::optional<io::OpenedGpt> converted = io::open_gpt_checkpoint(out);
+    if (!converted) throw std::runtime_error(path.string() + ": not read back as a GPT");
+    return prenorm_tools::compare_gpt_checkpoints(opened.checkpoint, converted->checkpoint);
+  });
+  summary(o, opened.layout, io::ModelKind::Gpt, from, config.tied, tensors, dtype, written, check);
+  return 0;
 }
 
 // Runs the conversion; throws on bad input.
 int run(const Options& o) {
   std::cerr << "prenorm-convert: reading " << o.input.string() << "\n";
   const io::SafetensorsFile file(o.input);
+  if (const std::optional<io::OpenedGpt> gpt = io::open_gpt_checkpoint(file, o.config))
+    return run_streaming(o, file, *gpt);
   const io::LoadedModel<double> loaded = io::load_any_model<double>(file, o.config);
   const Arch from = io::arch_of(loaded.model);
   const io::ModelKind kind = io::kind_of(loaded.model);
@@ -323,16 +476,7 @@ int run(const Options& o) {
   const io::Dtype dtype = output_dtype(o, loaded.dtype);
   const bool tied_gpt = std::visit([](const auto& m) { return m.config.tied; }, loaded.model);
   const bool same_arch = from == o.to;
-  if (same_arch)
-    std::cerr << "prenorm-convert: the model is already " << prenorm::arch_name(from)
-              << ": re-saving it unchanged in prenorm's layout\n";
-  else
-    std::cerr << "prenorm-convert: converting " << prenorm::arch_name(from) << " -> "
-              << prenorm::arch_name(o.to)
-              << (tied_gpt ? (o.tied == prenorm::TiedPolicy::Keep ? " (tied head: keep)"
-                                                                  : " (tied head: untie)")
-                           : "")
-              << " in double\n";
+  announce(o, from, tied_gpt);
 
   io::PrenormSaveOptions save;
   save.converted_from = same_arch ? loaded.converted_from : std::optional<Arch>(from);
@@ -362,45 +506,23 @@ int run(const Options& o) {
             << ", " << writer.size() << " tensors)\n";
   const std::size_t tensors = writer.size();
   const Written written = write_output(std::move(writer), o, save.inputs);
-  std::uintmax_t bytes = 0;
-  for (const fs::path& path : written.files) bytes += fs::file_size(path);
-
   // The model as written, against the source.
-  prenorm_tools::Comparison check;
-  try {
-    check = prenorm_tools::compare_models(
-        loaded.model, io::load_any_model<double>(written.files.front()).model);
-  } catch (...) {
-    written.remove();
-    throw;
-  }
-  std::cerr << "prenorm-convert: verify: " << check.probe << ": the logits of "
-            << written.files.front().string() << " (" << io::dtype_name(dtype)
-            << ") differ from the source's by " << check.logits_error << " (relative)\n";
-  if (o.verify_tolerance && !(check.logits_error <= *o.verify_tolerance)) {
-    written.remove();
-    std::ostringstream message;
-    message << "verification failed: the logits of the converted model differ from the source's "
-               "by " << check.logits_error << " (relative), more than --verify-tolerance "
-            << *o.verify_tolerance << "; removed OUTPUT '" << o.output.string() << "'";
-    throw std::runtime_error(message.str());
-  }
-
-  std::cout << o.input.string() << " (" << io::layout_name(loaded.layout) << ", "
-            << io::model_kind_name(kind) << ") " << prenorm::arch_name(from) << " -> "
-            << prenorm::arch_name(o.to);
-  if (tied_gpt && !same_arch)
-    std::cout << " (tied: " << (o.tied == prenorm::TiedPolicy::Keep ? "keep" : "untie") << ")";
-  std::cout << ": " << tensors << " tensors, " << io::dtype_name(dtype) << " -> "
-            << written.files.front().string();
-  if (written.files.size() > 1) std::cout << " and " << written.files.size() - 1 << " shards";
-  std::cout << " (" << bytes << " bytes), logits relative error " << check.logits_error << "\n";
+  const prenorm_tools::Comparison check = verify(written, dtype, o, [&](const fs::path& path) {
+    return prenorm_tools::compare_models(loaded.model, io::load_any_model<double>(path).model);
+  });
+  summary(o, loaded.layout, kind, from, tied_gpt, tensors, dtype, written, check);
   return 0;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Freed blocks stay with the process for the next block of the same
+  // shapes, rather than going back to the system (glibc maps allocations of
+  // 32 MiB and more on their own, and every new mapping costs a page fault
+  // and a page clearing per 4 KiB: 40% of a GPT-2-medium conversion's time).
+  ::mallopt(M_MMAP_MAX, 0);
+  ::mallopt(M_TRIM_THRESHOLD, 1 << 30);
   const Options options = parse(argc, argv);
   // Refuse to write onto the input (or its config) before reading anything.
   for (const std::optional<fs::path>& input : {std::optional<fs::path>(options.input), options.config})

@@ -7,6 +7,7 @@
 // different residual streams (Pre-CRMSNorm's is compressed to d - 1), so only
 // the logits are comparable across a conversion.
 
+#include <prenorm/convert/streaming.hpp>
 #include <prenorm/io.hpp>
 #include <prenorm/models.hpp>
 
@@ -50,6 +51,15 @@ inline std::string shape_mismatch(const prenorm::TransformerConfig& a,
   return text;
 }
 
+// The GPT probe: up to 8 token ids spread over the vocabulary, within both contexts.
+inline std::vector<int> probe_ids(prenorm::Index vocab, prenorm::Index context_a,
+                                  prenorm::Index context_b) {
+  const prenorm::Index T = std::min<prenorm::Index>({8, context_a, context_b});
+  std::vector<int> ids(static_cast<std::size_t>(T));
+  for (prenorm::Index t = 0; t < T; ++t) ids[std::size_t(t)] = int((t * 7919 + 13) % vocab);
+  return ids;
+}
+
 }  // namespace detail
 
 // A tolerance given on the command line: a finite number >= 0, else nullopt.
@@ -77,10 +87,9 @@ inline Comparison compare_models(const prenorm::io::AnyModel<double>& reference,
         if (const std::string mismatch = detail::shape_mismatch(a.config, b.config); !mismatch.empty())
           throw std::runtime_error("the models differ in shape: " + mismatch);
         if (a.config.stem == prenorm::Stem::Tokens) {
-          const prenorm::Index T = std::min<prenorm::Index>({8, a.config.context, b.config.context});
-          std::vector<int> ids(static_cast<std::size_t>(T));
-          for (prenorm::Index t = 0; t < T; ++t)
-            ids[std::size_t(t)] = int((t * 7919 + 13) % a.config.vocab);
+          const std::vector<int> ids =
+              detail::probe_ids(a.config.vocab, a.config.context, b.config.context);
+          const prenorm::Index T = prenorm::Index(ids.size());
           const prenorm::TokenBatch batch{ids, 1, T};
           return {std::to_string(T) + " tokens",
                   detail::relative_error(a.forward(batch), b.forward(batch))};
@@ -95,6 +104,25 @@ inline Comparison compare_models(const prenorm::io::AnyModel<double>& reference,
         }
       },
       reference, other);
+}
+
+// The same for two GPT checkpoints read piece by piece (prenorm::io::
+// probe_logits: one block in memory at a time), so that models larger than
+// memory can be compared. The same probe and figure as compare_models, up to
+// the rounding of the unfused residual adds.
+inline Comparison compare_gpt_checkpoints(const prenorm::io::AnyGptCheckpoint& reference,
+                                          const prenorm::io::AnyGptCheckpoint& other) {
+  const auto config = [](const auto& m) { return m.config(); };
+  const prenorm::TransformerConfig a = std::visit(config, reference), b = std::visit(config, other);
+  if (a.vocab != b.vocab)
+    throw std::runtime_error("the models differ in shape: vocab " + std::to_string(a.vocab) +
+                             " vs " + std::to_string(b.vocab));
+  const std::vector<int> ids = detail::probe_ids(a.vocab, a.context, b.context);
+  const auto logits = [&ids](const auto& m) { return prenorm::io::probe_logits(m, ids); };
+  // One model at a time: the reference's logits are all that is kept of it.
+  const prenorm::RowMatrix<double> ref = std::visit(logits, reference);
+  return {std::to_string(ids.size()) + " tokens",
+          detail::relative_error(ref, std::visit(logits, other))};
 }
 
 }  // namespace prenorm_tools

@@ -26,21 +26,31 @@
 //  - every transform against its definition, and each adjoint against the
 //    transform (<T(x + delta) - T(x), g> = <delta, T*(g)>; finite differences
 //    for the bilinear fold_affine);
-//  - 20 seeds of random configurations and conversion chains.
+//  - 20 seeds of random configurations and conversion chains;
+//  - streaming conversion (convert/streaming.hpp): bitwise the file of the
+//    whole-model conversion, for every direction, tied policy and input dtype
+//    (F32, F16, BF16), from the GPT-2 and the prenorm layouts, one file and
+//    shards; a failure midway leaves no file; probe_logits equals forward.
 // The maximum errors are printed (lines starting with "[ max error ]").
 
 #include <gtest/gtest.h>
 
 #include <prenorm/convert.hpp>
+#include <prenorm/convert/streaming.hpp>
+#include <prenorm/io.hpp>
 #include <prenorm/models.hpp>
 
 #include "support/convert_test_util.hpp"
+#include "support/temp_dir.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <concepts>
 #include <cstdint>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <random>
 #include <string>
 #include <type_traits>
@@ -995,5 +1005,172 @@ TEST_P(Transforms, ChainedAdjointsMatchFiniteDifferences) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Widths, Transforms, ::testing::Values(1, 2, 5, 7, 64, 97, 192));
+
+
+// ===========================================================================
+// Streaming conversion (convert/streaming.hpp)
+// ===========================================================================
+
+namespace fs = std::filesystem;
+namespace io = prenorm::io;
+
+// The names of the files in `dir`, sorted.
+std::vector<std::string> listing(const TempDir& dir) {
+  std::vector<std::string> names;
+  for (const auto& entry : fs::directory_iterator(dir.path())) names.push_back(entry.path().filename());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+std::string file_bytes(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// The checkpoint in `file` converted to `to` by convert_gpt_streaming, one
+// file at `out` or shards of `shard` bytes beside the index `out`.
+std::vector<fs::path> stream_convert(const io::SafetensorsFile& file, Arch to, io::Dtype dtype,
+                                     TiedPolicy policy, const fs::path& out, std::uint64_t shard,
+                                     Index rows, const io::PrenormSaveOptions& save) {
+  const std::optional<io::OpenedGpt> opened = io::open_gpt_checkpoint(file);
+  if (!opened) throw std::runtime_error(file.path().string() + ": not opened for streaming");
+  return std::visit(
+      [&](const auto& source) {
+        return io::convert_gpt_streaming(
+            source, to, dtype,
+            [&](std::uint64_t, std::size_t) { return io::StreamOutput{out, shard > 0, shard, {}}; },
+            ConvertOptions{.tied = policy}, save, rows);
+      },
+      opened->checkpoint);
+}
+
+// What prenorm-convert wrote before streaming: the whole model loaded,
+// converted and saved (shards as write_sharded splits them).
+std::vector<fs::path> whole_convert(const io::SafetensorsFile& file, Arch to, io::Dtype dtype,
+                                    TiedPolicy policy, const fs::path& out, std::uint64_t shard,
+                                    const io::PrenormSaveOptions& save) {
+  const io::LoadedModel<double> loaded = io::load_any_model<double>(file);
+  io::SafetensorsWriter writer = std::visit(
+      [&](const auto& model) {
+        const auto save_as = [&]<Arch T>() {
+          if constexpr (std::decay_t<decltype(model)>::arch == T) return io::save_prenorm(model, dtype, save);
+          else return io::save_prenorm(prenorm::convert<T>(model, ConvertOptions{.tied = policy}), dtype, save);
+        };
+        if (to == Arch::PreLN) return save_as.template operator()<Arch::PreLN>();
+        if (to == Arch::PreRMSNorm) return save_as.template operator()<Arch::PreRMSNorm>();
+        return save_as.template operator()<Arch::PreCRMSNorm>();
+      },
+      loaded.model);
+  if (shard == 0) {
+    writer.write(out);
+    return {out};
+  }
+  return io::write_sharded(std::move(writer).split(shard), out);
+}
+
+// Tiny checkpoints of each kind the streaming path reads, in `dtype`.
+struct StreamSources {
+  fs::path gpt2, pre_ln, rms, crms;
+};
+StreamSources write_stream_sources(const TempDir& dir, io::Dtype dtype) {
+  GptConfig tied = gpt_config({"", 7, 1, 0, 2, true, false, 1e-5});
+  const auto ln_tied = make_pre_ln_gpt(tied, 71);
+  StreamSources s;
+  fs::create_directories(dir / "gpt2");
+  s.gpt2 = dir / "gpt2/model.safetensors";
+  io::save_hf_gpt2(ln_tied, dtype).write(s.gpt2);
+  std::ofstream(dir / "gpt2/config.json") << io::gpt2_config_to_json(ln_tied.config).dump();
+  // Untied with a head bias; converted (zero-mean) Pre-RMSNorm and Pre-CRMSNorm ones.
+  const auto ln = make_pre_ln_gpt(gpt_config({"", 7, 1, 0, 2, false, true, 1e-5}), 72);
+  s.pre_ln = dir / "pre_ln.safetensors";
+  io::save_prenorm(ln, s.pre_ln, dtype);
+  // F32 weights keep the Pre-RMSNorm writers zero-mean to 1e-7, within the
+  // converter's check; a 16-bit source stores Pre-RMSNorm weights in F32.
+  const io::Dtype wide = dtype == io::Dtype::F64 ? dtype : io::Dtype::F32;
+  s.rms = dir / "rms.safetensors";
+  io::save_prenorm(prenorm::convert<Arch::PreRMSNorm>(ln), s.rms, wide,
+                   {.converted_from = Arch::PreLN});
+  s.crms = dir / "crms.safetensors";
+  io::save_prenorm(prenorm::convert<Arch::PreCRMSNorm>(ln_tied, {.tied = TiedPolicy::Keep}), s.crms,
+                   dtype, {.converted_from = Arch::PreLN});
+  return s;
+}
+
+TEST(StreamingConversion, IsBitwiseTheWholeModelConversion) {
+  // Every source, input dtype and target; the tied policy where a tied head
+  // changes architecture (the GPT-2 source); shards once per source and target.
+  int compared = 0;
+  for (io::Dtype dtype : {io::Dtype::F32, io::Dtype::F16, io::Dtype::BF16}) {
+    const TempDir sources;
+    const StreamSources s = write_stream_sources(sources, dtype);
+    for (const fs::path& input : {s.gpt2, s.pre_ln, s.rms, s.crms}) {
+      const io::SafetensorsFile file(input);
+      for (Arch to : kNormArchs)
+        for (TiedPolicy policy : {TiedPolicy::Untie, TiedPolicy::Keep})
+          for (std::uint64_t shard : {std::uint64_t(0), std::uint64_t(1000)}) {
+            if (policy == TiedPolicy::Keep && input != s.gpt2) continue;
+            if (shard != 0 && (dtype != io::Dtype::F16 || policy == TiedPolicy::Keep)) continue;
+            const std::string what = input.filename().string() + " " +
+                                     std::string(io::dtype_name(dtype)) + " -> " +
+                                     std::string(prenorm::arch_name(to)) + " " +
+                                     policy_name(policy) + (shard ? " sharded" : "");
+            const io::PrenormSaveOptions save{.converted_from = Arch::PreLN};
+            const TempDir a, b;
+            const std::string name = shard ? "model.safetensors.index.json" : "model.safetensors";
+            // Chunks of 7 rows: the vocabulary of 61 in 9 chunks, the last one short.
+            const std::vector<fs::path> streamed =
+                stream_convert(file, to, dtype, policy, a / name, shard, 7, save);
+            const std::vector<fs::path> whole = whole_convert(file, to, dtype, policy, b / name, shard, save);
+            ASSERT_EQ(listing(a), listing(b)) << what;
+            ASSERT_EQ(streamed.size(), whole.size()) << what;
+            if (shard) EXPECT_GT(streamed.size(), 2u) << what << ": expected several shards";
+            for (const std::string& f : listing(a))
+              EXPECT_TRUE(file_bytes(a / f) == file_bytes(b / f)) << what << ": " << f << " differs";
+            ++compared;
+          }
+    }
+  }
+  EXPECT_EQ(compared, 3 * 4 * 3 + 3 * 3 + 4 * 3);
+}
+
+TEST(StreamingConversion, AFailureMidwayLeavesNothing) {
+  // A Pre-RMSNorm source whose second block's writer is not zero-mean: the
+  // conversion to Pre-CRMSNorm refuses it after writing the first block.
+  TempDir dir;
+  auto rms = prenorm::convert<Arch::PreRMSNorm>(
+      make_pre_ln_gpt(gpt_config({"", 7, 1, 0, 2, false, false, 1e-5}), 81));
+  rms.blocks[1].mlp.proj.bias.array() += 1.0;
+  io::save_prenorm(rms, dir / "rms.safetensors", io::Dtype::F32, {.converted_from = Arch::PreLN});
+  const io::SafetensorsFile file(dir / "rms.safetensors");
+  for (std::uint64_t shard : {std::uint64_t(0), std::uint64_t(500)}) {
+    const TempDir out;
+    const fs::path target = out / (shard ? "m.safetensors.index.json" : "m.safetensors");
+    expect_error([&] { stream_convert(file, Arch::PreCRMSNorm, io::Dtype::F32, TiedPolicy::Untie,
+                                      target, shard, 7, {}); },
+                 {"blocks[1].mlp.proj.bias", "not zero-mean"});
+    EXPECT_TRUE(listing(out).empty()) << "left behind: " << (listing(out).empty() ? "" : listing(out)[0]);
+  }
+}
+
+TEST(StreamingConversion, ProbeLogitsEqualTheForward) {
+  // probe_logits runs one block at a time and the head in chunks of rows.
+  TempDir dir;
+  const StreamSources s = write_stream_sources(dir, io::Dtype::F32);
+  const std::vector<int> ids = {3, 60, 17, 3, 42};
+  for (const fs::path& input : {s.gpt2, s.pre_ln, s.rms, s.crms}) {
+    const io::SafetensorsFile file(input);
+    const MatD expected = std::visit(
+        [&](const auto& m) -> MatD {
+          if constexpr (requires { m.config.vocab; }) return m.forward(TokenBatch{ids, 1, 5});
+          else throw std::logic_error("a GPT was written");
+        },
+        io::load_any_model<double>(file).model);
+    const MatD actual = std::visit([&](const auto& m) { return io::probe_logits(m, ids, 7); },
+                                   io::open_gpt_checkpoint(file)->checkpoint);
+    double worst = 0;
+    EXPECT_TRUE(close_rel(actual, expected, 1e-12, &worst)) << input.filename();
+    report("probe_logits vs forward, " + input.filename().string(), worst);
+  }
+}
 
 }  // namespace

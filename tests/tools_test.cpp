@@ -15,7 +15,8 @@
 //  - a sharded checkpoint (three shards and an index) is the same model, as
 //    input and as output (--max-shard-size);
 //  - verification: prenorm-convert prints the logits error of what it wrote
-//    and fails over --verify-tolerance; prenorm-verify passes a conversion
+//    (run block by block: the figure of the whole models' forwards) and
+//    fails over --verify-tolerance; prenorm-verify passes a conversion
 //    and fails a tampered file;
 //  - the Hugging Face decoder and encoder families' fixture folders
 //    (tests/support/hf_fixtures.hpp) give the long double references of
@@ -49,6 +50,7 @@
 #include <string>
 #include <vector>
 
+#include "../examples/model_check.hpp"
 #include "support/hf_fixtures.hpp"
 #include "support/hf_reference.hpp"
 
@@ -730,6 +732,21 @@ TEST(Tools, VerifyConversionsAndCheckpoints) {
   EXPECT_NE(c.err.find("verify: 8 tokens: the logits of " + out.string() + " (F32) differ"),
             std::string::npos) << describe(c);
   EXPECT_NE(c.out.find("logits relative error "), std::string::npos) << describe(c);
+  // The check runs block by block (compare_gpt_checkpoints): the figure of
+  // the whole models' forwards (compare_models), up to the rounding of the
+  // residual adds, and the one printed.
+  {
+    const io::SafetensorsFile a(gpt), b(out);
+    const double streamed = prenorm_tools::compare_gpt_checkpoints(
+        io::open_gpt_checkpoint(a)->checkpoint, io::open_gpt_checkpoint(b)->checkpoint).logits_error;
+    const double whole = prenorm_tools::compare_models(io::load_any_model<double>(a).model,
+                                                       io::load_any_model<double>(b).model)
+                             .logits_error;
+    EXPECT_GT(whole, 0.0);
+    EXPECT_NEAR(streamed, whole, 1e-6 * whole);
+    const std::string printed = c.out.substr(c.out.find("logits relative error ") + 22);
+    EXPECT_NEAR(std::stod(printed), whole, 1e-5 * whole) << describe(c);
+  }
   // An explicit 16-bit output: the deviation is printed, and over the tolerance
   // the run fails with nothing left behind (also a made folder, also shards).
   const Outcome h = run_tool(kConvert, {"--to", "pre-crmsnorm", "--dtype", "BF16", gpt, d / "bf16.safetensors"});

@@ -34,6 +34,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -187,23 +188,22 @@ inline Dtype hf_gpt2_dtype(const SafetensorsFile& file, const TransformerConfig&
   return detail::common_dtype(file, detail::names_of(expected));
 }
 
-// Loads a GPT-2 checkpoint as a Pre-LN GPT. `config` comes from
-// gpt2_config_from_json; its tied and head_bias fields are ignored (the file
-// decides whether the head is tied; GPT-2 has no head bias). Throws
-// FormatError naming the file and the tensor on any mismatch.
-template <class S>
-Gpt<Arch::PreLN, S> load_hf_gpt2(const SafetensorsFile& file, TransformerConfig config) {
+namespace detail {
+
+// Checks a GPT-2 file against `config` (every tensor, each shape) and
+// returns the config with the head decided from the file: tied unless
+// lm_head.weight is there and differs from wte (see the top of this file).
+inline TransformerConfig gpt2_checked_config(const SafetensorsFile& file, TransformerConfig config) {
   constexpr const char* op = "hf_gpt2";
-  const std::string path = file.path().string();
-  detail::validate_config(op, config, path);
-  const std::string p = detail::gpt2_prefix(file);
-  std::vector<ExpectedTensor> expected = detail::gpt2_expected(config, p);
+  validate_config(op, config, file.path().string());
+  const std::string p = gpt2_prefix(file);
+  std::vector<ExpectedTensor> expected = gpt2_expected(config, p);
   const bool has_head = file.contains("lm_head.weight");
   if (has_head) expected.push_back({"lm_head.weight", {config.vocab, config.width}, "(vocab_size, n_embd)"});
-  detail::check_tensors(op, file, expected,
-                        [&p](std::string_view name) { return detail::gpt2_ignored_buffer(name, p); },
-                        "config: n_layer " + std::to_string(config.layers) + ", n_embd " +
-                            std::to_string(config.width) + ", tensor prefix '" + p + "'");
+  check_tensors(op, file, expected,
+                [&p](std::string_view name) { return gpt2_ignored_buffer(name, p); },
+                "config: n_layer " + std::to_string(config.layers) + ", n_embd " +
+                    std::to_string(config.width) + ", tensor prefix '" + p + "'");
 
   // A head equal to wte byte for byte is a tied head saved twice.
   bool tied = true;
@@ -216,29 +216,87 @@ Gpt<Arch::PreLN, S> load_hf_gpt2(const SafetensorsFile& file, TransformerConfig 
   }
   config.tied = tied;
   config.head_bias = false;
+  return config;
+}
 
-  Gpt<Arch::PreLN, S> model(config);
-  model.token_embedding.table = file.matrix<S>(p + "wte.weight");
-  model.position_embedding.table = file.matrix<S>(p + "wpe.weight");
-  for (Index i = 0; i < config.layers; ++i) {
-    const std::string h = p + "h." + std::to_string(i) + ".";
-    auto& b = model.blocks[std::size_t(i)];
-    b.norm1_gamma = file.vector<S>(h + "ln_1.weight");
-    b.norm1_beta = file.vector<S>(h + "ln_1.bias");
-    b.attn.qkv.weight = file.matrix<S>(h + "attn.c_attn.weight").transpose();
-    b.attn.qkv.bias = file.vector<S>(h + "attn.c_attn.bias");
-    b.attn.out.weight = file.matrix<S>(h + "attn.c_proj.weight").transpose();
-    b.attn.out.bias = file.vector<S>(h + "attn.c_proj.bias");
-    b.norm2_gamma = file.vector<S>(h + "ln_2.weight");
-    b.norm2_beta = file.vector<S>(h + "ln_2.bias");
-    b.mlp.fc.weight = file.matrix<S>(h + "mlp.c_fc.weight").transpose();
-    b.mlp.fc.bias = file.vector<S>(h + "mlp.c_fc.bias");
-    b.mlp.proj.weight = file.matrix<S>(h + "mlp.c_proj.weight").transpose();
-    b.mlp.proj.bias = file.vector<S>(h + "mlp.c_proj.bias");
+// The GPT-2 tensor behind parameter `visit_name` of a Gpt<PreLN, S> (as
+// visit_parameters names it) and whether it is stored transposed (Conv1D);
+// empty for a parameter GPT-2 does not have. `p` is the prefix (gpt2_prefix).
+struct Gpt2Tensor {
+  std::string name;
+  bool transposed = false;
+};
+inline std::optional<Gpt2Tensor> gpt2_tensor_of(std::string_view visit_name, const std::string& p) {
+  static constexpr std::pair<std::string_view, std::string_view> kTop[] = {
+      {"token_embedding.table", "wte.weight"}, {"position_embedding.table", "wpe.weight"},
+      {"final_gamma", "ln_f.weight"},          {"final_beta", "ln_f.bias"}};
+  static constexpr std::pair<std::string_view, std::string_view> kBlock[] = {
+      {"norm1_gamma", "ln_1.weight"},         {"norm1_beta", "ln_1.bias"},
+      {"attn.qkv.weight", "attn.c_attn.weight"}, {"attn.qkv.bias", "attn.c_attn.bias"},
+      {"attn.out.weight", "attn.c_proj.weight"}, {"attn.out.bias", "attn.c_proj.bias"},
+      {"norm2_gamma", "ln_2.weight"},         {"norm2_beta", "ln_2.bias"},
+      {"mlp.fc.weight", "mlp.c_fc.weight"},   {"mlp.fc.bias", "mlp.c_fc.bias"},
+      {"mlp.proj.weight", "mlp.c_proj.weight"}, {"mlp.proj.bias", "mlp.c_proj.bias"}};
+  if (visit_name == "head.weight") return Gpt2Tensor{"lm_head.weight", false};
+  for (const auto& [ours, theirs] : kTop)
+    if (visit_name == ours) return Gpt2Tensor{p + std::string(theirs), false};
+  constexpr std::string_view kBlocks = "blocks[";
+  if (visit_name.substr(0, kBlocks.size()) == kBlocks) {
+    const std::size_t close = visit_name.find("].");
+    if (close == std::string_view::npos) return std::nullopt;
+    const std::string_view layer = visit_name.substr(kBlocks.size(), close - kBlocks.size());
+    const std::string_view rest = visit_name.substr(close + 2);
+    for (const auto& [ours, theirs] : kBlock)
+      if (rest == ours)
+        return Gpt2Tensor{p + "h." + std::string(layer) + "." + std::string(theirs),
+                          ours.size() > 7 && ours.substr(ours.size() - 7) == ".weight"};
   }
-  model.final_gamma = file.vector<S>(p + "ln_f.weight");
-  model.final_beta = file.vector<S>(p + "ln_f.bias");
-  if (!tied) model.head.weight = file.matrix<S>("lm_head.weight");
+  return std::nullopt;
+}
+
+// dst = src^T in 32 x 32 tiles, so that neither side is read with a large stride
+// (a plain transposed copy of a 1024 x 4096 matrix misses the cache on every value).
+template <class S>
+void transpose_into(const RowMatrix<S>& src, RowMatrix<S>& dst) {
+  constexpr Index kTile = 32;
+  dst.resize(src.cols(), src.rows());
+  for (Index i = 0; i < src.rows(); i += kTile)
+    for (Index j = 0; j < src.cols(); j += kTile) {
+      const Index rows = std::min(kTile, src.rows() - i), cols = std::min(kTile, src.cols() - j);
+      dst.block(j, i, cols, rows) = src.block(i, j, rows, cols).transpose();
+    }
+}
+
+// Reads parameter `visit_name` (gpt2_tensor_of) from the file into `tensor`
+// (of its shape: check_tensors checked the file), converted to its scalar.
+template <class T>
+void read_gpt2_parameter(const SafetensorsFile& file, const std::string& visit_name,
+                         const std::string& p, T& tensor) {
+  using S = typename T::Scalar;
+  const std::optional<Gpt2Tensor> stored = gpt2_tensor_of(visit_name, p);
+  if (!stored)
+    fail_with<FormatError>("hf_gpt2", file.path().string(), ": GPT-2 has no tensor for '",
+                           visit_name, "'");
+  if constexpr (T::ColsAtCompileTime == 1) tensor = file.vector<S>(stored->name);
+  else if (stored->transposed) transpose_into(file.matrix<S>(stored->name), tensor);
+  else tensor = file.matrix<S>(stored->name);
+}
+
+}  // namespace detail
+
+// Loads a GPT-2 checkpoint as a Pre-LN GPT. `config` comes from
+// gpt2_config_from_json; its tied and head_bias fields are ignored (the file
+// decides whether the head is tied; GPT-2 has no head bias). Throws
+// FormatError naming the file and the tensor on any mismatch.
+template <class S>
+Gpt<Arch::PreLN, S> load_hf_gpt2(const SafetensorsFile& file, TransformerConfig config) {
+  constexpr const char* op = "hf_gpt2";
+  config = detail::gpt2_checked_config(file, config);
+  const std::string p = detail::gpt2_prefix(file);
+  Gpt<Arch::PreLN, S> model(config);
+  model.visit_parameters([&](const std::string& name, auto& tensor) {
+    if (tensor.size() != 0) detail::read_gpt2_parameter(file, name, p, tensor);
+  });
   model.validate(op);
   return model;
 }

@@ -10,6 +10,7 @@
 
 #include <cerrno>
 #include <cstddef>
+#include <cstdint>
 #include <filesystem>
 #include <span>
 #include <utility>
@@ -75,6 +76,17 @@ class MappedFile {
   }
 
   std::span<const std::byte> bytes() const { return {data_, size_}; }
+
+  // Gives the pages holding `range` (within bytes()) back to the system
+  // (madvise MADV_DONTNEED), so that they leave the resident set; reading
+  // them again maps them again from the file. Only a hint: errors are ignored.
+  void release(std::span<const std::byte> range) const {
+    if (data_ == nullptr || range.empty()) return;
+    const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+    const auto begin = reinterpret_cast<std::uintptr_t>(range.data()) / page * page;
+    const auto end = reinterpret_cast<std::uintptr_t>(range.data() + range.size());
+    ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+  }
 
  private:
   void release() {

@@ -311,6 +311,17 @@ void common_metadata(SafetensorsWriter& writer, ModelKind kind, Arch arch, const
                                             : std::string("none"));
 }
 
+// The metadata of a GPT of architecture `arch` and config `c`.
+inline void gpt_metadata(SafetensorsWriter& writer, Arch arch, const TransformerConfig& c,
+                         const PrenormSaveOptions& options) {
+  common_metadata(writer, ModelKind::Gpt, arch, c, options);
+  writer.set_metadata("vocab", std::to_string(c.vocab));
+  writer.set_metadata("context", std::to_string(c.context));
+  writer.set_metadata("tied", c.tied ? "keep" : "untied");
+  writer.set_metadata("head_bias", c.head_bias ? "true" : "false");
+  write_attention_options(writer, c);
+}
+
 // Adds every non-empty tensor of `model`.
 template <class Model>
 void add_tensors(SafetensorsWriter& writer, const Model& model, Dtype dtype) {
@@ -476,13 +487,7 @@ template <Arch A, class S>
                 "prenorm::io: the prenorm layout holds PreLN, PreRMSNorm and PreCRMSNorm models only");
   model.validate("save_prenorm");
   SafetensorsWriter writer;
-  const TransformerConfig& c = model.config;
-  detail::common_metadata(writer, ModelKind::Gpt, A, c, options);
-  writer.set_metadata("vocab", std::to_string(c.vocab));
-  writer.set_metadata("context", std::to_string(c.context));
-  writer.set_metadata("tied", c.tied ? "keep" : "untied");
-  writer.set_metadata("head_bias", c.head_bias ? "true" : "false");
-  detail::write_attention_options(writer, c);
+  detail::gpt_metadata(writer, A, model.config, options);
   detail::add_tensors(writer, model, dtype);
   return writer;
 }

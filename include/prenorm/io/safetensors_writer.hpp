@@ -28,6 +28,95 @@
 
 namespace prenorm::io {
 
+// One tensor of a header: name, dtype, shape and the size of its data.
+struct TensorEntry {
+  std::string name;
+  Dtype dtype = Dtype::F32;
+  std::vector<std::int64_t> shape;
+  std::uint64_t bytes = 0;
+};
+
+// A safetensors header: "__metadata__" first (if any), then the tensors in
+// order, their data contiguous in that order; JSON padded with spaces to a
+// multiple of 8 bytes. Throws prenorm::Error when over the size limit.
+inline std::string safetensors_header_text(const std::map<std::string, std::string>& metadata,
+                                           const std::vector<TensorEntry>& tensors) {
+  // Joined entry by entry (each one serialized by nlohmann) rather than
+  // built as one ordered_json, whose insertion is linear per key.
+  using Json = nlohmann::ordered_json;
+  std::string text = "{";
+  auto append_entry = [&text](const std::string& key, const Json& value) {
+    if (text.size() > 1) text += ',';
+    text += Json(key).dump();
+    text += ':';
+    text += value.dump();
+  };
+  if (!metadata.empty()) append_entry("__metadata__", Json(metadata));
+  std::uint64_t offset = 0;
+  for (const TensorEntry& tensor : tensors) {
+    Json entry = Json::object();
+    entry["dtype"] = dtype_name(tensor.dtype);
+    entry["shape"] = tensor.shape;
+    entry["data_offsets"] = {offset, offset + tensor.bytes};
+    offset += tensor.bytes;
+    append_entry(tensor.name, entry);
+  }
+  text += '}';
+  text.append((8 - text.size() % 8) % 8, ' ');
+  if (text.size() > kMaxSafetensorsHeaderSize)
+    detail::fail_with<Error>("safetensors_writer", "the header would have ", text.size(),
+                             " bytes, over the limit of ", kMaxSafetensorsHeaderSize);
+  return text;
+}
+
+namespace detail {
+
+// The start of a safetensors file: the header's length (8 bytes, little
+// endian), then the header (safetensors_header_text).
+inline void write_header_block(std::ostream& out, const std::string& header_text) {
+  char length[8];
+  std::uint64_t size = header_text.size();
+  for (char& byte : length) {
+    byte = static_cast<char>(size & 0xff);
+    size >>= 8;
+  }
+  out.write(length, 8);
+  out.write(header_text.data(), static_cast<std::streamsize>(header_text.size()));
+}
+
+// Where each shard starts when tensors of `sizes` bytes, in order, fill
+// shards of at most `max_shard_bytes` each (a larger tensor alone): the index
+// of each shard's first tensor; at least one shard.
+inline std::vector<std::size_t> shard_starts(const std::vector<std::uint64_t>& sizes,
+                                             std::uint64_t max_shard_bytes) {
+  std::vector<std::size_t> starts = {0};
+  std::uint64_t filled = 0;
+  for (std::size_t i = 0; i < sizes.size(); ++i) {
+    if (filled > 0 && filled + sizes[i] > max_shard_bytes) {
+      starts.push_back(i);
+      filled = 0;
+    }
+    filled += sizes[i];
+  }
+  return starts;
+}
+
+// A sharded checkpoint's index: {"metadata": {"total_size": data bytes},
+// "weight_map": {tensor: shard file}}, from each shard's file name and tensors.
+inline std::string shard_index_text(const std::vector<std::string>& shard_names,
+                                    const std::vector<std::vector<std::string>>& shard_tensors,
+                                    std::uint64_t total_size) {
+  nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
+  for (std::size_t i = 0; i < shard_names.size(); ++i)
+    for (const std::string& tensor : shard_tensors[i]) weight_map[tensor] = shard_names[i];
+  nlohmann::ordered_json json;
+  json["metadata"] = {{"total_size", total_size}};
+  json["weight_map"] = std::move(weight_map);
+  return json.dump(2) + "\n";
+}
+
+}  // namespace detail
+
 // Collects tensors and metadata, then writes a safetensors file:
 //   header keys: "__metadata__" first (if any), then the tensors in the order
 //   they were added; data contiguous in the same order; the header padded
@@ -100,20 +189,21 @@ class SafetensorsWriter {
 
   // Splits the tensors, in the order they were added, into writers of at most
   // `max_shard_bytes` of data each (a tensor larger than that gets a writer of
-  // its own), each with the metadata; at least one writer. The tensors move.
+  // its own; detail::shard_starts), each with the metadata; at least one
+  // writer. The tensors move.
   std::vector<SafetensorsWriter> split(std::uint64_t max_shard_bytes) && {
-    std::vector<SafetensorsWriter> shards(1);
-    std::uint64_t filled = 0;
-    for (Tensor& tensor : tensors_) {
-      if (filled > 0 && filled + tensor.bytes.size() > max_shard_bytes) {
-        shards.emplace_back();
-        filled = 0;
+    std::vector<std::uint64_t> sizes;
+    for (const Tensor& tensor : tensors_) sizes.push_back(tensor.bytes.size());
+    const std::vector<std::size_t> starts = detail::shard_starts(sizes, max_shard_bytes);
+    std::vector<SafetensorsWriter> shards(starts.size());
+    for (std::size_t s = 0; s < starts.size(); ++s) {
+      const std::size_t end = s + 1 < starts.size() ? starts[s + 1] : tensors_.size();
+      for (std::size_t i = starts[s]; i < end; ++i) {
+        shards[s].names_.insert(tensors_[i].name);
+        shards[s].tensors_.push_back(std::move(tensors_[i]));
       }
-      filled += tensor.bytes.size();
-      shards.back().names_.insert(tensor.name);
-      shards.back().tensors_.push_back(std::move(tensor));
+      shards[s].metadata_ = metadata_;
     }
-    for (SafetensorsWriter& shard : shards) shard.metadata_ = metadata_;
     tensors_.clear();
     names_.clear();
     return shards;
@@ -121,33 +211,15 @@ class SafetensorsWriter {
 
   // The header: JSON padded with spaces to a multiple of 8 bytes.
   std::string header() const {
-    // Joined entry by entry (each one serialized by nlohmann) rather than
-    // built as one ordered_json, whose insertion is linear per key.
-    using Json = nlohmann::ordered_json;
-    std::string text = "{";
-    auto append_entry = [&text](const std::string& key, const Json& value) {
-      if (text.size() > 1) text += ',';
-      text += Json(key).dump();
-      text += ':';
-      text += value.dump();
-    };
-    if (!metadata_.empty()) append_entry("__metadata__", Json(metadata_));
-    std::uint64_t offset = 0;
-    for (const Tensor& tensor : tensors_) {
-      Json entry = Json::object();
-      entry["dtype"] = dtype_name(tensor.dtype);
-      entry["shape"] = tensor.shape;
-      entry["data_offsets"] = {offset, offset + tensor.bytes.size()};
-      offset += tensor.bytes.size();
-      append_entry(tensor.name, entry);
-    }
-    text += '}';
-    text.append((8 - text.size() % 8) % 8, ' ');
-    if (text.size() > kMaxSafetensorsHeaderSize)
-      fail("the header would have ", text.size(), " bytes, over the limit of ",
-           kMaxSafetensorsHeaderSize);
-    return text;
+    std::vector<TensorEntry> entries;
+    entries.reserve(tensors_.size());
+    for (const Tensor& tensor : tensors_)
+      entries.push_back({tensor.name, tensor.dtype, tensor.shape, tensor.bytes.size()});
+    return safetensors_header_text(metadata_, entries);
   }
+
+  // The "__metadata__" set so far.
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
   // The whole file as bytes.
   std::vector<std::byte> bytes() const {
@@ -245,14 +317,7 @@ class SafetensorsWriter {
   void write_unchecked(std::ostream& out) const { write_unchecked(out, header()); }
 
   void write_unchecked(std::ostream& out, const std::string& header_text) const {
-    char length[8];
-    std::uint64_t size = header_text.size();
-    for (char& byte : length) {
-      byte = static_cast<char>(size & 0xff);
-      size >>= 8;
-    }
-    out.write(length, 8);
-    out.write(header_text.data(), static_cast<std::streamsize>(header_text.size()));
+    detail::write_header_block(out, header_text);
     for (const Tensor& tensor : tensors_)
       out.write(reinterpret_cast<const char*>(tensor.bytes.data()),
                 static_cast<std::streamsize>(tensor.bytes.size()));
@@ -288,19 +353,17 @@ inline std::vector<std::filesystem::path> write_sharded(
     const std::vector<std::filesystem::path>& inputs = {}) {
   const std::filesystem::path folder =
       index.has_parent_path() ? index.parent_path() : std::filesystem::path(".");
-  nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
+  std::vector<std::string> names;
+  std::vector<std::vector<std::string>> tensors;
   std::uint64_t total_size = 0;
   std::vector<FileToWrite> files;
   for (std::size_t i = 0; i < shards.size(); ++i) {
-    const std::string name = shard_file_name(index, i + 1, shards.size());
-    for (const std::string& tensor : shards[i].names()) weight_map[tensor] = name;
+    names.push_back(shard_file_name(index, i + 1, shards.size()));
+    tensors.push_back(shards[i].names());
     total_size += shards[i].data_size();
-    files.push_back(shards[i].file_to_write(folder / name));
+    files.push_back(shards[i].file_to_write(folder / names.back()));
   }
-  nlohmann::ordered_json json;
-  json["metadata"] = {{"total_size", total_size}};
-  json["weight_map"] = std::move(weight_map);
-  const std::string text = json.dump(2) + "\n";
+  const std::string text = detail::shard_index_text(names, tensors, total_size);
   // The index last: it is renamed into place after every shard.
   files.push_back(FileToWrite{index, [text](std::ostream& out) {
                                 out.write(text.data(), std::streamsize(text.size()));

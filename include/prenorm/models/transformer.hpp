@@ -138,12 +138,7 @@ class Transformer {
       }
     }
     blocks.reserve(config.layers);
-    for (Index i = 0; i < config.layers; ++i) {
-      Block& b = blocks.emplace_back(d, config.heads, config.head_size(), config.mlp_width,
-                                     config.causal, config.activation, S(config.epsilon));
-      set_attention_options(b.attn, i);
-      b.set_topology(config.topology);
-    }
+    for (Index i = 0; i < config.layers; ++i) blocks.push_back(make_block(i));
     if (ArchTraits<A>::affine) {
       final_gamma.setOnes(d);
       final_beta.setZero(d);
@@ -155,6 +150,17 @@ class Transformer {
     if (config.head == Head::Pooled) head = Linear<S>(config.pooled_parts() * m, config.classes);
     else if (!config.tied) head = Linear<S>(m, config.vocab, /*with_bias=*/false);
     if (config.head_bias) head_bias.setZero(config.vocab);
+  }
+
+  // Block `layer` as the constructor makes it: zero weights, the config's
+  // attention options (for that layer) and topology. A reader that holds one
+  // block at a time (convert/streaming.hpp) makes its blocks with it.
+  Block make_block(Index layer) const {
+    Block b(config.width, config.heads, config.head_size(), config.mlp_width, config.causal,
+            config.activation, S(config.epsilon));
+    set_attention_options(b.attn, layer);
+    b.set_topology(config.topology);
+    return b;
   }
 
   Index width() const { return config.width; }                 // d
