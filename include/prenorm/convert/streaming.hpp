@@ -290,7 +290,7 @@ class GptStreamConversion {
       typename Target::Block block = small_.make_block(layer);
       conversion::detail::convert_block<From, To>(source_->block(layer), block,
                                                   prefix.substr(0, prefix.size() - 1), options_,
-                                                  "convert(Gpt)");
+                                                  "convert");
       return block;
     }
   }
