@@ -1123,7 +1123,9 @@ TEST(StreamingConversion, IsBitwiseTheWholeModelConversion) {
             const std::vector<fs::path> whole = whole_convert(file, to, dtype, policy, b / name, shard, save);
             ASSERT_EQ(listing(a), listing(b)) << what;
             ASSERT_EQ(streamed.size(), whole.size()) << what;
-            if (shard) EXPECT_GT(streamed.size(), 2u) << what << ": expected several shards";
+            if (shard) {
+              EXPECT_GT(streamed.size(), 2u) << what << ": expected several shards";
+            }
             for (const std::string& f : listing(a))
               EXPECT_TRUE(file_bytes(a / f) == file_bytes(b / f)) << what << ": " << f << " differs";
             ++compared;
